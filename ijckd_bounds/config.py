@@ -1,0 +1,189 @@
+"""Typed, frozen config dataclasses loaded from YAML, with command-line overrides.
+
+Each component declares its own frozen dataclass; this module only converts between
+plain dicts (YAML) and those dataclasses, checking every key and type on the way in.
+An unknown key names itself and the closest valid key.
+"""
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+
+from ijckd_bounds.errors import IJCKDError, closest
+
+
+def load_yaml(path):
+    """Read a YAML mapping from ``path``; a malformed file gives one readable line."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise IJCKDError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise IJCKDError(f"config file {str(path)!r} is malformed YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise IJCKDError(f"config file {str(path)!r} must hold a mapping of keys, "
+                         f"got {type(data).__name__}")
+    return data
+
+
+def parse_override(text):
+    """``"optim.lr=0.1"`` -> ``(["optim", "lr"], 0.1)``; the value is parsed as YAML."""
+    import yaml
+
+    if "=" not in text:
+        raise IJCKDError(f"override {text!r} must look like key=value (for example epochs=5)")
+    key, raw = text.split("=", 1)
+    key = key.strip().lstrip("-")
+    if not key:
+        raise IJCKDError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data, overrides):
+    """Return a copy of the nested dict ``data`` with ``key.sub=value`` overrides applied."""
+    import copy
+
+    data = copy.deepcopy(dict(data))
+    for text in overrides or ():
+        keys, value = parse_override(text)
+        node = data
+        for key in keys[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = {}
+                node[key] = child
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+def _type_name(tp):
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value, tp, where):
+    """Check/convert one YAML value against a dataclass field type."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is typing.Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except IJCKDError as exc:
+                errors.append(str(exc))
+        raise IJCKDError(errors[0] if errors else f"{where} has an invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise IJCKDError(f"{where} must be a mapping, got {value!r}")
+        return from_dict(tp, value, where=where)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            if origin is tuple and args and args[-1] is Ellipsis:
+                value = [value]
+            else:
+                raise IJCKDError(f"{where} must be a list, got {value!r}")
+        inner = args[0] if args else typing.Any
+        return tuple(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise IJCKDError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    if origin is typing.Literal:
+        if value not in args:
+            hint = closest(value, args)
+            extra = f" (did you mean {hint!r}?)" if hint else ""
+            raise IJCKDError(f"{where} must be one of {', '.join(map(repr, args))}, "
+                             f"got {value!r}{extra}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise IJCKDError(f"{where} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise IJCKDError(f"{where} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise IJCKDError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise IJCKDError(f"{where} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls, data, *, where="config"):
+    """Build the frozen dataclass ``cls`` from a (nested) dict, checking every key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise IJCKDError(f"{where} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            hint = closest(key, fields)
+            extra = f" (did you mean {hint!r}?)" if hint else ""
+            raise IJCKDError(f"unknown config key {_join(where, key)!r}{extra}; "
+                             f"valid keys: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name in fields:
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], _join(where, name))
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, IJCKDError):
+            raise
+        raise IJCKDError(f"{where}: {exc}") from None
+
+
+def _join(where, key):
+    return key if where == "config" else f"{where.removeprefix('config.')}.{key}"
+
+
+def to_dict(obj):
+    """Plain nested dict of a (frozen) dataclass, tuples as lists: YAML/JSON friendly."""
+
+    def convert(value):
+        if dataclasses.is_dataclass(value):
+            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (list, tuple)):
+            return [convert(v) for v in value]
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        return value
+
+    return convert(obj)
+
+
+def load_config(cls, path=None, overrides=()):
+    """``cls`` from an optional YAML file plus ``key=value`` overrides."""
+    data = load_yaml(path) if path is not None else {}
+    return from_dict(cls, apply_overrides(data, overrides))

@@ -1,0 +1,30 @@
+"""Dataset registry: every dataset yields disjoint, seeded ``train``/``fit``/``eval`` splits."""
+
+from ijckd_bounds.registry import Registry
+
+DATASETS = Registry("dataset")
+
+
+def build_dataset(name, *, seed=0, data_dir=None, **options):
+    """Return a ``DatasetSplits`` for dataset ``name`` (see ``data.splits``)."""
+    _import_all()
+    return DATASETS.get(name)(seed=seed, data_dir=data_dir, **options)
+
+
+def dataset_names():
+    _import_all()
+    return DATASETS.names()
+
+
+def _import_all():
+    import importlib
+    import pkgutil
+
+    import ijckd_bounds.data as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name not in ("splits", "transforms"):
+            importlib.import_module(f"ijckd_bounds.data.{info.name}")
+
+
+__all__ = ["DATASETS", "build_dataset", "dataset_names"]

@@ -1,0 +1,126 @@
+"""Safe, atomic file input/output.
+
+Files are written to a temporary file in the same directory, flushed, fsynced and
+renamed into place, so a killed process never leaves a partial file under the final
+name. Files from users are loaded without running code (``weights_only=True``,
+``allow_pickle=False``).
+"""
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from ijckd_bounds.errors import IJCKDError
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _fsync_dir(directory):
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_text(path, text):
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def atomic_write_bytes(path, data):
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def save_torch(obj, path):
+    """``torch.save`` through a temporary file and an atomic rename."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_torch(path, *, what="checkpoint"):
+    """Load a ``.pt`` file without running code; one-line error when it is unreadable."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise IJCKDError(f"{what} {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt/truncated files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IJCKDError(
+            f"{what} {str(path)!r} is corrupt, truncated or not a torch file ({first[:160]})"
+        ) from None
+
+
+def load_arrays(path, *, what="feature file"):
+    """Load a ``.npz`` or ``.pt`` file of named arrays into a dict of numpy arrays."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise IJCKDError(f"{what} {str(path)!r} does not exist")
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except Exception as exc:
+            raise IJCKDError(f"{what} {str(path)!r} is not a readable .npz file ({exc})") from None
+    if path.suffix in (".pt", ".pth"):
+        obj = load_torch(path, what=what)
+        if not isinstance(obj, dict):
+            raise IJCKDError(f"{what} {str(path)!r} must hold a dict of named arrays, "
+                             f"got {type(obj).__name__}")
+        out = {}
+        for key, value in obj.items():
+            if hasattr(value, "detach"):
+                value = value.detach().cpu().numpy()
+            out[str(key)] = np.asarray(value)
+        return out
+    raise IJCKDError(f"{what} {str(path)!r} must be a .npz or .pt file")
+
+
+def check_writable_dir(directory, *, need_bytes=1 << 20):
+    """Fail early (before any work is spent) if ``directory`` cannot take our files."""
+    import shutil
+
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IJCKDError(f"cannot create directory {str(directory)!r}: {exc.strerror}") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise IJCKDError(f"directory {str(directory)!r} is not writable: {exc.strerror}") from None
+    free = shutil.disk_usage(directory).free
+    if free < need_bytes:
+        raise IJCKDError(
+            f"directory {str(directory)!r} has {free / 2**20:.1f} MiB free, "
+            f"need at least {need_bytes / 2**20:.1f} MiB"
+        )

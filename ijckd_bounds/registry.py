@@ -1,0 +1,40 @@
+"""Small name -> factory registries (datasets, models, methods)."""
+
+from ijckd_bounds.errors import unknown_name
+
+
+class Registry:
+    """Maps names to factories; an unknown name fails with the list of valid names.
+
+    >>> MODELS = Registry("model")
+    >>> @MODELS.register("mlp")
+    ... def mlp(num_classes): ...
+    """
+
+    def __init__(self, kind):
+        self.kind = kind
+        self._items = {}
+
+    def register(self, name):
+        def decorator(factory):
+            if name in self._items:
+                raise KeyError(f"{self.kind} {name!r} registered twice")
+            self._items[name] = factory
+            return factory
+
+        return decorator
+
+    def get(self, name):
+        try:
+            return self._items[name]
+        except KeyError:
+            raise unknown_name(self.kind, name, self._items) from None
+
+    def names(self):
+        return sorted(self._items)
+
+    def __contains__(self, name):
+        return name in self._items
+
+    def __iter__(self):
+        return iter(self.names())

@@ -1,0 +1,99 @@
+"""Column names of the results table, as defined in ``THEORY.md``.
+
+Imported by the estimators (``BoundsReport.row()``), by tracking (schema check on write)
+and by plotting (which never imports torch), so it depends on nothing.
+"""
+
+# Terms reported as value with a 95% interval: columns <term>, <term>_lo, <term>_hi.
+INTERVAL_TERMS = (
+    "teacher_err",
+    "student_err",
+    "student_own_err",
+    "disagreement",
+    "delta_gamma",
+    "feat_msd",
+    "feat_rel",
+    "feat_cka",
+    "logit_msd",
+    "mmd2",
+    "proxy_a_linear",
+    "proxy_a_mlp",
+    "joint_err_T",
+    "joint_err_S",
+    "ideal_joint",
+    "student_probe_err",
+    "ijc_lambda",
+    "ijc_gap",
+    "pair_disc",
+)
+
+# Bounds on student_err (THEORY "Bounds"); each also carries _lo/_hi.
+EXACT_BOUNDS = ("bound_coupled", "bound_margin", "bound_feat_markov", "bound_logit_markov",
+                "bound_ideal_joint")
+ESTIMATED_BOUNDS = ("bound_ben_david",)
+BOUNDS = EXACT_BOUNDS + ESTIMATED_BOUNDS
+
+# Scalars without an interval.
+SCALARS = (
+    "mmd_p",
+    "mmd_bandwidth",
+    "feat_markov_tau",
+    "logit_markov_tau",
+    "n_eval",
+    "n_fit",
+    "dim",
+    "n_classes",
+)
+
+# Identify a row: one row per run x checkpoint x split.
+KEYS = ("run", "method", "dataset", "seed", "epoch", "step", "split", "checkpoint")
+
+# Terms that may legitimately be missing (NaN): the student has no own head, or the
+# caller gave no student-own features.
+OPTIONAL_TERMS = ("student_own_err",)
+
+
+def interval_columns(term):
+    return (term, f"{term}_lo", f"{term}_hi")
+
+
+def estimate_columns():
+    """All estimator columns in table order (no key columns)."""
+    cols = []
+    for term in INTERVAL_TERMS + BOUNDS:
+        cols.extend(interval_columns(term))
+    cols.extend(SCALARS)
+    return tuple(cols)
+
+
+ESTIMATE_COLUMNS = estimate_columns()
+TABLE_COLUMNS = KEYS + ESTIMATE_COLUMNS
+
+# Human-readable labels for figures and reports.
+LABELS = {
+    "teacher_err": "teacher error $\\epsilon_T(h_T)$",
+    "student_err": "student error $\\epsilon_S(h_T)$",
+    "student_own_err": "student own-head error",
+    "disagreement": "disagreement $\\delta$",
+    "delta_gamma": "margin-crossing rate $\\delta_\\gamma$",
+    "feat_msd": "feature MSD $E\\|z_S-z_T\\|^2$",
+    "feat_rel": "relative feature distance",
+    "feat_cka": "debiased linear CKA",
+    "logit_msd": "logit MSD",
+    "mmd2": "MMD$^2$",
+    "proxy_a_linear": "proxy A-distance (linear)",
+    "proxy_a_mlp": "proxy A-distance (MLP)",
+    "joint_err_T": "joint-probe error, teacher",
+    "joint_err_S": "joint-probe error, student",
+    "ideal_joint": "ideal joint error $\\hat\\lambda^*$",
+    "student_probe_err": "student probe error",
+    "ijc_lambda": "$\\lambda(h_T)$",
+    "ijc_gap": "IJC gap",
+    "pair_disc": "pair discrepancy",
+    "bound_coupled": "coupled bound (exact)",
+    "bound_margin": "margin bound (exact)",
+    "bound_feat_markov": "feature Markov bound (exact)",
+    "bound_logit_markov": "logit Markov bound (exact)",
+    "bound_ideal_joint": "ideal-joint bound (exact)",
+    "bound_ben_david": "Ben-David bound (estimate)",
+}
