@@ -9,8 +9,20 @@ MODELS = Registry("model")
 def build_model(name, num_classes, input_shape, **kwargs):
     """Build zoo model ``name`` for ``num_classes`` classes and inputs of ``input_shape``
     (one sample's shape, e.g. (1, 8, 8) or (3, 32, 32) or (1, 40))."""
+    import inspect
+
+    from ijckd_bounds.errors import IJCKDError
+
     _import_zoo()
-    return MODELS.get(name)(num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
+    factory = MODELS.get(name)
+    accepted = inspect.signature(factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        for key in kwargs:
+            if key not in accepted:
+                valid = sorted(k for k in accepted if k not in ("num_classes", "input_shape"))
+                raise IJCKDError(f"model {name!r} has no option {key!r}; valid options: "
+                                 f"{', '.join(valid) or 'none'}")
+    return factory(num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
 
 
 def model_names():
@@ -30,4 +42,12 @@ def _import_zoo():
             importlib.import_module(f"ijckd_bounds.models.{info.name}")
 
 
-__all__ = ["MODELS", "ZooModel", "build_model", "model_names", "pool_to"]
+def __getattr__(name):
+    if name == "FeatureModel":
+        from ijckd_bounds.models.feature_model import FeatureModel
+
+        return FeatureModel
+    raise AttributeError(f"module 'ijckd_bounds.models' has no attribute {name!r}")
+
+
+__all__ = ["MODELS", "FeatureModel", "ZooModel", "build_model", "model_names", "pool_to"]
