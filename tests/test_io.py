@@ -73,3 +73,12 @@ def test_registry_lists_valid_names():
     with pytest.raises(IJCKDError, match=r"unknown widget 'alpah' \(did you mean 'alpha'\?\); "
                                          r"valid: alpha, beta"):
         reg.get("alpah")
+
+
+def test_atomic_files_get_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "p.txt", "x")
+    finally:
+        os.umask(old)
+    assert (os.stat(tmp_path / "p.txt").st_mode & 0o777) == 0o644
