@@ -1,0 +1,175 @@
+"""One style bundle for every figure: sizes, fonts, the method colours, units.
+
+Figures are sized for a two-column paper: ``COLUMN_WIDTH`` (3.3 in) for a single panel,
+``FULL_WIDTH`` (6.8 in) for grids. Fonts are 7-8 pt so that text printed at that width
+reads like the paper's own captions. Colours come from the Okabe-Ito palette, which stays
+distinguishable under the common colour-vision deficiencies; each built-in method owns
+one colour for good, so a method looks the same in every figure.
+"""
+
+import zlib
+
+import matplotlib
+from matplotlib.figure import Figure
+
+from ijckd_bounds import schema
+
+COLUMN_WIDTH = 3.3  # inches: one column of a two-column paper
+FULL_WIDTH = 6.8  # inches: both columns
+
+PAPER_RC = {
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "legend.title_fontsize": 7,
+    "figure.titlesize": 9,
+    "mathtext.fontset": "dejavusans",
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.linewidth": 0.6,
+    "axes.titlepad": 3.0,
+    "axes.labelpad": 2.0,
+    "xtick.major.width": 0.6,
+    "ytick.major.width": 0.6,
+    "xtick.major.size": 2.5,
+    "ytick.major.size": 2.5,
+    "xtick.major.pad": 2.0,
+    "ytick.major.pad": 2.0,
+    "lines.linewidth": 1.3,
+    "lines.markersize": 3.0,
+    "legend.frameon": False,
+    "legend.handlelength": 1.8,
+    "legend.columnspacing": 1.2,
+    "figure.dpi": 100,
+    "savefig.dpi": 200,
+    "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.02,
+    "figure.constrained_layout.use": True,
+    "figure.constrained_layout.h_pad": 0.02,
+    "figure.constrained_layout.w_pad": 0.02,
+    "pdf.fonttype": 42,  # TrueType in PDFs: editable text, accepted by paper systems
+    "ps.fonttype": 42,
+}
+
+
+def paper_style():
+    """Context manager applying ``PAPER_RC``: ``with paper_style(): fig = ...``."""
+    return matplotlib.rc_context(PAPER_RC)
+
+
+def new_figure(width, height):
+    """A figure outside pyplot's global state (no GUI, no leak); call inside paper_style()."""
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+# Okabe & Ito (2008), "Color universal design". Teacher black, plain CE grey.
+METHOD_COLOURS = {
+    "teacher": "#000000",
+    "ce": "#8c8c8c",
+    "kd": "#e69f00",  # orange
+    "fitnet": "#56b4e9",  # sky blue
+    "srrl": "#009e73",  # bluish green
+    "simkd": "#0072b2",  # blue
+    "ijckd": "#d55e00",  # vermillion
+}
+METHOD_ORDER = tuple(METHOD_COLOURS)
+METHOD_NAMES = {"teacher": "teacher", "ce": "CE", "kd": "KD", "fitnet": "FitNet",
+                "srrl": "SRRL", "simkd": "SimKD", "ijckd": "IJCKD"}
+
+# Colours left for methods a user brings: the rest of Okabe-Ito, then Paul Tol's "muted"
+# set (also colour-blind safe), yellow last because it is faint on white.
+EXTRA_COLOURS = ("#cc79a7", "#882255", "#44aa99", "#999933", "#332288", "#aa4499",
+                 "#117733", "#661100", "#6699cc", "#f0e442")
+
+
+def method_palette(methods):
+    """Fixed colour for each method name: ``{method: "#rrggbb"}``.
+
+    Built-in methods always get their own colour. An unknown name starts from a slot
+    chosen by a checksum of the name (so it keeps its colour whatever else is plotted)
+    and moves to the next free slot only when two unknown names collide.
+    """
+    palette = {}
+    unknown = sorted({str(m) for m in methods} - set(METHOD_COLOURS))
+    for method in {str(m) for m in methods} & set(METHOD_COLOURS):
+        palette[method] = METHOD_COLOURS[method]
+    taken = set()
+    for method in unknown:
+        start = zlib.crc32(method.encode()) % len(EXTRA_COLOURS)
+        for offset in range(len(EXTRA_COLOURS)):
+            slot = (start + offset) % len(EXTRA_COLOURS)
+            if slot not in taken or len(taken) >= len(EXTRA_COLOURS):
+                break
+        taken.add(slot)
+        palette[method] = EXTRA_COLOURS[slot]
+    return palette
+
+
+def method_order(methods):
+    """Built-in methods in their canonical order, then the others alphabetically."""
+    names = {str(m) for m in methods}
+    known = [m for m in METHOD_ORDER if m in names]
+    return known + sorted(names - set(known))
+
+
+def method_label(method):
+    return METHOD_NAMES.get(str(method), str(method))
+
+
+# Terms that are proportions of evaluation samples (or sums/differences of them): shown
+# in percent. The rest (distances, CKA, MMD, proxy A-distance) keep their own scale.
+PERCENT_TERMS = frozenset({
+    "teacher_err", "student_err", "student_own_err", "disagreement", "delta_gamma",
+    "joint_err_T", "joint_err_S", "ideal_joint", "student_probe_err", "ijc_lambda",
+    "ijc_gap", "pair_disc", "transfer_gap", *schema.BOUNDS,
+})
+
+# Discrepancy estimates that need n >> d (THEORY: flagged when n_eval < 10 * dim).
+DISCREPANCY_TERMS = frozenset({"proxy_a_linear", "proxy_a_mlp", "feat_cka", "mmd2"})
+
+_ERROR_UNIT = "error rate (%)"
+UNITS = {
+    "teacher_err": _ERROR_UNIT, "student_err": _ERROR_UNIT, "student_own_err": _ERROR_UNIT,
+    "joint_err_T": _ERROR_UNIT, "joint_err_S": _ERROR_UNIT, "student_probe_err": _ERROR_UNIT,
+    "disagreement": "rate (%)", "delta_gamma": "rate (%)",
+    "ideal_joint": "joint error (%)", "ijc_lambda": "joint error (%)",
+    "ijc_gap": "gap (% points)", "pair_disc": "gap (% points)",
+    "transfer_gap": "gap (% points)",
+    "feat_msd": "squared distance", "logit_msd": "squared distance",
+    "feat_rel": "ratio", "feat_cka": "CKA", "mmd2": "MMD$^2$",
+    "proxy_a_linear": "distance (0 to 2)", "proxy_a_mlp": "distance (0 to 2)",
+    **{bound: _ERROR_UNIT for bound in schema.BOUNDS},
+}
+
+TERM_LABELS = {**schema.LABELS, "transfer_gap": "transfer gap $\\epsilon_S - \\epsilon_T$"}
+
+
+def term_label(term):
+    return TERM_LABELS.get(term, term)
+
+
+def scale(term):
+    """Display factor of a term: 100 for rates shown in percent, else 1."""
+    return 100.0 if term in PERCENT_TERMS else 1.0
+
+
+# Fixed styles for quantities drawn beside each other inside one method's panel.
+STUDENT_STYLE = {"color": "#000000", "linewidth": 1.6, "linestyle": "-"}
+TEACHER_STYLE = {"color": "#000000", "linewidth": 0.9, "linestyle": ":"}
+BOUND_STYLES = {  # Paul Tol "muted": disjoint from the method colours above
+    "bound_coupled": {"color": "#332288", "linestyle": "-"},
+    "bound_margin": {"color": "#117733", "linestyle": "-"},
+    "bound_feat_markov": {"color": "#44aa99", "linestyle": "-"},
+    "bound_logit_markov": {"color": "#999933", "linestyle": "-"},
+    "bound_ideal_joint": {"color": "#aa4499", "linestyle": "-"},
+    "bound_ben_david": {"color": "#882255", "linestyle": "--"},
+}
+DECOMPOSITION_STYLES = {
+    "teacher_err": {"color": "#000000", "linestyle": "-"},
+    "transfer_gap": {"color": "#cc6677", "linestyle": "-"},
+    "disagreement": {"color": "#332288", "linestyle": "--"},
+    "ijc_gap": {"color": "#117733", "linestyle": "-."},
+}
