@@ -1,0 +1,167 @@
+"""The tidy results tables of a run, written atomically under a lock.
+
+``bounds.csv``: one row per run x checkpoint x split, columns ``schema.TABLE_COLUMNS``.
+``per_class.csv``: one row per run x checkpoint x class.
+``margins.csv``: one row per evaluation sample x checkpoint (margin figure).
+
+Appending rewrites the whole file through a temporary file and a rename (the tables are
+small), inside an exclusive ``fcntl`` lock on ``<table>.lock``, so a killed process leaves
+the old or the new table and two trackers on one run directory never interleave rows.
+A row whose key (run, checkpoint, split) is already present is replaced, not duplicated.
+"""
+
+import contextlib
+import fcntl
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from ijckd_bounds import schema
+from ijckd_bounds.errors import IJCKDError
+from ijckd_bounds.io import atomic_path
+
+ROW_KEY = ("run", "checkpoint", "split")
+PER_CLASS_COLUMNS = ("run", "method", "epoch", "checkpoint", "class", "n",
+                     "student_err", "student_err_lo", "student_err_hi",
+                     "teacher_err", "teacher_err_lo", "teacher_err_hi",
+                     "disagreement", "disagreement_lo", "disagreement_hi")
+MARGIN_COLUMNS = ("run", "method", "epoch", "checkpoint", "teacher_margin", "feat_dist",
+                  "disagree")
+
+
+@contextlib.contextmanager
+def locked(path):
+    """Exclusive advisory lock on ``path + '.lock'`` for the duration of the block."""
+    lock_path = Path(f"{path}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def check_bounds_table(df):
+    """Check the bounds table's schema; raise IJCKDError naming the first problem."""
+    missing = [c for c in schema.TABLE_COLUMNS if c not in df.columns]
+    if missing:
+        raise IJCKDError(f"bounds table is missing column {missing[0]!r} "
+                         f"({len(missing)} missing in all)")
+    extra = [c for c in df.columns if c not in schema.TABLE_COLUMNS]
+    if extra:
+        raise IJCKDError(f"bounds table has unknown column {extra[0]!r}")
+    for term in schema.INTERVAL_TERMS + schema.BOUNDS:
+        value, lo, hi = df[term], df[f"{term}_lo"], df[f"{term}_hi"]
+        bad = (value.notna() & ((lo > value + 1e-9) | (hi < value - 1e-9)))
+        if bad.any():
+            i = bad.idxmax()
+            raise IJCKDError(f"bounds table row {i}: {term} = {value[i]} lies outside its "
+                             f"interval [{lo[i]}, {hi[i]}]")
+    for column in schema.KEYS:
+        if column in ("seed", "epoch", "step"):
+            continue
+        if df[column].isna().any():
+            raise IJCKDError(f"bounds table has an empty {column!r}")
+    return df
+
+
+def _check_columns(df, columns, name):
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise IJCKDError(f"{name} table is missing column {missing[0]!r}")
+    return df[list(columns)]
+
+
+def read_table(path, *, kind="bounds"):
+    path = Path(path)
+    if not path.is_file():
+        raise IJCKDError(f"no {kind} table at {str(path)!r}")
+    try:
+        df = pd.read_csv(path)
+    except Exception as exc:
+        raise IJCKDError(f"{kind} table {str(path)!r} is unreadable: {exc}") from None
+    if kind == "bounds":
+        check_bounds_table(df)
+    return df
+
+
+def _write_csv(df, path):
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def upsert(path, new_rows, *, columns, key, check=None):
+    """Add ``new_rows`` (DataFrame) to the CSV at ``path``, replacing rows with equal ``key``.
+
+    Returns the full table. Runs under the table's lock; writes atomically.
+    """
+    path = Path(path)
+    new_rows = _check_columns(pd.DataFrame(new_rows), columns, path.stem)
+    with locked(path):
+        if path.is_file() and path.stat().st_size > 0:
+            old = pd.read_csv(path)
+            keys = set(map(tuple, new_rows[list(key)].astype(str).to_numpy()))
+            keep = [tuple(k) not in keys for k in old[list(key)].astype(str).to_numpy()]
+            table = pd.concat([old[keep], new_rows], ignore_index=True)
+        else:
+            table = new_rows.reset_index(drop=True)
+        if check is not None:
+            check(table)
+        _write_csv(table, path)
+    return table
+
+
+def append_bounds(path, rows):
+    """Upsert rows (dicts with every ``schema.TABLE_COLUMNS`` key) into ``bounds.csv``."""
+    df = pd.DataFrame(list(rows))
+    for column in schema.TABLE_COLUMNS:
+        if column not in df.columns:
+            raise IJCKDError(f"bounds row is missing column {column!r}")
+    return upsert(path, df, columns=schema.TABLE_COLUMNS, key=ROW_KEY, check=check_bounds_table)
+
+
+def append_per_class(path, df):
+    return upsert(path, df, columns=PER_CLASS_COLUMNS, key=("run", "checkpoint", "class"))
+
+
+def append_margins(path, df):
+    # margins of a checkpoint are replaced as a block: key on (run, checkpoint) + sample index
+    df = df.copy()
+    df["sample"] = range(len(df)) if "sample" not in df else df["sample"]
+    return upsert(path, df, columns=MARGIN_COLUMNS + ("sample",),
+                  key=("run", "checkpoint", "sample"))
+
+
+def collect(paths, *, kind="bounds"):
+    """Concatenate the tables of several runs (files or run directories)."""
+    frames = []
+    name = {"bounds": "bounds.csv", "per_class": "per_class.csv", "margins": "margins.csv"}[kind]
+    for item in paths:
+        item = Path(item)
+        files = [item] if item.is_file() else sorted(item.rglob(name))
+        frames.extend(read_table(f, kind=kind) for f in files)
+    if not frames:
+        raise IJCKDError(f"no {name} found under {', '.join(map(str, paths))}")
+    table = pd.concat(frames, ignore_index=True)
+    if kind == "bounds":
+        table = table.drop_duplicates(subset=list(ROW_KEY), keep="last")
+        check_bounds_table(table)
+    return table
+
+
+def finite_or_nan(value):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return value if math.isfinite(value) else math.nan
+
+
+def remove_stale_temp_files(directory):
+    """Delete temporary files a killed writer may have left (``.<name>.*.tmp``)."""
+    for tmp in Path(directory).glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
