@@ -1,0 +1,622 @@
+"""Fitted classifiers on features: the logistic probe, the joint classifier, domain classifiers.
+
+All follow the scikit-learn contract: hyperparameters in ``__init__``, ``fit`` returns
+``self``, learned attributes end in ``_``, and fitting twice equals fitting once (every
+random choice comes from an explicit seed, and ``fit`` never reuses an earlier fit).
+
+They are written in torch and run on the device of their input. Computation happens in
+float64 when the input is float64 and in float32 otherwise: the probes are convex (or, for
+the MLP, small), features are standardised internally, and float32 halves the cost of the
+matmuls that dominate at n = 10,000, d = 512, K = 100.
+
+THEORY.md names the terms these parts serve: ``student_probe_err`` (``LogisticProbe`` on
+the student's own features), ``joint_err_T``/``joint_err_S`` (``fit_joint_classifier``),
+``proxy_a_linear``/``proxy_a_mlp`` (``DomainClassifier`` + ``domain_errors`` +
+``proxy_a_distance``).
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ijckd_bounds.errors import IJCKDError
+
+__all__ = [
+    "LogisticProbe",
+    "JointClassifier",
+    "fit_joint_classifier",
+    "DomainClassifier",
+    "domain_errors",
+    "proxy_a_distance",
+    "stratified_split",
+]
+
+
+# ----------------------------------------------------------------------------------------
+# Input checks (shared with connector.py)
+
+
+def as_features(x, name, *, dim=None, like=None, rows="n"):
+    """``x`` as a 2-D floating tensor (n, d) with finite entries, or an ``IJCKDError``.
+
+    ``dim`` (int) is the width it must have; ``like`` names where that width comes from
+    and ``rows`` what the rows count, both for the message.
+    Numpy arrays are accepted and become CPU tensors; tensors keep their device.
+    """
+    if not torch.is_tensor(x):
+        try:
+            x = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError):
+            raise IJCKDError(f"`{name}` must be a 2-D array of features, "
+                             f"got {type(x).__name__}") from None
+    if x.dim() != 2:
+        raise IJCKDError(f"`{name}` must be 2-D with shape (n, d), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        if x.dtype == torch.bool or x.is_complex():
+            raise IJCKDError(f"`{name}` must hold real numbers, got dtype {x.dtype}")
+        x = x.to(torch.float32)
+    if dim is not None and x.shape[1] != dim:
+        source = f" like {like}" if like else ""
+        raise IJCKDError(f"`{name}` must have shape ({rows}, {dim}){source}, "
+                         f"got ({rows}, {x.shape[1]})")
+    if x.shape[0] == 0:
+        raise IJCKDError(f"`{name}` is empty (shape {tuple(x.shape)})")
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).any(dim=1).sum())
+        raise IJCKDError(f"`{name}` has NaN or infinite values in {bad} of {x.shape[0]} rows")
+    return x
+
+
+def as_labels(y, name, n, *, num_classes=None, x_name="x"):
+    """``y`` as a 1-D long tensor (n,) of class indices in ``0..num_classes-1``."""
+    if not torch.is_tensor(y):
+        try:
+            y = torch.as_tensor(y)
+        except (TypeError, ValueError, RuntimeError):
+            raise IJCKDError(f"`{name}` must be a 1-D array of class indices, "
+                             f"got {type(y).__name__}") from None
+    if y.dim() != 1 or y.shape[0] != n:
+        raise IJCKDError(f"`{name}` must have shape ({n},) like the rows of `{x_name}`, "
+                         f"got {tuple(y.shape)}")
+    if y.is_floating_point():
+        if not bool((y == y.round()).all()):
+            raise IJCKDError(f"`{name}` must hold integer class indices, got fractional values")
+    elif y.dtype == torch.bool or y.is_complex():
+        raise IJCKDError(f"`{name}` must hold integer class indices, got dtype {y.dtype}")
+    y = y.long()
+    if n and int(y.min()) < 0:
+        raise IJCKDError(f"`{name}` must hold class indices >= 0, got {int(y.min())}")
+    if num_classes is not None and n and int(y.max()) >= num_classes:
+        raise IJCKDError(f"`{name}` must hold class indices < num_classes={num_classes}, "
+                         f"got {int(y.max())}")
+    return y
+
+
+def _check_fraction(value, name):
+    if not (isinstance(value, (int, float)) and 0.0 < float(value) < 1.0):
+        raise IJCKDError(f"`{name}` must be a fraction strictly between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def _check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise IJCKDError(f"`{name}` must be a positive integer, got {value!r}")
+    return value
+
+
+def _check_penalty_grid(grid, name):
+    values = [grid] if isinstance(grid, (int, float)) else grid
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise IJCKDError(f"`{name}` must be a sequence of numbers, got {grid!r}") from None
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise IJCKDError(f"`{name}` must be a non-empty sequence of positive finite numbers, "
+                         f"got {grid!r}")
+    return values
+
+
+def _compute_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _not_fitted(estimator, attribute="weight_"):
+    if not hasattr(estimator, attribute):
+        name = type(estimator).__name__
+        raise IJCKDError(f"this {name} is not fitted yet; call fit(...) first")
+
+
+# ----------------------------------------------------------------------------------------
+# Splits
+
+
+def stratified_split(y, holdout, seed, *, groups=None):
+    """Seeded, class-stratified split of samples into a fitting and a held-out part.
+
+    Args:
+        y: (n,) long class indices.
+        holdout: fraction of each class to hold out (rounded to nearest; every class with
+            at least two members keeps at least one member in the fitting part).
+        seed: int; the split depends on nothing else (not on the device).
+        groups: optional (n,) long group ids; samples of one group land on the same side
+            (e.g. the teacher and student features of one input). Each group must carry a
+            single label.
+
+    Returns:
+        ``(fit_idx, held_idx)``: two sorted (m,) long tensors on ``y``'s device.
+    """
+    device = y.device
+    y_cpu = y.detach().cpu().long()
+    if groups is None:
+        unit_labels = y_cpu
+        unit_of_sample = None
+    else:
+        group_ids, unit_of_sample = torch.unique(groups.detach().cpu(), return_inverse=True)
+        unit_labels = torch.full((group_ids.numel(),), -1, dtype=torch.long)
+        unit_labels.scatter_(0, unit_of_sample, y_cpu)
+        if not bool((unit_labels[unit_of_sample] == y_cpu).all()):
+            raise IJCKDError("`groups` must not mix labels: samples of one group share a label")
+    n_units = unit_labels.numel()
+    generator = torch.Generator().manual_seed(int(seed))
+    permutation = torch.randperm(n_units, generator=generator)
+    # a stable sort by label after a random permutation shuffles within each class
+    order = permutation[torch.sort(unit_labels[permutation], stable=True).indices]
+    sorted_labels = unit_labels[order]
+    counts = torch.bincount(sorted_labels)
+    class_start = torch.cumsum(counts, 0) - counts
+    rank_in_class = torch.arange(n_units) - class_start[sorted_labels]
+    n_held = torch.floor(counts.double() * holdout + 0.5).long()
+    n_held = torch.minimum(n_held, (counts - 1).clamp(min=0))
+    held_units = torch.zeros(n_units, dtype=torch.bool)
+    held_units[order] = rank_in_class < n_held[sorted_labels]
+    held = held_units if unit_of_sample is None else held_units[unit_of_sample]
+    fit_idx = torch.nonzero(~held).squeeze(1)
+    held_idx = torch.nonzero(held).squeeze(1)
+    return fit_idx.to(device), held_idx.to(device)
+
+
+# ----------------------------------------------------------------------------------------
+# Multinomial logistic regression by full-batch L-BFGS
+
+
+def _standardisation(x):
+    """Per-feature mean and scale of x (n, d), shapes (d,), for ``(x - mean) / scale``.
+
+    A constant column gets its own value as mean and scale 1, so it standardises to exact
+    zeros: its computed std is not 0 in float32 (a column of 0.1 gives about 1e-8), and
+    dividing by it would blow rounding noise up into a unit-variance feature.
+    """
+    constant = (x.max(dim=0).values == x.min(dim=0).values)
+    mean = torch.where(constant, x[0], x.mean(dim=0))
+    scale = torch.where(constant, torch.ones_like(mean), x.std(dim=0, unbiased=False))
+    return mean, scale
+
+
+def _to_standardised(weight, bias, mean, scale):
+    """Raw-input parameters -> parameters on ``(x - mean) / scale``."""
+    return weight * scale, bias + weight @ mean
+
+
+def _to_raw(weight, bias, mean, scale):
+    """Parameters on ``(x - mean) / scale`` -> parameters on raw ``x``."""
+    raw_weight = weight / scale
+    return raw_weight, bias - raw_weight @ mean
+
+
+def _lbfgs(params, closure, max_iter, tol):
+    optimizer = torch.optim.LBFGS(
+        params, lr=1.0, max_iter=max_iter, max_eval=max_iter * 5 // 4 + 1, history_size=10,
+        tolerance_grad=tol, tolerance_change=tol * 1e-4, line_search_fn="strong_wolfe")
+    optimizer.step(closure)
+
+
+def _fit_softmax(x_std, y, num_classes, l2, weight, bias, *, max_iter, tol):
+    """Minimise mean cross-entropy + l2·‖W‖²/2 (bias unpenalised) from ``(weight, bias)``.
+
+    x_std (n, d) standardised features, y (n,) in 0..num_classes-1, weight (K, d),
+    bias (K,). Returns the fitted ``(weight, bias)`` (new tensors).
+    """
+    weight = weight.detach().clone().requires_grad_(True)
+    bias = bias.detach().clone().requires_grad_(True)
+
+    def closure():
+        weight.grad = None
+        bias.grad = None
+        with torch.enable_grad():
+            logits = torch.addmm(bias, x_std, weight.T)
+            loss = F.cross_entropy(logits, y) + 0.5 * l2 * weight.pow(2).sum()
+            loss.backward()
+        return loss
+
+    _lbfgs([weight, bias], closure, max_iter, tol)
+    return weight.detach(), bias.detach()
+
+
+def _argmax_error(x, y, weight, bias):
+    """Fraction of rows of x (n, d) whose argmax of ``x Wᵀ + b`` differs from y (n,)."""
+    return float((torch.addmm(bias, x, weight.T).argmax(dim=1) != y).double().mean())
+
+
+class LogisticProbe:
+    """Multinomial logistic regression with an L2 strength chosen on a held-out part.
+
+    Objective: mean cross-entropy + ``l2·‖W‖²/2`` over standardised features (bias not
+    penalised), minimised by full-batch L-BFGS with a strong-Wolfe line search. With
+    ``C = 1 / (l2·n)`` this is scikit-learn's ``LogisticRegression`` on
+    ``StandardScaler``-ed features.
+
+    ``fit`` holds out a seeded, class-stratified ``holdout`` fraction, fits every l2 of
+    the grid on the rest (strongest first, each warm-started from the previous), keeps the
+    l2 with the lowest held-out error (ties go to the *larger* l2: at equal measured error
+    the more regularised probe is the simpler hypothesis, whose error estimate is the
+    more stable, and it is the cheaper one to refit), then refits on all samples with that
+    l2, warm-started from the held-out fit. A one-element grid skips the held-out part.
+
+    Args:
+        l2_grid: candidate L2 strengths (positive).
+        max_iter: L-BFGS iterations per fit (one per grid value, one for the refit).
+        tol: stop when the largest entry of the gradient of the mean objective falls below
+            ``tol``. The default 1e-4 is an order of magnitude below the sampling noise of
+            those entries at n = 10⁴, K = 100 (about ``sqrt(1/(K·n))``): the fits stop
+            where further iterations would only fit noise more precisely, typically after
+            10-20 iterations.
+        seed: seed of the held-out split.
+        holdout: fraction of each class held out to choose l2.
+
+    Learned attributes:
+        weight_ (K, d), bias_ (K,): classifier on raw inputs, ``logits = x weight_ᵀ + bias_``.
+            Classes absent from the training labels get zero weights and bias ``-inf``, so
+            they are never predicted.
+        l2_: the chosen L2 strength.
+        classes_ (K_seen,): the class indices seen in training, sorted.
+        heldout_errors_: dict l2 -> held-out error (empty for a one-element grid).
+        num_classes_: K.
+    """
+
+    def __init__(self, l2_grid=(1e-4, 1e-3, 1e-2, 1e-1), max_iter=100, tol=1e-4, seed=0,
+                 holdout=0.25):
+        self.l2_grid = l2_grid
+        self.max_iter = max_iter
+        self.tol = tol
+        self.seed = seed
+        self.holdout = holdout
+
+    def fit(self, x, y, num_classes=None, groups=None):
+        """Fit on x (n, d) with labels y (n,) in ``0..num_classes-1``.
+
+        ``num_classes`` defaults to ``max(y) + 1``. ``groups`` (n,) optionally keeps
+        related samples (e.g. the teacher and student features of one input) on the same
+        side of the held-out split. Returns ``self``.
+        """
+        grid = sorted(_check_penalty_grid(self.l2_grid, "l2_grid"), reverse=True)
+        max_iter = _check_positive_int(self.max_iter, "max_iter")
+        if not (isinstance(self.tol, (int, float)) and self.tol > 0):
+            raise IJCKDError(f"`tol` must be a positive number, got {self.tol!r}")
+        holdout = _check_fraction(self.holdout, "holdout")
+        x = as_features(x, "x")
+        if num_classes is not None:
+            num_classes = _check_positive_int(num_classes, "num_classes")
+        y = as_labels(y, "y", x.shape[0], num_classes=num_classes).to(x.device)
+        if num_classes is None:
+            num_classes = int(y.max()) + 1
+        if groups is not None:
+            groups = as_labels(groups, "groups", x.shape[0]).to(x.device)
+        x = x.to(_compute_dtype(x))
+
+        classes = torch.unique(y)  # sorted
+        self.heldout_errors_ = {}
+        if classes.numel() == 1:
+            chosen_l2 = grid[0]  # nothing to fit: report the strongest penalty
+            weight = torch.zeros(1, x.shape[1], dtype=x.dtype, device=x.device)
+            bias = torch.zeros(1, dtype=x.dtype, device=x.device)
+        else:
+            # fit on the seen classes only: absent classes would push their bias to -inf
+            y_seen = torch.searchsorted(classes, y)
+            k_seen = classes.numel()
+            start = None  # raw-input parameters of the held-out stage, for the warm start
+            if len(grid) == 1:
+                chosen_l2 = grid[0]
+            else:
+                fit_idx, held_idx = stratified_split(y_seen, holdout, self.seed, groups=groups)
+                if held_idx.numel() == 0 or fit_idx.numel() == 0:
+                    raise IJCKDError(
+                        f"cannot hold out {holdout:.0%} of {x.shape[0]} samples per class "
+                        "to choose l2: every class needs at least 2 samples")
+                x_part, y_part = x[fit_idx], y_seen[fit_idx]
+                x_held, y_held = x[held_idx], y_seen[held_idx]
+                mean, scale = _standardisation(x_part)
+                x_part_std = (x_part - mean) / scale
+                weight = torch.zeros(k_seen, x.shape[1], dtype=x.dtype, device=x.device)
+                bias = torch.zeros(k_seen, dtype=x.dtype, device=x.device)
+                best = None
+                for l2 in grid:  # strongest first: each solution warm-starts the next
+                    weight, bias = _fit_softmax(x_part_std, y_part, k_seen, l2, weight, bias,
+                                                max_iter=max_iter, tol=self.tol)
+                    raw = _to_raw(weight, bias, mean, scale)
+                    error = _argmax_error(x_held, y_held, *raw)
+                    self.heldout_errors_[l2] = error
+                    if best is None or error < best[0]:  # strict: ties keep the larger l2
+                        best = (error, l2, raw)
+                _, chosen_l2, start = best
+            mean, scale = _standardisation(x)
+            if start is None:
+                weight = torch.zeros(k_seen, x.shape[1], dtype=x.dtype, device=x.device)
+                bias = torch.zeros(k_seen, dtype=x.dtype, device=x.device)
+            else:
+                weight, bias = _to_standardised(*start, mean, scale)
+            weight, bias = _fit_softmax((x - mean) / scale, y_seen, k_seen, chosen_l2,
+                                        weight, bias, max_iter=max_iter, tol=self.tol)
+            weight, bias = _to_raw(weight, bias, mean, scale)
+
+        self.weight_ = torch.zeros(num_classes, x.shape[1], dtype=x.dtype, device=x.device)
+        self.bias_ = torch.full((num_classes,), -math.inf, dtype=x.dtype, device=x.device)
+        self.weight_[classes] = weight
+        self.bias_[classes] = bias
+        self.l2_ = float(chosen_l2)
+        self.classes_ = classes
+        self.num_classes_ = num_classes
+        return self
+
+    def logits(self, x):
+        """Logits (n, K) of x (n, d); ``-inf`` in the columns of classes never seen."""
+        _not_fitted(self)
+        x = as_features(x, "x", dim=self.weight_.shape[1], like="the fitted features")
+        return torch.addmm(self.bias_, x.to(self.weight_), self.weight_.T)
+
+    def predict(self, x):
+        """Predicted class indices, long (n,)."""
+        return self.logits(x).argmax(dim=1)
+
+    def error(self, x, y):
+        """Misclassification rate (float) on x (n, d), y (n,)."""
+        predicted = self.predict(x)
+        y = as_labels(y, "y", predicted.shape[0]).to(predicted.device)
+        return float((predicted != y).double().mean())
+
+
+# ----------------------------------------------------------------------------------------
+# The joint classifier ĥ* of THEORY's joint_err rows
+
+
+@dataclass(frozen=True)
+class JointClassifier:
+    """The better of ``h_T`` and a joint logistic probe, by held-out joint error.
+
+    Attributes:
+        weight (K, d), bias (K,): the chosen linear classifier on teacher-space features.
+            A probe's classes absent from the fitting part carry bias ``-inf``.
+        chosen: ``"teacher"`` or ``"probe"``.
+        heldout_joint_err_teacher: ``ε_T(h_T) + ε_S(h_T)`` on the held-out part.
+        heldout_joint_err_probe: ``ε_T(probe) + ε_S(probe)`` on the held-out part.
+        l2: the L2 strength the probe chose (reported whichever classifier won).
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    chosen: str
+    heldout_joint_err_teacher: float
+    heldout_joint_err_probe: float
+    l2: float
+
+    def logits(self, z):
+        """Logits (n, K) of features z (n, d)."""
+        return torch.addmm(self.bias, z.to(self.weight), self.weight.T)
+
+    def predict(self, z):
+        """Predicted class indices, long (n,)."""
+        return self.logits(z).argmax(dim=1)
+
+
+def _joint_error(z_t, z_s, y, weight, bias):
+    return _argmax_error(z_t, y, weight, bias) + _argmax_error(z_s, y, weight, bias)
+
+
+def fit_joint_classifier(z_t_fit, z_s_fit, y_fit, weight, bias, *, seed=0, holdout=0.25,
+                         probe_kwargs=None):
+    """Estimate the ideal joint classifier ``ĥ* = argmin_h ε_T(h) + ε_S(h)`` over linear h.
+
+    The fit pairs are split (seeded, stratified by label, the two features of one input
+    kept together) into a fitting part and a held-out part. A ``LogisticProbe`` is fitted
+    on the union of teacher and student features of the fitting part (labels duplicated;
+    its own l2 choice sees only the fitting part, again with pairs kept together). The
+    teacher classifier and the probe are then compared by joint error on the held-out
+    part; the better one is returned, the teacher on a tie (it is one of the linear
+    classifiers the minimum runs over, and needs no fitting).
+
+    Args:
+        z_t_fit (n, d), z_s_fit (n, d): teacher and (connected) student features of the
+            fit split, row i of both from the same input.
+        y_fit (n,): labels in ``0..K-1``.
+        weight (K, d), bias (K,): the teacher classifier ``h_T``.
+        seed, holdout: the held-out split (``holdout`` fraction of pairs per class).
+        probe_kwargs: extra ``LogisticProbe`` hyperparameters (``seed`` defaults to ``seed``).
+
+    Returns:
+        ``JointClassifier`` with weight/bias on the device and dtype of ``weight``.
+    """
+    holdout = _check_fraction(holdout, "holdout")
+    z_t_fit = as_features(z_t_fit, "z_t_fit")
+    n, d = z_t_fit.shape
+    z_s_fit = as_features(z_s_fit, "z_s_fit", dim=d, like="`z_t_fit`")
+    if z_s_fit.shape[0] != n:
+        raise IJCKDError(f"`z_s_fit` must have {n} rows like `z_t_fit` (paired samples), "
+                         f"got {z_s_fit.shape[0]}")
+    weight = as_features(weight, "weight", dim=d, like="`z_t_fit`", rows="K")
+    num_classes = weight.shape[0]
+    if not torch.is_tensor(bias):
+        bias = torch.as_tensor(bias)
+    if bias.shape != (num_classes,):
+        raise IJCKDError(f"`bias` must have shape ({num_classes},) like the rows of `weight`, "
+                         f"got {tuple(bias.shape)}")
+    if not bool(torch.isfinite(bias).all()):
+        raise IJCKDError("`bias` has NaN or infinite values")
+    y_fit = as_labels(y_fit, "y_fit", n, num_classes=num_classes, x_name="z_t_fit")
+    device, dtype = z_t_fit.device, _compute_dtype(z_t_fit)
+    z_t_fit = z_t_fit.to(dtype)
+    z_s_fit = z_s_fit.to(device=device, dtype=dtype)
+    y_fit = y_fit.to(device)
+    teacher_weight = weight.to(device=device, dtype=dtype)
+    teacher_bias = bias.to(device=device, dtype=dtype)
+
+    part_idx, held_idx = stratified_split(y_fit, holdout, seed)
+    if held_idx.numel() == 0:
+        raise IJCKDError(f"cannot hold out {holdout:.0%} of {n} fit pairs per class: "
+                         "every class needs at least 2 pairs")
+    m = part_idx.numel()
+    union = torch.cat([z_t_fit[part_idx], z_s_fit[part_idx]])
+    union_labels = torch.cat([y_fit[part_idx], y_fit[part_idx]])
+    pair_ids = torch.arange(m, device=device).repeat(2)
+    options = {"seed": seed, **(probe_kwargs or {})}
+    probe = LogisticProbe(**options).fit(union, union_labels, num_classes=num_classes,
+                                         groups=pair_ids)
+
+    z_t_held, z_s_held, y_held = z_t_fit[held_idx], z_s_fit[held_idx], y_fit[held_idx]
+    err_teacher = _joint_error(z_t_held, z_s_held, y_held, teacher_weight, teacher_bias)
+    err_probe = _joint_error(z_t_held, z_s_held, y_held, probe.weight_, probe.bias_)
+    if err_probe < err_teacher:
+        chosen, out_weight, out_bias = "probe", probe.weight_, probe.bias_
+    else:
+        chosen, out_weight, out_bias = "teacher", weight, bias
+    return JointClassifier(
+        weight=out_weight.to(device=weight.device, dtype=weight.dtype),
+        bias=out_bias.to(device=weight.device, dtype=weight.dtype),
+        chosen=chosen,
+        heldout_joint_err_teacher=err_teacher,
+        heldout_joint_err_probe=err_probe,
+        l2=probe.l2_,
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Domain classifiers and the proxy A-distance
+
+
+class DomainClassifier:
+    """Tells teacher features (domain 0) from student features (domain 1).
+
+    ``kind="linear"``: logistic regression (``LogisticProbe`` with the single L2 strength
+    ``l2``). ``kind="mlp"``: one hidden ReLU layer of width ``hidden`` and one output
+    logit, binary cross-entropy + ``l2/2·(‖W1‖² + ‖w2‖²)`` on standardised inputs,
+    full-batch L-BFGS for at most ``max_iter`` iterations from a seeded initialisation
+    (nn.Linear's default, drawn on the CPU). ``max_iter=50``: on 2 × 10⁴ features of
+    width 512 the proxy A-distance changes by about 0.02 between 50 and 200 iterations,
+    while the cost (the first layer, 2·n·d·hidden flops per pass) grows fourfold.
+
+    Learned attributes (raw-input parameters, standardisation folded in):
+        linear: weight_ (2, d), bias_ (2,).
+        mlp: hidden_weight_ (hidden, d), hidden_bias_ (hidden,), out_weight_ (hidden,),
+            out_bias_ (scalar tensor).
+    """
+
+    def __init__(self, kind="linear", hidden=64, max_iter=50, l2=1e-3, seed=0, tol=1e-4):
+        self.kind = kind
+        self.hidden = hidden
+        self.max_iter = max_iter
+        self.l2 = l2
+        self.seed = seed
+        self.tol = tol
+
+    def fit(self, z_t_fit, z_s_fit):
+        """Fit on teacher features z_t_fit (n, d) and student features z_s_fit (m, d)."""
+        if self.kind not in ("linear", "mlp"):
+            raise IJCKDError(f"`kind` must be 'linear' or 'mlp', got {self.kind!r}")
+        max_iter = _check_positive_int(self.max_iter, "max_iter")
+        if not (isinstance(self.l2, (int, float)) and math.isfinite(self.l2) and self.l2 >= 0):
+            raise IJCKDError(f"`l2` must be a non-negative number, got {self.l2!r}")
+        z_t_fit = as_features(z_t_fit, "z_t_fit")
+        z_s_fit = as_features(z_s_fit, "z_s_fit", dim=z_t_fit.shape[1], like="`z_t_fit`")
+        x = torch.cat([z_t_fit, z_s_fit.to(z_t_fit)])
+        x = x.to(_compute_dtype(x))
+        domain = torch.cat([torch.zeros(z_t_fit.shape[0], dtype=torch.long),
+                            torch.ones(z_s_fit.shape[0], dtype=torch.long)]).to(x.device)
+        for attribute in ("weight_", "bias_", "hidden_weight_", "hidden_bias_", "out_weight_",
+                          "out_bias_"):
+            self.__dict__.pop(attribute, None)
+        if self.kind == "linear":
+            # l2 = 0 is allowed here but not in the probe's grid: use a vanishing penalty
+            probe = LogisticProbe(l2_grid=(max(self.l2, 1e-12),), max_iter=max_iter,
+                                  tol=self.tol, seed=self.seed).fit(x, domain, num_classes=2)
+            self.weight_, self.bias_ = probe.weight_, probe.bias_
+        else:
+            self._fit_mlp(x, domain.to(x.dtype), max_iter)
+        return self
+
+    def _fit_mlp(self, x, domain, max_iter):
+        hidden = _check_positive_int(self.hidden, "hidden")
+        mean, scale = _standardisation(x)
+        x_std = (x - mean) / scale
+        d = x.shape[1]
+        # nn.Linear's default initialisation, drawn from a CPU generator so the result
+        # does not depend on the device
+        generator = torch.Generator().manual_seed(int(self.seed))
+
+        def uniform(shape, fan_in):
+            bound = 1.0 / math.sqrt(fan_in)
+            values = (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+            return values.to(device=x.device, dtype=x.dtype).requires_grad_(True)
+
+        w1, b1 = uniform((hidden, d), d), uniform((hidden,), d)
+        w2, b2 = uniform((hidden,), hidden), uniform((), hidden)
+        l2 = float(self.l2)
+
+        def closure():
+            for p in (w1, b1, w2, b2):
+                p.grad = None
+            with torch.enable_grad():
+                activation = torch.relu(torch.addmm(b1, x_std, w1.T))
+                logit = activation @ w2 + b2
+                loss = F.binary_cross_entropy_with_logits(logit, domain)
+                loss = loss + 0.5 * l2 * (w1.pow(2).sum() + w2.pow(2).sum())
+                loss.backward()
+            return loss
+
+        _lbfgs([w1, b1, w2, b2], closure, max_iter, self.tol)
+        self.hidden_weight_, self.hidden_bias_ = _to_raw(w1.detach(), b1.detach(), mean, scale)
+        self.out_weight_, self.out_bias_ = w2.detach(), b2.detach()
+
+    def predict_domain(self, z):
+        """Predicted domain of each row of z (n, d): long (n,), 0 = teacher, 1 = student."""
+        if self.kind == "linear":
+            _not_fitted(self, "weight_")
+            z = as_features(z, "z", dim=self.weight_.shape[1], like="the fitted features")
+            return torch.addmm(self.bias_, z.to(self.weight_), self.weight_.T).argmax(dim=1)
+        _not_fitted(self, "hidden_weight_")
+        z = as_features(z, "z", dim=self.hidden_weight_.shape[1], like="the fitted features")
+        activation = torch.relu(torch.addmm(self.hidden_bias_, z.to(self.hidden_weight_),
+                                            self.hidden_weight_.T))
+        return (activation @ self.out_weight_ + self.out_bias_ > 0).long()
+
+
+def domain_errors(clf, z_t_eval, z_s_eval):
+    """Per-sample domain misclassifications on the evaluation split.
+
+    Args:
+        clf: a fitted ``DomainClassifier``.
+        z_t_eval (n, d), z_s_eval (n, d): teacher and student features, paired by row.
+
+    Returns:
+        ``(err_t, err_s)``, two bool (n,) tensors: ``err_t[i]`` is true when the teacher
+        feature of input i is called a student feature, ``err_s[i]`` the converse. Keeping
+        them per input lets a bootstrap resample inputs with both features together.
+    """
+    z_t_eval = as_features(z_t_eval, "z_t_eval")
+    z_s_eval = as_features(z_s_eval, "z_s_eval", dim=z_t_eval.shape[1], like="`z_t_eval`")
+    if z_s_eval.shape[0] != z_t_eval.shape[0]:
+        raise IJCKDError(f"`z_s_eval` must have {z_t_eval.shape[0]} rows like `z_t_eval` "
+                         f"(paired samples), got {z_s_eval.shape[0]}")
+    return clf.predict_domain(z_t_eval) != 0, clf.predict_domain(z_s_eval) != 1
+
+
+def proxy_a_distance(err_t, err_s):
+    """Proxy A-distance ``clip(2(1 − 2·err_dom), 0, 2)``, ``err_dom = (mean err_t + mean err_s)/2``.
+
+    err_t (n,), err_s (m,): per-sample domain misclassification indicators (bool or 0/1).
+    """
+    err_t, err_s = torch.as_tensor(err_t), torch.as_tensor(err_s)
+    if err_t.dim() != 1 or err_s.dim() != 1 or err_t.numel() == 0 or err_s.numel() == 0:
+        raise IJCKDError(f"`err_t` and `err_s` must be non-empty 1-D indicator arrays, got "
+                         f"shapes {tuple(err_t.shape)} and {tuple(err_s.shape)}")
+    err_dom = 0.5 * (float(err_t.double().mean()) + float(err_s.double().mean()))
+    return min(max(2.0 * (1.0 - 2.0 * err_dom), 0.0), 2.0)
