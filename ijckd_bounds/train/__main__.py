@@ -1,0 +1,41 @@
+"""``python -m ijckd_bounds.train --config F.yaml [key=value ...] [--resume] [--teacher-mode]``
+
+A runnable entry for torchrun and subprocess tests; the ``ijckd-bounds`` CLI wraps the
+same functions. Prints the run directory (or the teacher file) and exits 0; a problem
+with the input prints one line and exits 2.
+"""
+
+import argparse
+import logging
+import sys
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m ijckd_bounds.train",
+                                     description="train a teacher or distill a student")
+    parser.add_argument("--config", help="YAML config file")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the run directory's latest checkpoint")
+    parser.add_argument("--teacher-mode", action="store_true",
+                        help="train model.teacher with cross-entropy (train-teacher)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_intermixed_args(argv)  # overrides may come before or after flags
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    from ijckd_bounds.config import load_config
+    from ijckd_bounds.errors import IJCKDError
+    from ijckd_bounds.train import TrainConfig, distill, train_teacher
+
+    try:
+        cfg = load_config(TrainConfig, args.config, args.overrides)
+        run = train_teacher if args.teacher_mode else distill
+        result = run(cfg, resume=args.resume)
+    except IJCKDError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(result.teacher_path or result.run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

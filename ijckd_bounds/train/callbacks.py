@@ -1,0 +1,135 @@
+"""Callbacks of the training loop: per-epoch history and per-step log files, progress bars.
+
+``history.csv``: one row per epoch: epoch, step, lr, train_<term> for every loss term,
+train_acc, eval_acc, best_eval_acc, best_epoch, seconds. Rewritten atomically each epoch.
+``steps.csv``: one row per optimizer step: epoch, step, lr, every loss term, acc;
+appended at each epoch's end. On resume, rows past the checkpoint's epoch are dropped
+from both.
+"""
+
+import csv
+import io
+import logging
+import sys
+import time
+from pathlib import Path
+
+from ijckd_bounds.io import atomic_write_text
+from ijckd_bounds.train.loop import Callback
+
+log = logging.getLogger("ijckd_bounds.train")
+
+HISTORY_CSV = "history.csv"
+STEPS_CSV = "steps.csv"
+
+
+def _read_rows(path):
+    path = Path(path)
+    if not path.is_file():
+        return [], None
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = [row for row in reader if None not in row and None not in row.values()]
+        return rows, reader.fieldnames
+
+
+def _csv_text(rows, columns):
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def truncate_logs(run_dir, last_epoch):
+    """Drop history/steps rows of epochs after ``last_epoch`` (the resumed checkpoint's);
+    rows cut short by a kill are dropped too."""
+    for name in (HISTORY_CSV, STEPS_CSV):
+        path = Path(run_dir) / name
+        rows, columns = _read_rows(path)
+        if columns is None:
+            continue
+        kept = [row for row in rows if _int(row.get("epoch")) is not None
+                and _int(row["epoch"]) <= last_epoch]
+        atomic_write_text(path, _csv_text(kept, columns))
+
+
+def _int(text):
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None
+
+
+class HistoryWriter(Callback):
+    """Writes ``history.csv`` and ``steps.csv`` in the run directory (rank 0 only)."""
+
+    def __init__(self, run_dir, term_names):
+        self.run_dir = Path(run_dir)
+        self.history_columns = (["epoch", "step", "lr"] + [f"train_{t}" for t in term_names]
+                                + ["train_acc", "eval_acc", "best_eval_acc", "best_epoch",
+                                   "seconds"])
+        self.step_columns = ["epoch", "step", "lr", *term_names, "acc"]
+        self.history, _ = _read_rows(self.run_dir / HISTORY_CSV)
+        self.pending_steps = []
+        self.started = time.perf_counter()
+
+    def on_step_end(self, step, epoch, values):
+        self.pending_steps.append({"epoch": epoch, "step": step, **values})
+
+    def on_epoch_end(self, epoch, metrics):
+        row = {"epoch": epoch, "seconds": round(time.perf_counter() - self.started, 3),
+               **metrics}
+        self.history.append(row)
+        atomic_write_text(self.run_dir / HISTORY_CSV,
+                          _csv_text(self.history, self.history_columns))
+        steps_path = self.run_dir / STEPS_CSV
+        text = _csv_text(self.pending_steps, self.step_columns)
+        if steps_path.is_file() and steps_path.stat().st_size > 0:
+            text = text.split("\n", 1)[1]  # the header is already there
+        with open(steps_path, "a", newline="") as fh:
+            fh.write(text)
+        self.pending_steps = []
+        self.started = time.perf_counter()
+        terms = ", ".join(f"{k[6:]} {v:.4g}" for k, v in metrics.items()
+                          if k.startswith("train_") and k != "train_acc")
+        log.info("epoch %d: %s, train acc %.4f, eval acc %.4f (best %.4f at epoch %d)", epoch,
+                 terms, metrics["train_acc"], metrics["eval_acc"], metrics["best_eval_acc"],
+                 metrics["best_epoch"])
+
+
+class ProgressBars(Callback):
+    """tqdm bars over epochs and batches with the loss terms in the batch bar.
+
+    ``enabled=None``: bars only when stderr is a terminal.
+    """
+
+    def __init__(self, first_epoch, epochs, enabled=None):
+        from tqdm.auto import tqdm
+
+        self.tqdm = tqdm
+        self.disable = (not sys.stderr.isatty()) if enabled is None else not enabled
+        self.epoch_bar = tqdm(total=epochs, initial=first_epoch - 1, desc="epochs",
+                              unit="epoch", disable=self.disable, dynamic_ncols=True)
+        self.batch_bar = None
+
+    def batches(self, batches, epoch):
+        self.batch_bar = self.tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False,
+                                   disable=self.disable, dynamic_ncols=True)
+        return self.batch_bar
+
+    def on_step_end(self, step, epoch, values):
+        if not self.disable and self.batch_bar is not None:
+            self.batch_bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k != "lr"},
+                                       refresh=False)
+
+    def on_epoch_end(self, epoch, metrics):
+        if not self.disable:
+            self.epoch_bar.update(1)
+            self.epoch_bar.set_postfix(loss=f"{metrics['train_loss']:.4g}",
+                                       eval_acc=f"{metrics['eval_acc']:.4f}")
+
+    def close(self):
+        if self.batch_bar is not None:
+            self.batch_bar.close()
+        self.epoch_bar.close()

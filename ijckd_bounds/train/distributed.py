@@ -1,0 +1,221 @@
+"""Processes, devices and batches: one process or many (torchrun / torch.distributed).
+
+``torchrun`` (or any launcher) sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
+MASTER_PORT; ``init_distributed`` joins the group (NCCL on CUDA, gloo on CPU). The data
+order is one seeded permutation per epoch shared by all ranks; each global batch of
+``batch_size`` samples is cut into ``world_size`` equal contiguous slices, one per rank,
+so N processes see exactly the batches one process would (DDP averages the gradients of
+the equal slices, i.e. the gradient of the global batch mean). Only rank 0 writes files.
+"""
+
+import os
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ijckd_bounds.errors import IJCKDError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def distributed(self):
+        return self.world_size > 1
+
+
+def _env_int(name, default):
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise IJCKDError(f"environment variable {name} must be an integer, got {raw!r}") from None
+
+
+def resolve_device(spec, local_rank=0):
+    """``"auto"`` -> cuda:LOCAL_RANK when CUDA is available, else cpu."""
+    if spec == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise IJCKDError(f"run.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', "
+                         f"got {spec!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise IJCKDError(f"run.device is {spec!r} but CUDA is not available here; use "
+                             f"run.device=cpu or auto")
+        if device.index is None:
+            device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def init_distributed(device_spec="auto"):
+    """Join the process group when WORLD_SIZE > 1; return this process's DistContext."""
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    device = resolve_device(device_spec, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, **kwargs)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def shutdown_distributed(ctx):
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class ShardedBatchSampler:
+    """Index batches of one epoch for one rank.
+
+    A permutation of ``range(n)`` from a generator seeded with (seed, epoch); global
+    batches of ``batch_size`` (the last incomplete one dropped, so every rank takes every
+    step with equal slices); this rank takes slice ``rank`` of ``world_size`` equal
+    contiguous slices of each.
+    """
+
+    def __init__(self, n, batch_size, *, seed, epoch, rank=0, world_size=1):
+        if batch_size % world_size:
+            raise IJCKDError(f"data.batch_size ({batch_size}) must be divisible by the number of "
+                             f"processes ({world_size})")
+        if n < batch_size:
+            raise IJCKDError(f"data.batch_size ({batch_size}) exceeds the training split size "
+                             f"({n}); lower it")
+        self.n, self.batch_size = n, batch_size
+        self.seed, self.epoch = seed, epoch
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self):
+        return self.n // self.batch_size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=generator)
+        per_rank = self.batch_size // self.world_size
+        for b in range(len(self)):
+            start = b * self.batch_size + self.rank * per_rank
+            yield order[start:start + per_rank].tolist()
+
+
+class Precision:
+    """Mixed precision on CUDA (bf16/fp16 autocast, a GradScaler for fp16); on other
+    devices the flag is ignored with a warning and everything runs in float32."""
+
+    def __init__(self, amp, device):
+        if amp != "none" and device.type != "cuda":
+            warnings.warn(f"run.amp={amp} is ignored on {device.type}: training in float32",
+                          stacklevel=2)
+            amp = "none"
+        self.amp, self.device = amp, device
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+
+    def autocast(self):
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def backward(self, loss):
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self, optimizer):
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+
+    def state_dict(self):
+        return None if self.scaler is None else self.scaler.state_dict()
+
+    def load_state_dict(self, state):
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
+
+
+class RunData:
+    """Batches, device moves, cross-rank sums and evaluation for ``loop.fit``."""
+
+    def __init__(self, splits, data_cfg, ctx, *, seed, channels_last=False, progress=None):
+        self.splits, self.cfg, self.ctx = splits, data_cfg, ctx
+        self.seed = seed
+        self.channels_last = channels_last
+        self.progress = progress
+        self.pin = ctx.device.type == "cuda"
+        # Fail now, not at the first epoch, if the batch does not fit the data or ranks.
+        ShardedBatchSampler(len(splits.train), data_cfg.batch_size, seed=seed, epoch=0,
+                            world_size=ctx.world_size)
+
+    def train_batches(self, epoch):
+        sampler = ShardedBatchSampler(len(self.splits.train), self.cfg.batch_size,
+                                      seed=self.seed, epoch=epoch, rank=self.ctx.rank,
+                                      world_size=self.ctx.world_size)
+        train = self.splits.train
+        if (self.cfg.num_workers == 0 and getattr(train, "transform", True) is None
+                and isinstance(getattr(train, "inputs", None), torch.Tensor)):
+            # In-memory split without augmentation: index the tensors directly, the same
+            # batches a DataLoader would collate, without per-sample Python calls.
+            return ((train.inputs[idx], train.labels[idx]) for idx in map(torch.tensor, sampler))
+        # Worker seeds come from this generator, so workers > 0 stay reproducible too.
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.utils.data.DataLoader(self.splits.train, batch_sampler=sampler,
+                                           num_workers=self.cfg.num_workers,
+                                           pin_memory=self.pin, generator=generator)
+
+    def to_device(self, x, y):
+        x = x.to(self.ctx.device, non_blocking=self.pin)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.ctx.device, non_blocking=self.pin)
+
+    def reduce(self, tensor):
+        """Sum ``tensor`` over ranks (identity in one process)."""
+        if self.ctx.distributed:
+            tensor = tensor.clone()
+            dist.all_reduce(tensor)
+        return tensor
+
+    def evaluate(self, objective, split="eval"):
+        """Accuracy of ``objective.predict`` on a split (each rank a contiguous shard)."""
+        dataset = getattr(self.splits, split)
+        n = len(dataset)
+        lo = n * self.ctx.rank // self.ctx.world_size
+        hi = n * (self.ctx.rank + 1) // self.ctx.world_size
+        shard = torch.utils.data.Subset(dataset, range(lo, hi))
+        loader = torch.utils.data.DataLoader(shard, batch_size=self.cfg.eval_batch_size,
+                                             num_workers=self.cfg.num_workers,
+                                             pin_memory=self.pin)
+        objective.eval()
+        counts = torch.zeros(2, dtype=torch.float64, device=self.ctx.device)
+        with torch.no_grad():
+            for x, y in loader:
+                x, y = self.to_device(x, y)
+                logits = objective.predict(x)
+                counts += torch.stack([(logits.argmax(1) == y).sum().double(),
+                                       torch.tensor(float(len(y)), device=y.device,
+                                                    dtype=torch.float64)])
+        counts = self.reduce(counts).cpu()
+        return (counts[0] / counts[1]).item() if counts[1] > 0 else float("nan")
+
+    def batches_bar(self, batches, epoch):
+        if self.progress is None:
+            return batches
+        return self.progress.batches(batches, epoch)

@@ -1,0 +1,343 @@
+"""Distillation methods as objective objects over one shared training loop.
+
+An objective is an ``nn.Module`` holding the trainable parts (the student and, where the
+method has one, its connector) and a ``FrozenTeacher`` (held outside the module tree, so
+``objective.train()``, ``state_dict()``, the optimizer and DDP never see it)::
+
+    terms, logits = objective(x, y)   # x (n, *input_shape), y (n,) int64
+    terms["loss"].backward()          # terms: dict name -> scalar tensor, "loss" first
+    logits = objective.predict(x)     # (n, K): what the student predicts with
+
+Loss terms are logged unweighted; ``loss`` is the weighted total. All means: ``ce`` =
+mean cross-entropy; ``kl`` = T² · KL(softmax(z_t/T) ‖ softmax(z_s/T)) averaged over the
+batch (``KLDivLoss(reduction="batchmean")``, as in RepDistiller/SimKD ``DistillKL``);
+``*_mse`` = mean over all elements (``nn.MSELoss()``), as in the reference code.
+
+| method  | loss (reference defaults)                                           | predicts with |
+|---------|---------------------------------------------------------------------|---------------|
+| ce      | ce                                                                  | own head      |
+| kd      | 0.1·ce + 0.9·kl, T = 4          (RepDistiller: -r 0.1 -a 0.9 -b 0)  | own head      |
+| fitnet  | ce + 100·hint_mse               (RepDistiller: -a 0 -b 100)         | own head      |
+| srrl    | ce + kl + 1·(feat_mse + logit_mse)   (SimKD repo: -c 1 -d 1 -b 1)   | own head      |
+| simkd   | 1·feat_mse                      (SimKD repo: -c 0 -d 0 -b 1)        | teacher cls.  |
+| ijckd   | ce(h_T(z_S)) + 1·logit_mse(h_T(z_S), h_T(z_T)) + 1·feat_mse          | teacher cls.  |
+
+Maps are the last feature map of each model (``forward_with_map``; for MLPs the last
+hidden vector). FitNet's hint here is at the *last* stage (RepDistiller's default
+``--hint_layer 2`` is a middle stage; this toolkit only exposes the last map).
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ijckd_bounds.errors import IJCKDError
+from ijckd_bounds.models.base import ZooModel
+from ijckd_bounds.models.connectors import (FitNetRegressor, PooledConnector, align_maps,
+                                            bottleneck_for)
+from ijckd_bounds.registry import Registry
+
+METHODS = Registry("method")
+
+WEIGHT_NAMES = ("ce_weight", "kl_weight", "alpha", "beta", "temperature", "reduction")
+
+
+# ------------------------------------------------------------------------- loss formulas
+
+
+def hinton_kl(student_logits, teacher_logits, temperature):
+    """T² · KL(softmax(z_t/T) ‖ softmax(z_s/T)), summed over classes, averaged over the
+    batch. Both logits (n, K); returns a scalar. Hinton et al. 2015; RepDistiller
+    ``DistillKL``."""
+    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
+    p_t = F.softmax(teacher_logits / temperature, dim=1)
+    return F.kl_div(log_p_s, p_t, reduction="batchmean") * temperature ** 2
+
+
+# ---------------------------------------------------------------------------- the teacher
+
+
+class FrozenTeacher:
+    """The teacher: always in eval mode, never trained, its classifier without gradient.
+
+    This is the one place the teacher is frozen. Not an ``nn.Module`` on purpose: stored
+    on an objective it stays out of ``parameters()``, ``state_dict()``, ``train()``.
+    """
+
+    def __init__(self, model):
+        self.model = model.eval()
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+
+    def __call__(self, x):
+        """``(logits (n, K), features (n, d), map)`` without building a graph."""
+        if self.model.training:  # someone called .train() on the bare model: undo it
+            self.model.eval()
+        with torch.no_grad():
+            return self.model.forward_with_map(x)
+
+    def classify(self, z):
+        """``h_T(z) = W z + b`` (n, K) for z (n, d): gradients reach ``z``, not W or b."""
+        return F.linear(z, self.model.classifier.weight, self.model.classifier.bias)
+
+    def to(self, *args, **kwargs):
+        self.model.to(*args, **kwargs)
+        return self
+
+
+# ----------------------------------------------------------------------------- objectives
+
+
+class Objective(nn.Module):
+    """Base class. Subclasses set ``name``, ``predicts_with``, ``defaults`` (the weights
+    they use with their reference values) and ``term_names`` ("loss" first)."""
+
+    name = None
+    predicts_with = "own_head"
+    needs_teacher = True
+    defaults = {}
+    term_names = ("loss",)
+
+    def __init__(self, student, teacher=None, connector=None, **weights):
+        super().__init__()
+        self.student = student
+        self.connector = connector
+        self.teacher = None if teacher is None else FrozenTeacher(teacher)
+        self.weights = {**self.defaults, **weights}
+        if self.predicts_with == "teacher_classifier":
+            # The student's own head is never used: keep it out of the optimizer and DDP.
+            self.student.classifier.requires_grad_(False)
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def student_logits(self, s_map, own_logits):
+        """What the student predicts with, from its map (n, C, ...) and own logits (n, K)."""
+        if self.predicts_with == "teacher_classifier":
+            return self.teacher.classify(ZooModel.pool(self.connector(s_map)))
+        return own_logits
+
+    @torch.no_grad()
+    def predict(self, x):
+        """Predicted logits (n, K) for x (n, *input_shape); call in eval mode."""
+        own_logits, _, s_map = self.student.forward_with_map(x)
+        return self.student_logits(s_map, own_logits)
+
+    def to(self, *args, **kwargs):
+        if self.teacher is not None:
+            self.teacher.to(*args, **kwargs)
+        return super().to(*args, **kwargs)
+
+    @classmethod
+    def build(cls, student, teacher, example_x, **weights):
+        """Build the objective (and its connector, shaped on ``example_x`` (n, ...))."""
+        return cls(student, teacher, None, **weights)
+
+
+@METHODS.register("ce")
+class CrossEntropy(Objective):
+    """loss = ce_weight · CE(z_s, y)."""
+
+    name = "ce"
+    needs_teacher = False
+    defaults = {"ce_weight": 1.0}
+    term_names = ("loss", "ce")
+
+    def forward(self, x, y):
+        logits, _ = self.student(x)
+        ce = F.cross_entropy(logits, y)
+        return {"loss": self.weights["ce_weight"] * ce, "ce": ce}, logits
+
+
+@METHODS.register("kd")
+class HintonKD(Objective):
+    """loss = ce_weight · CE(z_s, y) + kl_weight · T² · KL(softmax(z_t/T) ‖ softmax(z_s/T)).
+
+    Defaults 0.1 / 0.9 / T = 4 as RepDistiller's CIFAR script (``-r 0.1 -a 0.9``,
+    ``--kd_T 4``)."""
+
+    name = "kd"
+    defaults = {"ce_weight": 0.1, "kl_weight": 0.9, "temperature": 4.0}
+    term_names = ("loss", "ce", "kl")
+
+    def forward(self, x, y):
+        t_logits, _, _ = self.teacher(x)
+        logits, _ = self.student(x)
+        ce = F.cross_entropy(logits, y)
+        kl = hinton_kl(logits, t_logits, self.weights["temperature"])
+        loss = self.weights["ce_weight"] * ce + self.weights["kl_weight"] * kl
+        return {"loss": loss, "ce": ce, "kl": kl}, logits
+
+
+@METHODS.register("fitnet")
+class FitNet(Objective):
+    """loss = ce_weight · CE(z_s, y) + kl_weight · KL_T + beta · MSE(r(s map), t map).
+
+    ``r`` = ``FitNetRegressor`` (RepDistiller ``ConvReg``: conv - BN - ReLU), at the last
+    stage. Defaults ce 1, kl 0, beta 100 (RepDistiller: ``-a 0 -b 100``); the KL term is
+    skipped while kl_weight is 0 (the SimKD repo's script uses ``-d 1``)."""
+
+    name = "fitnet"
+    defaults = {"ce_weight": 1.0, "kl_weight": 0.0, "beta": 100.0, "temperature": 4.0}
+    term_names = ("loss", "ce", "kl", "hint_mse")
+
+    @classmethod
+    def build(cls, student, teacher, example_x, **weights):
+        s_map, t_map = _example_maps(student, teacher, example_x)
+        return cls(student, teacher, FitNetRegressor(s_map.shape[1:], t_map.shape[1:]),
+                   **weights)
+
+    def forward(self, x, y):
+        t_logits, _, t_map = self.teacher(x)
+        logits, _, s_map = self.student.forward_with_map(x)
+        projected = self.connector(s_map)
+        hint = F.mse_loss(projected, align_maps(projected, t_map))
+        ce = F.cross_entropy(logits, y)
+        kl = (hinton_kl(logits, t_logits, self.weights["temperature"])
+              if self.weights["kl_weight"] else torch.zeros((), device=ce.device))
+        loss = (self.weights["ce_weight"] * ce + self.weights["kl_weight"] * kl
+                + self.weights["beta"] * hint)
+        return {"loss": loss, "ce": ce, "kl": kl, "hint_mse": hint}, logits
+
+
+@METHODS.register("srrl")
+class SRRL(Objective):
+    """loss = ce_weight · CE(z_s, y) + kl_weight · KL_T
+              + beta · [MSE(p(s), t) + MSE(W_T p(s) + b_T, z_t)].
+
+    ``s``, ``t``: pooled student/teacher features; ``p`` = Linear(no bias) - BN - ReLU
+    (a 1x1 conv on the pooled vector, SimKD repo class ``SRRL``); ``z_t`` teacher logits.
+    Defaults ce 1, kl 1, beta 1, T = 4 follow the SimKD repository's script
+    (``-c 1 -d 1 -b 1``); the original SRRL (jingyang2017/KD_SRRL) has no KL term: set
+    ``kl_weight=0`` to get it."""
+
+    name = "srrl"
+    defaults = {"ce_weight": 1.0, "kl_weight": 1.0, "beta": 1.0, "temperature": 4.0}
+    term_names = ("loss", "ce", "kl", "feat_mse", "logit_mse")
+
+    @classmethod
+    def build(cls, student, teacher, example_x, **weights):
+        return cls(student, teacher, PooledConnector(student.feature_dim, teacher.feature_dim),
+                   **weights)
+
+    def forward(self, x, y):
+        t_logits, t_features, _ = self.teacher(x)
+        logits, s_features = self.student(x)
+        projected = self.connector(s_features)
+        feat = F.mse_loss(projected, t_features)
+        logit = F.mse_loss(self.teacher.classify(projected), t_logits)
+        ce = F.cross_entropy(logits, y)
+        kl = hinton_kl(logits, t_logits, self.weights["temperature"])
+        loss = (self.weights["ce_weight"] * ce + self.weights["kl_weight"] * kl
+                + self.weights["beta"] * (feat + logit))
+        return {"loss": loss, "ce": ce, "kl": kl, "feat_mse": feat, "logit_mse": logit}, logits
+
+
+def _example_maps(student, teacher, example_x):
+    """Student and teacher maps of a small example batch (eval mode, no graph)."""
+    was_training = student.training
+    student.eval()
+    teacher.eval()
+    with torch.no_grad():
+        _, _, s_map = student.forward_with_map(example_x)
+        _, _, t_map = teacher.forward_with_map(example_x)
+    student.train(was_training)
+    return s_map, t_map
+
+
+class _TeacherClassifierObjective(Objective):
+    """Shared by SimKD and IJCKD: bottleneck connector ``p`` on the student's map; the
+    student predicts with the teacher classifier on ``z_S = pool(p(s map))``."""
+
+    predicts_with = "teacher_classifier"
+
+    @classmethod
+    def build(cls, student, teacher, example_x, **weights):
+        s_map, t_map = _example_maps(student, teacher, example_x)
+        reduction = weights.get("reduction", cls.defaults["reduction"])
+        return cls(student, teacher, bottleneck_for(s_map.shape[1:], t_map.shape[1:], reduction),
+                   **weights)
+
+    def project(self, x):
+        """``(h_T(z_S) (n, K), feat_mse, teacher logits)``: the shared forward."""
+        t_logits, _, t_map = self.teacher(x)
+        _, _, s_map = self.student.forward_with_map(x)
+        projected = self.connector(s_map)
+        feat = F.mse_loss(projected, align_maps(projected, t_map))
+        logits = self.teacher.classify(ZooModel.pool(projected))
+        return logits, feat, t_logits
+
+
+@METHODS.register("simkd")
+class SimKD(_TeacherClassifierObjective):
+    """loss = beta · MSE(p(s map), t map), the larger map average-pooled to the smaller
+    size. ``p`` = SimKD's bottleneck (1x1 - 3x3 - 1x1 conv, BN + ReLU after each,
+    reduction 2). Defaults beta 1 (SimKD repo ``-c 0 -d 0 -b 1``)."""
+
+    name = "simkd"
+    defaults = {"beta": 1.0, "reduction": 2}
+    term_names = ("loss", "feat_mse")
+
+    def forward(self, x, y):
+        logits, feat, _ = self.project(x)
+        return {"loss": self.weights["beta"] * feat, "feat_mse": feat}, logits
+
+
+@METHODS.register("ijckd")
+class IJCKD(_TeacherClassifierObjective):
+    """loss = ce_weight · CE(h_T(z_S), y) + alpha · MSE(h_T(z_S), h_T(z_T))
+              + beta · MSE(p(s map), t map),
+
+    ``z_S = pool(p(s map))``, ``p`` the SimKD bottleneck, ``h_T(z_T)`` the teacher's
+    logits. Defaults ce 1, alpha 1, beta 1, reduction 2."""
+
+    name = "ijckd"
+    defaults = {"ce_weight": 1.0, "alpha": 1.0, "beta": 1.0, "reduction": 2}
+    term_names = ("loss", "ce", "logit_mse", "feat_mse")
+
+    def forward(self, x, y):
+        logits, feat, t_logits = self.project(x)
+        ce = F.cross_entropy(logits, y)
+        logit = F.mse_loss(logits, t_logits)
+        loss = (self.weights["ce_weight"] * ce + self.weights["alpha"] * logit
+                + self.weights["beta"] * feat)
+        return {"loss": loss, "ce": ce, "logit_mse": logit, "feat_mse": feat}, logits
+
+
+# --------------------------------------------------------------------------------- build
+
+
+def method_weights(method_cfg):
+    """The weights of ``method_cfg`` (MethodConfig) resolved against the method's
+    defaults; a weight the method does not use is an error."""
+    cls = METHODS.get(method_cfg.name)
+    weights = {}
+    for key in WEIGHT_NAMES:
+        value = getattr(method_cfg, key)
+        if value is None:
+            continue
+        if key not in cls.defaults:
+            raise IJCKDError(f"method.{key} is not used by method {method_cfg.name!r}; it uses "
+                             f"{', '.join(sorted(cls.defaults)) or 'no weights'}")
+        weights[key] = value
+    weights = {**cls.defaults, **weights}
+    if "temperature" in weights and weights["temperature"] <= 0:
+        raise IJCKDError(f"method.temperature must be positive, got {weights['temperature']}")
+    if "reduction" in weights:
+        weights["reduction"] = int(weights["reduction"])
+    return weights
+
+
+def build_objective(method_cfg, student, teacher, example_x):
+    """The objective for ``method_cfg`` (MethodConfig) on ``student``/``teacher`` models;
+    ``example_x`` (n >= 2, *input_shape) shapes the connectors."""
+    cls = METHODS.get(method_cfg.name)
+    weights = method_weights(method_cfg)
+    if cls.needs_teacher and teacher is None:
+        raise IJCKDError(f"method {method_cfg.name!r} needs a teacher: set "
+                         f"model.teacher_checkpoint to a teacher run's teacher.pt")
+    return cls.build(student, teacher, example_x, **weights)
+
+
+__all__ = ["METHODS", "CrossEntropy", "FitNet", "FrozenTeacher", "HintonKD", "IJCKD",
+           "Objective", "SRRL", "SimKD", "build_objective", "hinton_kl", "method_weights"]
