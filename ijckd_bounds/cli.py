@@ -1,0 +1,107 @@
+"""The ``ijckd-bounds`` command line: wires data, models, trainer, estimators, tracking,
+plotting and the audit together. The only module that imports all of them."""
+
+import argparse
+import sys
+
+from ijckd_bounds import __version__
+from ijckd_bounds.errors import IJCKDError
+
+
+def _add_overrides(parser):
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="override any config key, e.g. optim.lr=0.05 method.name=kd")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="ijckd-bounds",
+        description="Train distillation students and measure the bound terms of the ideal "
+                    "joint classifier view (THEORY.md) across checkpoints.")
+    parser.add_argument("--version", action="version", version=f"ijckd_bounds {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train-teacher", help="train a teacher with cross-entropy")
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    _add_overrides(p)
+
+    p = sub.add_parser("distill", help="distill a student from a trained teacher")
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--track", action="store_true",
+                   help="estimate the bound terms online at every checkpoint")
+    _add_overrides(p)
+
+    p = sub.add_parser("track", help="estimate every bound term at every checkpoint of a run")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--n-bootstrap", type=int, default=1000)
+    p.add_argument("--n-permutations", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("collect", help="concatenate the bounds tables of several runs")
+    p.add_argument("dirs", nargs="+", metavar="DIR")
+    p.add_argument("--out", required=True, help="output CSV")
+
+    p = sub.add_parser("plot", help="make every figure from tracked runs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", required=True, help="output directory for PNG/PDF figures")
+
+    p = sub.add_parser("audit", help="explain why a student underperforms (error budget)")
+    p.add_argument("--teacher", help="teacher checkpoint (.pt)")
+    p.add_argument("--student", help="student checkpoint (.pt)")
+    p.add_argument("--dataset", help="dataset name (default: the student's own)")
+    p.add_argument("--data-dir", help="where dataset files live")
+    p.add_argument("--features", help="feature file (.npz/.pt) instead of checkpoints")
+    p.add_argument("--out", required=True, help="output directory for report.md")
+    p.add_argument("--n-bootstrap", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("estimate", help="estimate the bound terms from a feature file")
+    p.add_argument("features", help=".npz/.pt with z_t, z_s, y, weight, bias [, *_fit, s, s_fit]")
+    p.add_argument("--out", help="write the row as JSON here (default: print)")
+    p.add_argument("--n-bootstrap", type=int, default=1000)
+    p.add_argument("--n-permutations", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("demo", help="teacher + six students on digits, tracked, plotted, audited")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
+    p.add_argument("--epochs", type=int, default=None, help="student epochs (default per dataset)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("list", help="list registered datasets, models and methods")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    # `distill --config F a=1 --resume b=2`: overrides after a flag arrive as extras
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        from ijckd_bounds import commands
+
+        return getattr(commands, "cmd_" + args.command.replace("-", "_"))(args) or 0
+    except IJCKDError as exc:
+        print(f"ijckd-bounds {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # a full disk or a vanished directory mid-run: say which file, not a traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"ijckd-bounds {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"ijckd-bounds {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

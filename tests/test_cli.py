@@ -1,0 +1,63 @@
+"""The command line: help, listing, and one readable line + non-zero exit for bad input."""
+
+import subprocess
+import sys
+
+import pytest
+
+from ijckd_bounds.cli import main
+
+SUBCOMMANDS = ("train-teacher", "distill", "track", "collect", "plot", "audit", "estimate",
+               "demo", "list")
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_help_lists_every_subcommand():
+    result = subprocess.run([sys.executable, "-m", "ijckd_bounds.cli", "--help"],
+                            capture_output=True, text=True, check=True)
+    for name in SUBCOMMANDS:
+        assert name in result.stdout
+
+
+def test_list_names_datasets_models_methods(capsys):
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0
+    assert "digits" in out and "resnet8x4" in out and "ijckd" in out
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.name=digitz", "unknown dataset 'digitz' (did you mean 'digits'?); valid: "),
+    ("model.teacher=resnet8x5", "unknown model 'resnet8x5' (did you mean 'resnet8x4'?)"),
+    ("optim.epoch=3", "unknown config key 'optim.epoch' (did you mean 'epochs'?)"),
+    ("optim.lr=fast", "optim.lr must be a number"),
+])
+def test_bad_names_and_keys_fail_with_one_line(capsys, tmp_path, override, message):
+    code, _, err = run_cli(capsys, "train-teacher", "model.teacher=cnn_large", "method.name=ce",
+                           f"run.run_dir={tmp_path / 'run'}", override)
+    assert code == 2
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_unknown_method_lists_valid_methods(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "distill", "method.name=kdd",
+                           f"run.run_dir={tmp_path / 'run'}")
+    assert code == 2
+    assert "unknown method 'kdd'" in err and "ijckd" in err and "simkd" in err
+
+
+def test_malformed_yaml_config(capsys, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("optim:\n  lr: [0.1\n")
+    code, _, err = run_cli(capsys, "train-teacher", "--config", str(config))
+    assert code == 2 and "malformed YAML at line" in err
+
+
+def test_missing_feature_file(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "estimate", str(tmp_path / "nope.npz"))
+    assert code == 2 and "does not exist" in err
