@@ -1,0 +1,82 @@
+"""Estimators of the THEORY.md bound terms: pure functions on tensors, one report shell.
+
+``estimate_bounds(z_t, z_s, y, weight, bias, ...) -> BoundsReport`` computes everything;
+the term functions below compute one term each and return an ``Estimate``.
+"""
+
+from ijckd_bounds.estimators.cka import debiased_cka, feat_cka, hsic_terms
+from ijckd_bounds.estimators.connector import RidgeConnector, fit_connector
+from ijckd_bounds.estimators.intervals import (
+    Estimate,
+    PairedBootstrap,
+    bootstrap_weights,
+    clopper_pearson,
+    percentile_interval,
+    proportion,
+)
+from ijckd_bounds.estimators.mmd import MMDTest, median_bandwidth, mmd2
+from ijckd_bounds.estimators.report import (
+    BoundsReport,
+    estimate_bounds,
+    estimate_bounds_from_file,
+)
+from ijckd_bounds.estimators.terms import (
+    MarkovBound,
+    PairedPredictions,
+    classifier_logits,
+    coupled_bound,
+    delta_gamma,
+    disagreement,
+    feat_markov_bound,
+    feat_msd,
+    feat_rel,
+    geometric_margin,
+    logit_margin,
+    logit_markov_bound,
+    logit_msd,
+    margin_bound,
+    paired_predictions,
+    per_class_terms,
+    predict,
+    student_err,
+    teacher_err,
+)
+
+__all__ = [
+    "BoundsReport",
+    "Estimate",
+    "MMDTest",
+    "MarkovBound",
+    "PairedBootstrap",
+    "PairedPredictions",
+    "RidgeConnector",
+    "bootstrap_weights",
+    "classifier_logits",
+    "clopper_pearson",
+    "coupled_bound",
+    "debiased_cka",
+    "delta_gamma",
+    "disagreement",
+    "estimate_bounds",
+    "estimate_bounds_from_file",
+    "feat_cka",
+    "feat_markov_bound",
+    "feat_msd",
+    "feat_rel",
+    "fit_connector",
+    "geometric_margin",
+    "hsic_terms",
+    "logit_margin",
+    "logit_markov_bound",
+    "logit_msd",
+    "margin_bound",
+    "median_bandwidth",
+    "mmd2",
+    "paired_predictions",
+    "per_class_terms",
+    "percentile_interval",
+    "predict",
+    "proportion",
+    "student_err",
+    "teacher_err",
+]

@@ -1,0 +1,160 @@
+"""Debiased linear CKA between paired teacher and student features (THEORY ``feat_cka``).
+
+``CKA = HSIC_u(K, L) / sqrt(HSIC_u(K, K) · HSIC_u(L, L))`` with linear kernels
+``K = X Xᵀ``, ``L = Y Yᵀ`` and the unbiased HSIC estimator of Song et al. (2012)::
+
+    HSIC_u(K, L) = [tr(K̃L̃) + (1ᵀK̃1)(1ᵀL̃1)/((n−1)(n−2)) − 2/(n−2)·1ᵀK̃L̃1] / (n(n−3)),
+
+K̃, L̃ the kernel matrices with zeroed diagonals. For linear kernels every piece is a
+feature-space expression, so the estimate costs O(n·d²), not O(n²·d)::
+
+    tr(K̃L̃)  = ‖XᵀY‖_F² − Σ_i ‖x_i‖²‖y_i‖²
+    1ᵀK̃1    = ‖Σ_i x_i‖² − Σ_i ‖x_i‖²
+    1ᵀK̃L̃1  = Σ_i (x_i·Σ_j x_j − ‖x_i‖²)(y_i·Σ_j y_j − ‖y_i‖²)
+
+HSIC_u is invariant to shifting all x_i by one vector (its pieces combine into doubly
+centred forms), so centring the features first changes nothing but the rounding.
+
+Bootstrap. A resample with counts w is a multiset; HSIC_u on it keeps pairs of distinct
+copies of one sample. Only ``tr(K̃L̃)`` then needs the n×n matrix: it is
+``wᵀ(K∘L)w − Σ_i w_i K_ii L_ii``, and ``wᵀ(K∘L)w`` comes from the block pass shared
+with MMD (``blockpass``). Its cost grows with the number of replicates like the MMD
+bootstrap, so by default only the first ``CKA_BOOTSTRAP`` rows of the common bootstrap
+weights are used (the ``method`` string says how many).
+"""
+
+import math
+
+import torch
+
+from ijckd_bounds.errors import IJCKDError
+from ijckd_bounds.estimators.blockpass import paired_block_pass
+from ijckd_bounds.estimators.intervals import Estimate, PairedBootstrap
+
+__all__ = ["CKA_BOOTSTRAP", "hsic_terms", "debiased_cka", "cka_replicates", "feat_cka"]
+
+CKA_BOOTSTRAP = 200
+
+
+def _hsic(tr_kl, sum_k, sum_l, sum_kl, m):
+    """Unbiased HSIC from its four pieces (tensors or floats) for sample size m."""
+    return (tr_kl + sum_k * sum_l / ((m - 1) * (m - 2)) - 2.0 * sum_kl / (m - 2)) \
+        / (m * (m - 3))
+
+
+def hsic_terms(x, y):
+    """``(HSIC_u(K,L), HSIC_u(K,K), HSIC_u(L,L))`` as floats, linear kernels, O(n·d²).
+
+    x (n, d_x), y (n, d_y): paired rows, n >= 4. Computed in float64 on centred copies.
+    """
+    n = x.shape[0]
+    if n < 4:
+        raise IJCKDError(f"debiased CKA needs at least 4 samples, got {n}")
+    x = x.to(torch.float64)
+    y = y.to(torch.float64)
+    x = x - x.mean(dim=0)
+    y = y - y.mean(dim=0)
+    nx, ny = (x * x).sum(dim=1), (y * y).sum(dim=1)
+    sx, sy = x.sum(dim=0), y.sum(dim=0)
+    row_k = x @ sx - nx  # (K̃1)_i
+    row_l = y @ sy - ny
+
+    def frob2(a, b):
+        prod = a.T @ b
+        return float((prod * prod).sum())
+
+    sum_k = float(sx @ sx - nx.sum())
+    sum_l = float(sy @ sy - ny.sum())
+    hsic_kl = _hsic(frob2(x, y) - float((nx * ny).sum()), sum_k, sum_l,
+                    float((row_k * row_l).sum()), n)
+    hsic_kk = _hsic(frob2(x, x) - float((nx * nx).sum()), sum_k, sum_k,
+                    float((row_k * row_k).sum()), n)
+    hsic_ll = _hsic(frob2(y, y) - float((ny * ny).sum()), sum_l, sum_l,
+                    float((row_l * row_l).sum()), n)
+    return hsic_kl, hsic_kk, hsic_ll
+
+
+def _ratio(hsic_kl, hsic_kk, hsic_ll):
+    denominator = hsic_kk * hsic_ll
+    if isinstance(denominator, torch.Tensor):
+        safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+        return torch.where(denominator > 0, hsic_kl / safe.sqrt(),
+                           torch.full_like(denominator, math.nan))
+    return hsic_kl / math.sqrt(denominator) if denominator > 0 else math.nan
+
+
+def debiased_cka(x, y):
+    """Debiased linear CKA (float) of x (n, d_x) and y (n, d_y); NaN if a feature set is
+    constant (its HSIC_u with itself is not positive)."""
+    return _ratio(*hsic_terms(x, y))
+
+
+def cka_replicates(x, y, weights, quad, *, chunk=128):
+    """Debiased CKA on bootstrap resamples.
+
+    x (n, d_x), y (n, d_y): the (centred) features the block pass saw; weights (C, n)
+    count weights; quad (3, C): ``wᵀ(K∘L)w, wᵀ(K∘K)w, wᵀ(L∘L)w`` from ``paired_block_pass``.
+    Returns (C,) float64 (NaN where undefined).
+    """
+    x = x.to(torch.float64)  # O(n·d) copies: the n² work is done by the block pass
+    y = y.to(torch.float64)
+    nx, ny = (x * x).sum(dim=1), (y * y).sum(dim=1)
+    out = []
+    for start in range(0, weights.shape[0], chunk):
+        w = weights[start:start + chunk].to(device=x.device, dtype=torch.float64)
+        q = quad[:, start:start + chunk].to(device=x.device, dtype=torch.float64)
+        m = w.sum(dim=1)
+        sx, sy = w @ x, w @ y  # (c, d): Xᵀw per replicate
+        row_k = sx @ x.T - nx  # (c, n): (K̃1) for a copy of sample i
+        row_l = sy @ y.T - ny
+        sum_k = (sx * sx).sum(dim=1) - w @ nx
+        sum_l = (sy * sy).sum(dim=1) - w @ ny
+        hsic_kl = _hsic(q[0] - w @ (nx * ny), sum_k, sum_l, (w * row_k * row_l).sum(dim=1), m)
+        hsic_kk = _hsic(q[1] - w @ (nx * nx), sum_k, sum_k, (w * row_k * row_k).sum(dim=1), m)
+        hsic_ll = _hsic(q[2] - w @ (ny * ny), sum_l, sum_l, (w * row_l * row_l).sum(dim=1), m)
+        out.append(_ratio(hsic_kl, hsic_kk, hsic_ll))
+    return torch.cat(out).cpu()
+
+
+def cka_replicate_count(n_bootstrap, max_bootstrap):
+    if max_bootstrap is None:
+        return n_bootstrap
+    return max(1, min(n_bootstrap, int(max_bootstrap)))
+
+
+def feat_cka(z_t, z_s, *, level=0.95, bootstrap=None, n_bootstrap=1000, seed=0,
+             max_bootstrap=CKA_BOOTSTRAP, block_rows=None):
+    """Debiased linear CKA of z_t (n, d_t) and z_s (n, d_s) with a paired-bootstrap
+    interval from the first ``max_bootstrap`` resamples of ``bootstrap`` (None: all)."""
+    n = z_t.shape[0]
+    if z_s.shape[0] != n:
+        raise IJCKDError(f"`z_s` must have {n} rows like `z_t` (paired samples), "
+                         f"got {z_s.shape[0]}")
+    if bootstrap is None:
+        bootstrap = PairedBootstrap(n, n_bootstrap, seed, level=level, device=z_t.device)
+    elif bootstrap.n != n:
+        raise IJCKDError(f"`bootstrap` resamples {bootstrap.n} samples, the features have {n}")
+    value = debiased_cka(z_t, z_s)
+    if math.isnan(value):
+        return Estimate.missing(n, bootstrap.level, "a feature set is constant")
+    count = cka_replicate_count(bootstrap.n_bootstrap, max_bootstrap)
+    x = z_t.to(torch.float64) - z_t.to(torch.float64).mean(dim=0)
+    y = z_s.to(torch.float64) - z_s.to(torch.float64).mean(dim=0)
+    dtype = torch.float64 if z_t.dtype == torch.float64 else torch.float32
+    if x.shape[1] != y.shape[1]:
+        # the pass pairs rows of equal width; CKA itself does not need it: pad with zeros
+        width = max(x.shape[1], y.shape[1])
+        x = torch.nn.functional.pad(x, (0, width - x.shape[1]))
+        y = torch.nn.functional.pad(y, (0, width - y.shape[1]))
+    weights = bootstrap.weights[:count]
+    sums = paired_block_pass(x.to(dtype), y.to(dtype), cka_weights=weights.T,
+                             block_rows=block_rows)
+    replicates = cka_replicates(x, y, weights, sums.cka_quad)
+    return bootstrap.estimate(value, replicates, method=cka_method(bootstrap, count))
+
+
+def cka_method(bootstrap, count):
+    if count == bootstrap.n_bootstrap:
+        return bootstrap.method
+    return (f"paired bootstrap percentile (first {count} of the B={bootstrap.n_bootstrap} "
+            f"resamples, seed={bootstrap.seed})")

@@ -1,0 +1,219 @@
+"""Intervals: one result type and two generic ways to get its interval.
+
+- ``Estimate(value, lo, hi, n, method, level)``: every term of THEORY.md is one of these.
+- Clopper–Pearson (exact binomial) intervals for plain proportions.
+- A paired bootstrap over evaluation samples for everything else. The resampling draws
+  multinomial *count weights* ``W`` (B, n) once from an explicit ``torch.Generator``;
+  every composite term is then a function of weighted per-sample means ``W @ X / n``
+  (X (n, m) holds per-sample quantities), so all replicates of all terms come from the
+  same resamples (their intervals are consistent with each other) and no Python loop
+  runs per replicate. Resampling an evaluation sample resamples its teacher and student
+  features together: that is what "paired" means here.
+
+Percentile intervals are widened, when needed, to contain the point estimate: the
+bootstrap distribution of a degenerate U-statistic (MMD² between equal distributions) or
+of a minimum over a grid (the Markov bounds) is shifted away from the estimate, and a
+reported interval that excludes its own estimate would be useless in the results table.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ijckd_bounds.errors import IJCKDError
+
+__all__ = [
+    "Estimate",
+    "clopper_pearson",
+    "proportion",
+    "proportion_from_counts",
+    "bootstrap_weights",
+    "PairedBootstrap",
+    "percentile_interval",
+    "check_level",
+    "derived_seed",
+]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with a two-sided interval at confidence ``level``.
+
+    value, lo, hi: floats (NaN when the term could not be measured); n: the number of
+    evaluation samples behind it; method: how the interval was made; level: e.g. 0.95.
+    """
+
+    value: float
+    lo: float
+    hi: float
+    n: int
+    method: str
+    level: float
+
+    def as_dict(self):
+        return {"value": self.value, "lo": self.lo, "hi": self.hi, "n": self.n,
+                "method": self.method, "level": self.level}
+
+    @classmethod
+    def missing(cls, n, level, why):
+        """A term that was not measured (NaN value and interval), ``why`` in the method."""
+        return cls(math.nan, math.nan, math.nan, int(n), f"not measured: {why}", float(level))
+
+
+def derived_seed(seed, purpose):
+    """A seed for one ``purpose`` (a string) derived from the user's ``seed``.
+
+    Each random draw (bootstrap weights, MMD sign vectors, subsamples, splits) gets its
+    own generator, so that no two of them reuse one stream of random numbers.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(f"{int(seed)}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:7], "little")
+
+
+def check_level(level):
+    """``level`` as a float in (0, 1), or an IJCKDError."""
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise IJCKDError(f"`level` must be a confidence level strictly between 0 and 1, "
+                         f"got {level!r}")
+    return float(level)
+
+
+def clopper_pearson(k, n, level=0.95):
+    """Exact (Clopper–Pearson) interval ``(lo, hi)`` for ``k`` successes in ``n`` trials.
+
+    k, n: ints or numpy arrays of ints (0 <= k <= n, n >= 1); returns floats or arrays.
+    """
+    import numpy as np
+    from scipy.stats import beta
+
+    level = check_level(level)
+    k = np.asarray(k, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    if np.any(n < 1) or np.any(k < 0) or np.any(k > n):
+        raise IJCKDError(f"Clopper-Pearson needs 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    alpha = 1.0 - level
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lo = np.where(k > 0, beta.ppf(alpha / 2, k, n - k + 1), 0.0)
+        hi = np.where(k < n, beta.ppf(1 - alpha / 2, k + 1, n - k), 1.0)
+    if lo.ndim == 0:
+        return float(lo), float(hi)
+    return lo, hi
+
+
+def proportion_from_counts(k, n, level=0.95):
+    """``Estimate`` of the proportion ``k / n`` with its Clopper–Pearson interval."""
+    k, n = int(k), int(n)
+    lo, hi = clopper_pearson(k, n, level)
+    value = k / n
+    # ppf rounding can land a hair inside the estimate when k is 0 or n
+    return Estimate(value, min(lo, value), max(hi, value), n, "clopper-pearson", float(level))
+
+
+def proportion(indicator, level=0.95):
+    """Proportion of true entries of ``indicator`` (n,) (bool or 0/1) with a CP interval."""
+    indicator = torch.as_tensor(indicator)
+    if indicator.dim() != 1 or indicator.numel() == 0:
+        raise IJCKDError(f"`indicator` must be a non-empty 1-D array, got shape "
+                         f"{tuple(indicator.shape)}")
+    k = int(torch.count_nonzero(indicator))
+    return proportion_from_counts(k, indicator.numel(), level)
+
+
+def bootstrap_weights(n, n_bootstrap, seed, *, device=None, dtype=torch.float32,
+                      chunk_rows=64):
+    """Multinomial count weights (n_bootstrap, n): row b counts how often each of the
+    ``n`` samples is drawn in resample b (each row sums to ``n``).
+
+    Drawn on the CPU from ``torch.Generator().manual_seed(seed)`` so that the same seed
+    gives the same weights on every device; ``chunk_rows`` rows at a time bound the memory
+    of the drawn indices. Counts are small integers: exact in float32.
+    """
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 1:
+        raise IJCKDError(f"`n_bootstrap` must be a positive integer, got {n_bootstrap!r}")
+    if n < 1:
+        raise IJCKDError(f"the bootstrap needs at least one sample, got n={n}")
+    generator = torch.Generator().manual_seed(derived_seed(seed, "bootstrap-weights"))
+    weights = torch.zeros(n_bootstrap, n, dtype=dtype)
+    for start in range(0, n_bootstrap, chunk_rows):
+        rows = min(chunk_rows, n_bootstrap - start)
+        draws = torch.randint(0, n, (rows, n), generator=generator)
+        weights[start:start + rows].scatter_add_(1, draws, torch.ones(rows, n, dtype=dtype))
+    return weights.to(device) if device is not None else weights
+
+
+def percentile_interval(replicates, value, level):
+    """Percentile interval of ``replicates`` (B,) or (B, m), widened to contain ``value``.
+
+    NaN replicates (a term undefined on some resample) are ignored; with no finite
+    replicate the interval is NaN. Returns ``(lo, hi)`` as floats or (m,) float64 tensors.
+    """
+    replicates = torch.as_tensor(replicates, dtype=torch.float64)
+    single = replicates.dim() == 1
+    if single:
+        replicates = replicates[:, None]
+    value = torch.as_tensor(value, dtype=torch.float64, device=replicates.device).reshape(-1)
+    alpha = (1.0 - level) / 2.0
+    q = torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64, device=replicates.device)
+    bounds = torch.nanquantile(replicates, q, dim=0)  # (2, m)
+    lo = torch.where(torch.isnan(value), value, torch.fmin(bounds[0], value))
+    hi = torch.where(torch.isnan(value), value, torch.fmax(bounds[1], value))
+    if single:
+        return float(lo[0]), float(hi[0])
+    return lo.cpu(), hi.cpu()
+
+
+class PairedBootstrap:
+    """One set of paired-bootstrap resamples of ``n`` evaluation samples.
+
+    ``weights`` (B, n) are multinomial counts (see ``bootstrap_weights``). Build it once
+    per evaluation split and hand it to every composite term, so that every interval
+    comes from the same resamples.
+    """
+
+    def __init__(self, n, n_bootstrap=1000, seed=0, *, level=0.95, device=None):
+        self.n = int(n)
+        self.n_bootstrap = n_bootstrap
+        self.seed = int(seed)
+        self.level = check_level(level)
+        self.weights = bootstrap_weights(self.n, n_bootstrap, self.seed, device=device)
+        self._weights64 = None
+
+    @property
+    def method(self):
+        return f"paired bootstrap percentile (B={self.n_bootstrap}, seed={self.seed})"
+
+    def weights_like(self, x):
+        """The count weights (B, n) on ``x``'s device, float64 (cached)."""
+        if self._weights64 is None or self._weights64.device != x.device:
+            self._weights64 = self.weights.to(device=x.device, dtype=torch.float64)
+        return self._weights64
+
+    def release_cache(self):
+        """Drop the float64 copy of the weights (B·n·8 bytes) until ``means`` needs it."""
+        self._weights64 = None
+
+    def means(self, per_sample):
+        """Weighted per-sample means (B, m) (or (B,) for a 1-D input) of ``per_sample``
+        (n, m) or (n,): replicate b is ``Σ_i W[b, i] · X[i] / n``. Float64."""
+        x = torch.as_tensor(per_sample)
+        if x.shape[0] != self.n:
+            raise IJCKDError(f"per-sample values must have {self.n} rows like the bootstrap, "
+                             f"got {x.shape[0]}")
+        x = x.to(torch.float64)
+        return (self.weights_like(x) @ x) / self.n
+
+    def estimate(self, value, replicates, *, method=None, n=None):
+        """``Estimate`` of ``value`` with the percentile interval of ``replicates`` (B,).
+
+        ``n``: the samples behind the estimate when not all ``self.n`` (a subsample)."""
+        lo, hi = percentile_interval(replicates, float(value), self.level)
+        return Estimate(float(value), lo, hi, self.n if n is None else int(n),
+                        method or self.method, self.level)
+
+    def mean_estimate(self, per_sample):
+        """``Estimate`` of the plain mean of ``per_sample`` (n,) with its bootstrap interval."""
+        x = torch.as_tensor(per_sample).to(torch.float64)
+        return self.estimate(float(x.mean()), self.means(x))

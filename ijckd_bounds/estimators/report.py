@@ -1,0 +1,732 @@
+"""``estimate_bounds``: every term and bound of THEORY.md for one student, in one report.
+
+Thin shell around the pure term functions: validate the inputs once, put the evaluation
+rows in a canonical order (so that the report does not depend on the order of the
+samples), fit the fitted parts on the fit split, compute the terms, and collect them in
+a ``BoundsReport``.
+
+Intervals: proportions use Clopper–Pearson; every composite term (feat_rel, ideal_joint,
+ijc_lambda, ijc_gap, pair_disc, the proxy A-distances, MMD², CKA and every bound) comes
+from ONE paired-bootstrap weight matrix over the evaluation samples, so the intervals of
+a bound and of its pieces come from the same resamples.
+"""
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ijckd_bounds import schema
+from ijckd_bounds.errors import IJCKDError
+from ijckd_bounds.estimators import terms
+from ijckd_bounds.estimators.cka import CKA_BOOTSTRAP, cka_method, debiased_cka
+from ijckd_bounds.estimators.intervals import (
+    Estimate,
+    PairedBootstrap,
+    check_level,
+    derived_seed,
+    proportion,
+)
+from ijckd_bounds.estimators.mmd import run_mmd_pass
+from ijckd_bounds.estimators.probes import (
+    DomainClassifier,
+    LogisticProbe,
+    domain_errors,
+    fit_joint_classifier,
+    proxy_a_distance,
+    stratified_split,
+)
+
+__all__ = ["BoundsReport", "estimate_bounds", "estimate_bounds_from_file",
+           "MIN_EVAL", "MIN_FIT"]
+
+MIN_EVAL = 10
+MIN_FIT = 10
+# a fit split sharing at least this fraction of the evaluation rows is an error
+OVERLAP_ERROR_FRACTION = 0.01
+
+
+@dataclass(frozen=True)
+class BoundsReport:
+    """All THEORY terms of one student on one evaluation split.
+
+    terms: dict term name -> ``Estimate`` (every ``schema.INTERVAL_TERMS`` and
+    ``schema.BOUNDS`` name). scalars: dict of ``schema.SCALARS``. per_class_rows: list of
+    dicts (class, n, Estimates). notes: list of str (how the report was made, warnings).
+    details: dict of plain values (which joint classifier was chosen, probe strengths,
+    seeds, ...). ``report["student_err"]`` and ``report.student_err`` give an Estimate.
+    """
+
+    terms: dict
+    scalars: dict
+    per_class_rows: list
+    notes: list
+    details: dict
+    _margins: dict = field(repr=False)
+    _indicators: dict = field(repr=False)
+
+    def __getitem__(self, name):
+        if name in self.terms:
+            return self.terms[name]
+        if name in self.scalars:
+            return self.scalars[name]
+        raise KeyError(name)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        terms_ = object.__getattribute__(self, "terms")
+        if name in terms_:
+            return terms_[name]
+        scalars_ = object.__getattribute__(self, "scalars")
+        if name in scalars_:
+            return scalars_[name]
+        raise AttributeError(f"'BoundsReport' has no attribute {name!r}")
+
+    def row(self):
+        """One results-table row: exactly ``schema.ESTIMATE_COLUMNS``, floats/ints."""
+        out = {}
+        for name in schema.INTERVAL_TERMS + schema.BOUNDS:
+            estimate = self.terms[name]
+            out[name], out[f"{name}_lo"], out[f"{name}_hi"] = \
+                estimate.value, estimate.lo, estimate.hi
+        for name in schema.SCALARS:
+            out[name] = self.scalars[name]
+        return {column: out[column] for column in schema.ESTIMATE_COLUMNS}
+
+    def per_class(self):
+        """pandas DataFrame, one row per class present in the evaluation split: class, n,
+        student_err, teacher_err, disagreement, each with _lo/_hi (Clopper–Pearson)."""
+        import pandas as pd
+
+        columns = ["class", "n"]
+        for name in ("student_err", "teacher_err", "disagreement"):
+            columns += [name, f"{name}_lo", f"{name}_hi"]
+        records = []
+        for row in self.per_class_rows:
+            record = {"class": row["class"], "n": row["n"]}
+            for name in ("student_err", "teacher_err", "disagreement"):
+                est = row[name]
+                record.update({name: est.value, f"{name}_lo": est.lo, f"{name}_hi": est.hi})
+            records.append(record)
+        return pd.DataFrame.from_records(records, columns=columns)
+
+    def margins(self):
+        """Per evaluation sample (numpy arrays, in the order of the given samples):
+        ``sample`` (row index in the given arrays), ``y``, ``gamma`` γ(z_T),
+        ``distance`` ‖z_S − z_T‖, ``logit_margin`` m(z_T) = top1 − top2,
+        ``disagree`` (bool), ``crossing`` (bool, counted by δ_γ)."""
+        return {k: v.copy() for k, v in self._margins.items()}
+
+    def indicators(self):
+        """Per evaluation sample error indicators (bool numpy arrays, same order as
+        ``margins``) for the audit: teacher_wrong, student_wrong, disagree,
+        joint_t_wrong, joint_s_wrong, probe_wrong, own_wrong (None without own logits).
+        ``details["probe_features"]`` says whether the probe saw ``s`` or ``z_s``."""
+        return {k: (None if v is None else v.copy()) for k, v in self._indicators.items()}
+
+    def to_dict(self):
+        return {
+            "row": _jsonable(self.row()),
+            "methods": {name: est.method for name, est in self.terms.items()},
+            "level": self.details.get("level"),
+            "per_class": [_jsonable(r) for r in self.per_class().to_dict(orient="records")],
+            "notes": list(self.notes),
+            "details": _jsonable(self.details),
+        }
+
+    def to_json(self, indent=2):
+        """JSON text of ``to_dict()``; NaN and infinities become null."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+
+def _jsonable(mapping):
+    out = {}
+    for key, value in mapping.items():
+        if hasattr(value, "item"):
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+        out[key] = value
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Input checks
+
+
+def _features(x, name, *, dim=None, like=None, rows="n"):
+    """``x`` as a finite 2-D floating tensor (rows, d); numpy arrays become CPU tensors."""
+    if not torch.is_tensor(x):
+        try:
+            x = torch.as_tensor(np.asarray(x))
+        except (TypeError, ValueError, RuntimeError):
+            raise IJCKDError(f"`{name}` must be a 2-D array, got {type(x).__name__}") from None
+    if x.dim() != 2:
+        raise IJCKDError(f"`{name}` must be 2-D with shape ({rows}, d), "
+                         f"got shape {tuple(x.shape)}")
+    if x.dtype == torch.bool or x.is_complex():
+        raise IJCKDError(f"`{name}` must hold real numbers, got dtype {x.dtype}")
+    if not x.is_floating_point():
+        x = x.to(torch.float64)
+    if dim is not None and x.shape[1] != dim:
+        source = f" like `{like}`" if like else ""
+        raise IJCKDError(f"`{name}` must have shape ({rows}, {dim}){source}, "
+                         f"got ({rows}, {x.shape[1]})")
+    if x.shape[0] == 0:
+        raise IJCKDError(f"`{name}` is empty (shape {tuple(x.shape)})")
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = int((~finite).any(dim=1).sum())
+        raise IJCKDError(f"`{name}` has NaN or infinite values in {bad} of {x.shape[0]} rows")
+    return x
+
+
+def _labels(y, name, n, n_classes, x_name):
+    """``y`` as a long tensor (n,) of class indices in ``0..n_classes-1``."""
+    if not torch.is_tensor(y):
+        try:
+            y = torch.as_tensor(np.asarray(y))
+        except (TypeError, ValueError, RuntimeError):
+            raise IJCKDError(f"`{name}` must be a 1-D array of class indices, "
+                             f"got {type(y).__name__}") from None
+    if y.dim() != 1 or y.shape[0] != n:
+        raise IJCKDError(f"`{name}` must have shape ({n},) like the rows of `{x_name}`, "
+                         f"got {tuple(y.shape)}")
+    if y.dtype == torch.bool or y.is_complex():
+        raise IJCKDError(f"`{name}` must hold integer class indices, got dtype {y.dtype}")
+    if y.is_floating_point() and not bool((y == y.round()).all()):
+        raise IJCKDError(f"`{name}` must hold integer class indices, got non-integer values")
+    y = y.long()
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= n_classes:
+        raise IJCKDError(f"`{name}` must hold class indices in [0, {n_classes}) (one per row "
+                         f"of `weight`), got values from {low} to {high}")
+    return y
+
+
+def _check_int(value, name, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise IJCKDError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _as_classifier(weight, bias, dim):
+    weight = _features(weight, "weight", dim=dim, like="z_t", rows="K")
+    if weight.shape[0] < 2:
+        raise IJCKDError(f"`weight` must have one row per class and at least 2 classes, "
+                         f"got shape {tuple(weight.shape)}")
+    if not torch.is_tensor(bias):
+        try:
+            bias = torch.as_tensor(bias)
+        except (TypeError, ValueError, RuntimeError):
+            raise IJCKDError(f"`bias` must be a 1-D array, got {type(bias).__name__}") from None
+    if tuple(bias.shape) != (weight.shape[0],):
+        raise IJCKDError(f"`bias` must have shape ({weight.shape[0]},) like the rows of "
+                         f"`weight`, got {tuple(bias.shape)}")
+    if bias.dtype == torch.bool or bias.is_complex():
+        raise IJCKDError(f"`bias` must hold real numbers, got dtype {bias.dtype}")
+    bias = bias.to(torch.float64)
+    if not bool(torch.isfinite(bias).all()):
+        raise IJCKDError("`bias` has NaN or infinite values")
+    return weight, bias
+
+
+def _paired(x, name, n, like, *, dim=None):
+    x = _features(x, name, dim=dim, like=like)
+    if x.shape[0] != n:
+        raise IJCKDError(f"`{name}` must have {n} rows like `{like}` (paired samples), "
+                         f"got {x.shape[0]}")
+    return x
+
+
+def _unpack_fit(fit):
+    if isinstance(fit, dict):
+        keys = ("z_t", "z_s", "y") if "z_t" in fit else ("z_t_fit", "z_s_fit", "y_fit")
+        missing = [k for k in keys if k not in fit]
+        if missing:
+            raise IJCKDError(f"`fit` must hold {', '.join(keys)}; missing {', '.join(missing)}")
+        return tuple(fit[k] for k in keys)
+    if isinstance(fit, (tuple, list)) and len(fit) == 3:
+        return tuple(fit)
+    raise IJCKDError("`fit` must be a tuple (z_t_fit, z_s_fit, y_fit) or a dict with keys "
+                     f"z_t, z_s, y; got {type(fit).__name__}")
+
+
+def _same_data(a, b):
+    """Whether ``a`` and ``b`` are the same array (the same memory seen the same way).
+    Partial overlaps are caught by ``_shared_rows``."""
+    if a is b:
+        return True
+    if torch.is_tensor(a) and torch.is_tensor(b):
+        return a.device == b.device and a.data_ptr() == b.data_ptr() \
+            and a.shape == b.shape and a.stride() == b.stride()
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return a.__array_interface__["data"][0] == b.__array_interface__["data"][0] \
+            and a.shape == b.shape and a.strides == b.strides
+    return False
+
+
+def _row_digests(x, dtype):
+    rows = np.ascontiguousarray(x.detach().cpu().to(dtype).numpy())
+    return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in rows]
+
+
+def _shared_rows(z_eval, z_fit):
+    """Number of evaluation rows (unique within the evaluation split) found in the fit
+    split. Rows repeated inside the evaluation split (constant or dead features) are not
+    evidence of a leak and are skipped."""
+    dtype = torch.promote_types(z_eval.dtype, z_fit.dtype)
+    eval_digests = _row_digests(z_eval, dtype)
+    counts = {}
+    for digest in eval_digests:
+        counts[digest] = counts.get(digest, 0) + 1
+    fit_digests = set(_row_digests(z_fit, dtype))
+    return sum(1 for digest in eval_digests if counts[digest] == 1 and digest in fit_digests)
+
+
+def _canonical_order(arrays):
+    """Permutation (n,) sorting rows by a fixed random projection of their contents.
+
+    Every random draw of the report (split, bootstrap, sign vectors, subsamples) is made
+    in this order, so permuting the given samples permutes nothing in the report. Rows
+    with equal contents are interchangeable, so their relative order does not matter.
+    """
+    generator = torch.Generator().manual_seed(20240611)
+    n = arrays[0].shape[0]
+    key = torch.zeros(n, dtype=torch.float64, device=arrays[0].device)
+    for a in arrays:
+        if a is None:
+            continue
+        flat = a.reshape(n, -1).to(torch.float64)
+        direction = torch.randn(flat.shape[1], generator=generator, dtype=torch.float64)
+        key += (flat * direction.to(flat.device)).sum(dim=1)
+    return torch.argsort(key, stable=True)
+
+
+# ----------------------------------------------------------------------------------------
+# The report
+
+
+@dataclass
+class _Inputs:
+    """Checked inputs: evaluation rows in canonical order, the fit split, and where each
+    evaluation row came from (``sample_index`` (n_eval,) into the given arrays)."""
+
+    z_t: torch.Tensor
+    z_s: torch.Tensor
+    y: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+    s: torch.Tensor | None
+    student_logits: torch.Tensor | None
+    z_t_fit: torch.Tensor
+    z_s_fit: torch.Tensor
+    y_fit: torch.Tensor
+    s_fit: torch.Tensor | None
+    sample_index: torch.Tensor
+    split: str
+    notes: list
+
+    def to(self, device):
+        moved = {name: (value.to(device) if torch.is_tensor(value) and name != "sample_index"
+                        else value) for name, value in self.__dict__.items()}
+        return _Inputs(**moved)
+
+
+def _prepare(z_t, z_s, y, weight, bias, *, fit, s, s_fit, student_logits, seed,
+             fit_fraction):
+    """Validate every input once (one-line ``IJCKDError``s) and produce ``_Inputs``."""
+    z_t_in, z_s_in = z_t, z_s
+    z_t = _features(z_t, "z_t")
+    n, d = z_t.shape
+    z_s = _paired(z_s, "z_s", n, "z_t", dim=d)
+    weight, bias = _as_classifier(weight, bias, d)
+    n_classes = weight.shape[0]
+    y = _labels(y, "y", n, n_classes, "z_t")
+    if s is not None:
+        s = _paired(s, "s", n, "z_t")
+    if student_logits is not None:
+        student_logits = _paired(student_logits, "student_logits", n, "z_t", dim=n_classes)
+    notes = []
+
+    if fit is None:
+        if s_fit is not None:
+            raise IJCKDError("`s_fit` needs `fit` (the fit split it belongs to); without "
+                             "`fit`, pass only `s` and it is split with the samples")
+        if isinstance(fit_fraction, bool) or not isinstance(fit_fraction, (int, float)) \
+                or not 0 < fit_fraction < 1:
+            raise IJCKDError(f"`fit_fraction` must be strictly between 0 and 1, "
+                             f"got {fit_fraction!r}")
+        if n < MIN_EVAL + MIN_FIT:
+            raise IJCKDError(f"need at least {MIN_EVAL + MIN_FIT} samples to split into fit "
+                             f"and eval parts (no `fit` given), got {n}")
+        order = _canonical_order([z_t, z_s, y, s, student_logits])
+        fit_pos, eval_pos = stratified_split(y[order], 1.0 - fit_fraction,
+                                             derived_seed(seed, "fit-eval-split"))
+        fit_rows, eval_rows = order[fit_pos.to(order.device)], order[eval_pos.to(order.device)]
+        if eval_rows.numel() < MIN_EVAL or fit_rows.numel() < MIN_FIT:
+            raise IJCKDError(f"the fit/eval split of {n} samples left {fit_rows.numel()} fit "
+                             f"and {eval_rows.numel()} eval samples; each needs at least "
+                             f"{MIN_FIT}")
+        notes.append(f"no fit split given: split the {n} samples into {fit_rows.numel()} fit "
+                     f"and {eval_rows.numel()} eval samples (stratified by class, seed={seed})")
+
+        def take(x, rows):
+            return None if x is None else x[rows]
+
+        return _Inputs(
+            z_t=z_t[eval_rows], z_s=z_s[eval_rows], y=y[eval_rows], weight=weight, bias=bias,
+            s=take(s, eval_rows), student_logits=take(student_logits, eval_rows),
+            z_t_fit=z_t[fit_rows], z_s_fit=z_s[fit_rows], y_fit=y[fit_rows],
+            s_fit=take(s, fit_rows), sample_index=eval_rows.cpu(), split="internal",
+            notes=notes)
+
+    fit_z_t, fit_z_s, fit_y = _unpack_fit(fit)
+    if _same_data(fit_z_t, z_t_in) or _same_data(fit_z_s, z_s_in):
+        raise IJCKDError("`fit` holds the evaluation features themselves; the fit split "
+                         "must be disjoint from the evaluation samples")
+    z_t_fit = _features(fit_z_t, "z_t_fit", dim=d, like="z_t")
+    n_fit = z_t_fit.shape[0]
+    z_s_fit = _paired(fit_z_s, "z_s_fit", n_fit, "z_t_fit", dim=d)
+    y_fit = _labels(fit_y, "y_fit", n_fit, n_classes, "z_t_fit")
+    if s is not None and s_fit is None:
+        raise IJCKDError("`s` needs `s_fit` (the student's own features of the fit "
+                         "split) when `fit` is given")
+    if s_fit is not None:
+        if s is None:
+            raise IJCKDError("`s_fit` needs `s` (the student's own features of the "
+                             "evaluation samples)")
+        s_fit = _paired(s_fit, "s_fit", n_fit, "z_t_fit", dim=s.shape[1])
+    if n < MIN_EVAL:
+        raise IJCKDError(f"need at least {MIN_EVAL} evaluation samples, got {n}")
+    if n_fit < MIN_FIT:
+        raise IJCKDError(f"need at least {MIN_FIT} fit samples, got {n_fit}")
+    shared = _shared_rows(z_t, z_t_fit)
+    if shared and (shared >= OVERLAP_ERROR_FRACTION * n or shared >= min(n, n_fit)):
+        raise IJCKDError(f"the fit split overlaps the evaluation split: {shared} of the "
+                         f"{n} evaluation rows of `z_t` also appear in `z_t_fit`")
+    if shared:
+        notes.append(f"{shared} evaluation rows of z_t also appear in the fit split "
+                     "(below 1%: duplicates in the data?)")
+    order = _canonical_order([z_t, z_s, y, s, student_logits])
+    fit_order = _canonical_order([z_t_fit, z_s_fit, y_fit, s_fit])
+    return _Inputs(
+        z_t=z_t[order], z_s=z_s[order], y=y[order], weight=weight, bias=bias,
+        s=None if s is None else s[order],
+        student_logits=None if student_logits is None else student_logits[order],
+        z_t_fit=z_t_fit[fit_order], z_s_fit=z_s_fit[fit_order], y_fit=y_fit[fit_order],
+        s_fit=None if s_fit is None else s_fit[fit_order], sample_index=order.cpu(),
+        split="given", notes=notes)
+
+
+def estimate_bounds(z_t, z_s, y, weight, bias, *, fit=None, s=None, s_fit=None,
+                    student_logits=None, level=0.95, n_permutations=200, n_bootstrap=1000,
+                    seed=0, mmd_max_n=None, device=None, fit_fraction=0.5,
+                    cka_bootstrap=CKA_BOOTSTRAP):
+    """Estimate every THEORY.md term and bound for one student.
+
+    Args:
+        z_t (n, d): teacher features ``t(x)`` of the evaluation samples.
+        z_s (n, d): student features in the teacher's space ``p(s(x))``, same rows.
+        y (n,): integer labels in ``0..K-1``.
+        weight (K, d), bias (K,): the teacher classifier ``h_T``.
+        fit: ``(z_t_fit, z_s_fit, y_fit)`` (or a dict with keys z_t, z_s, y or z_t_fit,
+            z_s_fit, y_fit): the fit split for the fitted parts (joint probe, student
+            probe, domain classifiers), disjoint from the evaluation samples. Without it
+            the given samples are split (seeded, stratified by class) into
+            ``fit_fraction`` fit / the rest eval, and ``report.notes`` says so.
+        s (n, d_s), s_fit (n_fit, d_s): the student's own features before the connector,
+            for ``student_probe_err`` (without them the probe runs on z_S). With ``fit``,
+            ``s`` needs ``s_fit``; without ``fit``, ``s`` is split like the rest.
+        student_logits (n, K): logits of the student's own head, for ``student_own_err``
+            (NaN when absent).
+        level: confidence level of every interval.
+        n_permutations: sign-flip permutations of the MMD test.
+        n_bootstrap: paired-bootstrap resamples (one weight matrix for every composite).
+        seed: every random choice derives from it.
+        mmd_max_n: compute MMD² (and the CKA bootstrap) on a seeded subsample of this many
+            evaluation pairs when there are more.
+        device: where to compute (default: the device of ``z_t``).
+        fit_fraction: share of the samples used for fitting when ``fit`` is not given.
+        cka_bootstrap: resamples (the first rows of the common weights) for the CKA
+            interval; None for all (cost grows like the MMD bootstrap's).
+
+    Returns:
+        ``BoundsReport``.
+    """
+    clock = _StageClock()
+    level = check_level(level)
+    n_permutations = _check_int(n_permutations, "n_permutations", 1)
+    n_bootstrap = _check_int(n_bootstrap, "n_bootstrap", 1)
+    seed = _check_int(seed, "seed", 0)
+    if mmd_max_n is not None:
+        mmd_max_n = _check_int(mmd_max_n, "mmd_max_n", MIN_EVAL)
+    if cka_bootstrap is not None:
+        cka_bootstrap = _check_int(cka_bootstrap, "cka_bootstrap", 1)
+    data = _prepare(z_t, z_s, y, weight, bias, fit=fit, s=s, s_fit=s_fit,
+                    student_logits=student_logits, seed=seed, fit_fraction=fit_fraction)
+    device = torch.device(device) if device is not None else data.z_t.device
+    data = data.to(device)
+    n_eval, d = data.z_t.shape
+    n_classes = data.weight.shape[0]
+    if n_eval < 10 * d:
+        data.notes.append(f"n_eval = {n_eval} < 10·dim = {10 * d}: the discrepancy estimates "
+                          "(proxy A-distance, CKA, MMD) are measured with few samples per "
+                          "dimension")
+    clock.stop("input checks and ordering")
+
+    report_terms, scalars, details, per_sample = _compute_terms(
+        data, level=level, n_permutations=n_permutations, n_bootstrap=n_bootstrap, seed=seed,
+        mmd_max_n=mmd_max_n, cka_bootstrap=cka_bootstrap, clock=clock)
+    scalars.update({"n_eval": n_eval, "n_fit": data.z_t_fit.shape[0], "dim": d,
+                    "n_classes": n_classes})
+    details.update({"split": data.split, "seed": seed, "level": level,
+                    "n_bootstrap": n_bootstrap, "n_permutations": n_permutations,
+                    "device": str(device)})
+
+    pairs = per_sample.pop("pairs")
+    per_class_rows = terms.per_class_terms(pairs.logits_t, pairs.logits_s, data.y, n_classes,
+                                           level=level)
+    # back to the order of the given samples
+    sample_index = data.sample_index
+    back = torch.argsort(sample_index)
+
+    def cpu(x):
+        return None if x is None else x.detach().cpu()[back].numpy()
+
+    margins = {
+        "sample": sample_index[back].numpy(),
+        "y": cpu(data.y),
+        "gamma": cpu(pairs.gamma),
+        "distance": cpu(pairs.distance),
+        "logit_margin": cpu(pairs.logit_margin),
+        "disagree": cpu(pairs.disagree),
+        "crossing": cpu(pairs.crossing),
+    }
+    indicators = {name: cpu(value) for name, value in per_sample.items()}
+    indicators["sample"] = margins["sample"].copy()
+    return BoundsReport(terms=report_terms, scalars=scalars, per_class_rows=per_class_rows,
+                        notes=data.notes, details=details, _margins=margins,
+                        _indicators=indicators)
+
+
+class _StageClock:
+    """Wall-clock seconds per stage of the report (``details["timings_s"]``)."""
+
+    def __init__(self):
+        import time
+
+        self._now = time.perf_counter
+        self._last = self._now()
+        self.stages = {}
+
+    def stop(self, stage):
+        now = self._now()
+        self.stages[stage] = round(now - self._last, 4)
+        self._last = now
+
+
+def _compute_terms(data, *, level, n_permutations, n_bootstrap, seed, mmd_max_n,
+                   cka_bootstrap, clock):
+    """The terms on the (canonically ordered) ``_Inputs``. Returns
+    ``(terms, scalars, details, per_sample)``."""
+    z_t, z_s, y, weight, bias = data.z_t, data.z_s, data.y, data.weight, data.bias
+    z_t_fit, z_s_fit, y_fit = data.z_t_fit, data.z_s_fit, data.y_fit
+    s, s_fit, student_logits, notes = data.s, data.s_fit, data.student_logits, data.notes
+    n, n_classes = z_t.shape[0], weight.shape[0]
+    out = {}
+    details = {}
+    bootstrap = PairedBootstrap(n, n_bootstrap, seed, level=level, device=z_t.device)
+    # float64 copies for the cheap O(n·d) terms (made once); the O(n²) pass and the
+    # probes keep the input dtype
+    t64, s64 = z_t.to(torch.float64), z_s.to(torch.float64)
+
+    # classifier terms, margins and the exact bounds 1-2
+    pairs = terms.paired_predictions(t64, s64, weight, bias)
+    teacher_wrong = pairs.pred_t != y
+    student_wrong = pairs.pred_s != y
+    out["teacher_err"] = proportion(teacher_wrong, level)
+    out["student_err"] = proportion(student_wrong, level)
+    out["disagreement"] = proportion(pairs.disagree, level)
+    out["delta_gamma"] = terms.delta_gamma(pairs, level=level)
+    if student_logits is not None:
+        own_wrong = terms.predict(student_logits.to(torch.float64)) != y
+        out["student_own_err"] = proportion(own_wrong, level)
+    else:
+        own_wrong = None
+        out["student_own_err"] = Estimate.missing(n, level, "no student_logits given")
+    out["feat_msd"] = terms.feat_msd(t64, s64, bootstrap=bootstrap)
+    out["feat_rel"] = terms.feat_rel(t64, s64, bootstrap=bootstrap)
+    out["logit_msd"] = terms.logit_msd(pairs.logits_t, pairs.logits_s, bootstrap=bootstrap)
+    out["bound_coupled"] = terms.coupled_bound(pairs, y, bootstrap=bootstrap)
+    out["bound_margin"] = terms.margin_bound(pairs, y, bootstrap=bootstrap)
+    feat_markov = terms.feat_markov_bound(pairs, y, bootstrap=bootstrap)
+    logit_markov = terms.logit_markov_bound(pairs, y, bootstrap=bootstrap)
+    out["bound_feat_markov"] = feat_markov.bound
+    out["bound_logit_markov"] = logit_markov.bound
+    clock.stop("classifier and feature terms")
+
+    # the ideal joint classifier ĥ* (fitted on the fit split) and bound 3
+    joint = fit_joint_classifier(z_t_fit, z_s_fit, y_fit, weight, bias,
+                                 seed=derived_seed(seed, "joint-probe") % 2**31)
+    if joint.chosen == "teacher":
+        # ĥ* = h_T: reuse its predictions so that no rounding can make them differ
+        joint_pred_t, joint_pred_s = pairs.pred_t, pairs.pred_s
+    else:
+        joint_pred_t = terms.predict(terms.classifier_logits(z_t, joint.weight, joint.bias))
+        joint_pred_s = terms.predict(terms.classifier_logits(z_s, joint.weight, joint.bias))
+    clock.stop("joint probe")
+    joint_t_wrong, joint_s_wrong = joint_pred_t != y, joint_pred_s != y
+    differ_t, differ_s = pairs.pred_t != joint_pred_t, pairs.pred_s != joint_pred_s
+    out["joint_err_T"] = proportion(joint_t_wrong, level)
+    out["joint_err_S"] = proportion(joint_s_wrong, level)
+    details.update({"joint_chosen": joint.chosen,
+                    "joint_heldout_err_teacher": joint.heldout_joint_err_teacher,
+                    "joint_heldout_err_probe": joint.heldout_joint_err_probe,
+                    "joint_l2": joint.l2})
+
+    # the student probe, on the student's own features when given
+    probe_x_fit, probe_x = (s_fit, s) if s is not None else (z_s_fit, z_s)
+    probe = LogisticProbe(seed=derived_seed(seed, "student-probe") % 2**31)
+    probe.fit(probe_x_fit, y_fit, num_classes=n_classes)
+    probe_wrong = probe.predict(probe_x).to(y.device) != y
+    out["student_probe_err"] = proportion(probe_wrong, level)
+    details.update({"probe_features": "s" if s is not None else "z_s",
+                    "probe_l2": probe.l2_})
+    if s is None:
+        notes.append("no student features `s` given: student_probe_err is a probe on z_S")
+    clock.stop("student probe")
+
+    # domain classifiers
+    domain_error = {}
+    proxy_value = {}
+    for kind in ("linear", "mlp"):
+        clf = DomainClassifier(kind=kind, seed=derived_seed(seed, f"domain-{kind}") % 2**31)
+        clf.fit(z_t_fit, z_s_fit)
+        err_t, err_s = domain_errors(clf, z_t, z_s)
+        # both features of one input are resampled together: one per-sample error rate
+        domain_error[kind] = 0.5 * (err_t.to(torch.float64) + err_s.to(torch.float64))
+        proxy_value[kind] = proxy_a_distance(err_t, err_s)
+        clock.stop(f"domain classifier ({kind})")
+
+    # every composite term from the same bootstrap means
+    columns = {
+        "teacher_wrong": teacher_wrong, "student_wrong": student_wrong,
+        "joint_t_wrong": joint_t_wrong, "joint_s_wrong": joint_s_wrong,
+        "differ_t": differ_t, "differ_s": differ_s,
+        "domain_linear": domain_error["linear"], "domain_mlp": domain_error["mlp"],
+    }
+    names = list(columns)
+    matrix = torch.stack([columns[k].to(torch.float64) for k in names], dim=1)
+    means_b = dict(zip(names, bootstrap.means(matrix).unbind(1)))
+    counts = {k: int(columns[k].sum()) for k in names if columns[k].dtype == torch.bool}
+
+    def proxy(err):
+        return (2.0 * (1.0 - 2.0 * err)).clamp(0.0, 2.0)
+
+    ideal_b = means_b["joint_t_wrong"] + means_b["joint_s_wrong"]
+    lambda_b = means_b["teacher_wrong"] + means_b["student_wrong"]
+    pair_disc_b = (means_b["differ_s"] - means_b["differ_t"]).abs()
+    ideal_joint = (counts["joint_t_wrong"] + counts["joint_s_wrong"]) / n
+    out["ideal_joint"] = bootstrap.estimate(ideal_joint, ideal_b)
+    out["ijc_lambda"] = bootstrap.estimate(
+        (counts["teacher_wrong"] + counts["student_wrong"]) / n, lambda_b)
+    out["ijc_gap"] = bootstrap.estimate(
+        (counts["teacher_wrong"] + counts["student_wrong"] - counts["joint_t_wrong"]
+         - counts["joint_s_wrong"]) / n, lambda_b - ideal_b)
+    pair_disc_count = abs(counts["differ_s"] - counts["differ_t"])
+    out["pair_disc"] = bootstrap.estimate(pair_disc_count / n, pair_disc_b)
+    # integer numerator: exact on the sample (THEORY bound 3)
+    out["bound_ideal_joint"] = bootstrap.estimate(
+        (counts["teacher_wrong"] + counts["joint_t_wrong"] + counts["joint_s_wrong"]
+         + pair_disc_count) / n,
+        means_b["teacher_wrong"] + ideal_b + pair_disc_b)
+    for kind in ("linear", "mlp"):
+        out[f"proxy_a_{kind}"] = bootstrap.estimate(proxy_value[kind],
+                                                    proxy(means_b[f"domain_{kind}"]))
+    out["bound_ben_david"] = bootstrap.estimate(
+        out["teacher_err"].value + 0.5 * proxy_value["mlp"] + ideal_joint,
+        means_b["teacher_wrong"] + 0.5 * proxy(means_b["domain_mlp"]) + ideal_b,
+        method=f"{bootstrap.method}; an estimate, not a guaranteed bound")
+    clock.stop("composite terms")
+
+    # MMD² and CKA share one block pass over the pairwise matrices; free what the O(n·d)
+    # terms needed first (at n = 50,000, d = 512 that is over 1 GB)
+    cka_value = debiased_cka(t64, s64)
+    del t64, s64
+    bootstrap.release_cache()
+    mmd_test, cka_reps, cka_count, mmd_pairs = run_mmd_pass(
+        z_t, z_s, n_permutations=n_permutations, seed=seed, bootstrap=bootstrap,
+        max_n=mmd_max_n, cka_bootstrap=cka_bootstrap)
+    out["mmd2"] = mmd_test.mmd2
+    if math.isnan(cka_value):
+        out["feat_cka"] = Estimate.missing(n, level, "a feature set is constant")
+    else:
+        method = cka_method(bootstrap, cka_count)
+        if mmd_pairs < n:
+            method += f"; resampled within the {mmd_pairs}-pair MMD subsample"
+        out["feat_cka"] = bootstrap.estimate(cka_value, cka_reps, method=method)
+    if mmd_pairs < n:
+        notes.append(f"MMD² (and the CKA interval) computed on a seeded subsample of "
+                     f"{mmd_pairs} of the {n} evaluation pairs")
+
+    scalars = {"mmd_p": mmd_test.p_value, "mmd_bandwidth": mmd_test.bandwidth,
+               "feat_markov_tau": feat_markov.tau, "logit_markov_tau": logit_markov.tau}
+    clock.stop("MMD² and CKA")
+    details.update({"mmd_pairs": mmd_pairs, "cka_bootstrap": cka_count,
+                    "timings_s": clock.stages})
+    per_sample = {"pairs": pairs, "teacher_wrong": teacher_wrong,
+                  "student_wrong": student_wrong, "disagree": pairs.disagree,
+                  "joint_t_wrong": joint_t_wrong, "joint_s_wrong": joint_s_wrong,
+                  "probe_wrong": probe_wrong, "own_wrong": own_wrong}
+    missing = [k for k in schema.INTERVAL_TERMS + schema.BOUNDS if k not in out]
+    if missing:  # pragma: no cover - a programming error, not a user error
+        raise RuntimeError(f"terms not computed: {missing}")
+    return out, scalars, details, per_sample
+
+
+# ----------------------------------------------------------------------------------------
+# From a feature file
+
+FILE_ARRAYS = ("z_t", "z_s", "y", "weight", "bias")
+FIT_ARRAYS = ("z_t_fit", "z_s_fit", "y_fit")
+OPTIONAL_ARRAYS = ("s", "s_fit", "student_logits")
+
+
+def estimate_bounds_from_file(path, **kwargs):
+    """``estimate_bounds`` on the arrays of a ``.npz`` or ``.pt`` file.
+
+    Required arrays: z_t, z_s, y, weight, bias. Optional: z_t_fit, z_s_fit, y_fit (all
+    three, the fit split), s, s_fit, student_logits. Keyword arguments go to
+    ``estimate_bounds`` (an argument given there overrides the file's array).
+    """
+    from ijckd_bounds.io import load_arrays
+
+    arrays = load_arrays(path)
+    missing = [k for k in FILE_ARRAYS if k not in arrays]
+    if missing:
+        raise IJCKDError(f"feature file {str(path)!r} is missing array(s) "
+                         f"{', '.join(missing)}; it holds {', '.join(sorted(arrays)) or 'none'}")
+    present = [k for k in FIT_ARRAYS if k in arrays]
+    if present and len(present) != len(FIT_ARRAYS):
+        absent = [k for k in FIT_ARRAYS if k not in arrays]
+        raise IJCKDError(f"feature file {str(path)!r} has {', '.join(present)} but not "
+                         f"{', '.join(absent)}: the fit split needs all three")
+    known = set(FILE_ARRAYS + FIT_ARRAYS + OPTIONAL_ARRAYS)
+    unknown = sorted(set(arrays) - known)
+    call = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in FILE_ARRAYS}
+    if present and "fit" not in kwargs:
+        kwargs["fit"] = tuple(torch.from_numpy(np.ascontiguousarray(arrays[k]))
+                              for k in FIT_ARRAYS)
+    for k in OPTIONAL_ARRAYS:
+        if k in arrays and k not in kwargs:
+            kwargs[k] = torch.from_numpy(np.ascontiguousarray(arrays[k]))
+    report = estimate_bounds(call["z_t"], call["z_s"], call["y"], call["weight"], call["bias"],
+                             **kwargs)
+    if unknown:
+        report.notes.append(f"ignored arrays in {str(path)!r}: {', '.join(unknown)}")
+    return report
