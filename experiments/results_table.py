@@ -1,0 +1,406 @@
+"""The README's results table: the teacher and six students, eval accuracy over seeds.
+
+One command makes it (about 5 minutes on one CPU core)::
+
+    OMP_NUM_THREADS=1 python experiments/results_table.py \\
+        --datasets digits mnist1d --seeds 0 1 2 --out experiments/results
+
+and writes ``OUT/runs.csv`` (one row per training run) and ``OUT/results_table.md``
+(mean ± std per model and dataset, plus the train accuracies and parameter counts the
+explanation of the ordering needs). Checkpoints stay in ``--runs-dir`` (default
+``runs/results_table``, git-ignored).
+
+Protocol (one seed = one full replicate):
+
+- The data split is fixed: ``data.seed`` from ``experiments/<dataset>_teacher.yaml``.
+- For each seed ``s`` a teacher (``cnn_large``) is trained with ``run.seed=s``, then the six
+  students (``cnn_small``: ce, kd, fitnet, srrl, simkd, ijckd) are distilled from *that*
+  teacher, with ``run.seed=s``. So the std includes the teacher's own seed-to-seed
+  variation, and every method of a seed learns from the same teacher.
+- Hyper-parameters are those of ``experiments/<dataset>_{teacher,student}.yaml`` (every
+  student of a dataset gets the same epochs, optimizer and schedule; the method weights are
+  each method's reference defaults). Only ``run.*`` keys are changed here: ``ckpt_every``
+  (only the final checkpoint is written), ``progress`` and ``run_dir``.
+- Accuracy = the final epoch's accuracy on the eval split, never the best epoch's (choosing
+  an epoch on the eval split would tune on the test data). The std is the sample std
+  (ddof 1) over seeds.
+- A control row (``--no-control`` drops it): the IJCKD architecture (student body +
+  SimKD bottleneck connector + the frozen teacher classifier) trained with cross-entropy
+  alone (``method.alpha=0 method.beta=0``): no feature or logit matching. It tells how much
+  of SimKD's/IJCKD's accuracy comes from the connector's parameters rather than from
+  distillation.
+
+Runs already complete in ``--runs-dir`` are reused (their config must equal the one asked
+for, else the command stops and names the differing key); runs cut short are resumed.
+"""
+
+import argparse
+import csv
+import io
+import logging
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = EXPERIMENTS_DIR.parent
+DEFAULT_RUNS_DIR = REPO_ROOT / "runs" / "results_table"
+DEFAULT_OUT = EXPERIMENTS_DIR / "results"
+RUNS_CSV = "runs.csv"
+TABLE_MD = "results_table.md"
+COMMAND = ("OMP_NUM_THREADS=1 python experiments/results_table.py --datasets digits mnist1d "
+           "--seeds 0 1 2 --out experiments/results")
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One row of the table: a trainer method (``None``: the teacher) and extra overrides."""
+
+    name: str
+    method: str | None
+    label: str
+    overrides: tuple[str, ...] = ()
+
+
+TEACHER_ROW = TableRow("teacher", None, "teacher (`cnn_large`)")
+STUDENT_ROWS = (
+    TableRow("ce", "ce", "ce (`cnn_small` alone)"),
+    TableRow("kd", "kd", "kd"),
+    TableRow("fitnet", "fitnet", "fitnet"),
+    TableRow("srrl", "srrl", "srrl"),
+    TableRow("simkd", "simkd", "simkd"),
+    TableRow("ijckd", "ijckd", "ijckd"),
+)
+CONTROL_ROW = TableRow("ce_connector", "ijckd",
+                       "*control:* ce through the simkd/ijckd connector + frozen h_T",
+                       ("method.alpha=0", "method.beta=0"))
+
+CSV_COLUMNS = ("dataset", "row", "method", "method_overrides", "seed", "data_seed", "model",
+               "epochs", "eval_acc", "train_acc", "best_eval_acc", "best_epoch",
+               "predict_params", "n_train", "n_eval", "train_seconds", "run_dir")
+
+log = logging.getLogger("results_table")
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def teacher_config(dataset, seed, runs_dir, epochs=None):
+    """The TrainConfig of seed ``seed``'s teacher on ``dataset`` (from its YAML file)."""
+    return _load(f"{dataset}_teacher.yaml", runs_dir / dataset / f"seed{seed}" / "teacher",
+                 seed, epochs, [])
+
+
+def student_config(dataset, row, seed, teacher_path, runs_dir, epochs=None):
+    """The TrainConfig of ``row`` (a TableRow) distilled from ``teacher_path``."""
+    overrides = [f"method.name={row.method}", f"model.teacher_checkpoint={teacher_path}",
+                 *row.overrides]
+    return _load(f"{dataset}_student.yaml", runs_dir / dataset / f"seed{seed}" / row.name,
+                 seed, epochs, overrides)
+
+
+def _load(file_name, run_dir, seed, epochs, overrides):
+    from ijckd_bounds.config import load_config
+    from ijckd_bounds.errors import IJCKDError
+    from ijckd_bounds.train import TrainConfig
+
+    path = EXPERIMENTS_DIR / file_name
+    if not path.is_file():
+        raise IJCKDError(f"no experiment config {str(path)!r}: --datasets must name datasets "
+                         f"with experiments/<dataset>_teacher.yaml and _student.yaml")
+    if epochs is not None:
+        overrides = [*overrides, f"optim.epochs={epochs}"]
+    cfg = load_config(TrainConfig, path, overrides)
+    # Only the final checkpoint is kept: the table needs nothing else.
+    return load_config(TrainConfig, path, [*overrides, f"run.run_dir={run_dir}",
+                                           f"run.seed={seed}", "run.progress=false",
+                                           f"run.ckpt_every={cfg.optim.epochs}"])
+
+
+# -------------------------------------------------------------------------------- runs
+
+
+def train_or_reuse(cfg, *, teacher_mode):
+    """Train the run of ``cfg``, or reuse it when its run directory already holds it.
+
+    Returns ``(metrics, final_checkpoint_path, reused)``; ``metrics`` are the final epoch's
+    (train_acc, eval_acc, best_eval_acc, best_epoch, ...). A directory holding a run of
+    another config, or distilled from another teacher file, raises IJCKDError.
+    """
+    from ijckd_bounds.checkpoint import read_checkpoint, sha256_file
+    from ijckd_bounds.config import to_dict
+    from ijckd_bounds.errors import IJCKDError
+    from ijckd_bounds.train import distill, latest_checkpoint, train_teacher
+    from ijckd_bounds.train.runner import TEACHER_FILE, check_resume_config
+
+    run_dir = Path(cfg.run.run_dir)
+    final = run_dir / TEACHER_FILE if teacher_mode else None
+    latest = latest_checkpoint(run_dir)
+    if latest is not None:
+        payload = read_checkpoint(latest)
+        try:
+            check_resume_config(payload.get("config") or {}, to_dict(cfg), latest)
+        except IJCKDError as exc:
+            raise IJCKDError(f"{exc} (here: pass another --runs-dir)") from None
+        teacher_sha = (payload.get("teacher") or {}).get("sha256")
+        if teacher_sha is not None and teacher_sha != sha256_file(cfg.model.teacher_checkpoint):
+            raise IJCKDError(f"run {str(run_dir)!r} was distilled from another teacher file than "
+                             f"{cfg.model.teacher_checkpoint!r}; pass another --runs-dir")
+        done = payload["epoch"] == cfg.optim.epochs and (final is None or final.is_file())
+        if done:
+            return dict(payload["metrics"]), final or latest, True
+    run = train_teacher if teacher_mode else distill
+    result = run(cfg, resume=latest is not None)
+    return dict(result.metrics), result.teacher_path or result.checkpoint, False
+
+
+def prediction_params(checkpoint):
+    """Parameters on the path from input to prediction: the student itself for own-head
+    students; body + connector + the (frozen) teacher classifier for SimKD/IJCKD-style
+    students, whose own head is never used."""
+    from ijckd_bounds.checkpoint import load_student
+
+    student = load_student(checkpoint)
+    count = sum(p.numel() for p in student.model.parameters())
+    if student.predicts_with == "teacher_classifier":
+        count -= sum(p.numel() for p in student.model.classifier.parameters())
+        count += sum(p.numel() for p in student.connector.parameters())
+        count += student.teacher_weight.numel() + student.teacher_bias.numel()
+    return int(count)
+
+
+def train_seconds(run_dir):
+    """Training time of a run: the sum of its history.csv ``seconds`` (start-up excluded)."""
+    path = Path(run_dir) / "history.csv"
+    with open(path, newline="") as fh:
+        return round(sum(float(row["seconds"]) for row in csv.DictReader(fh)), 2)
+
+
+def _relative(path):
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def run_record(dataset, row, seed, cfg, metrics, checkpoint, sizes):
+    """One CSV row (a dict keyed by CSV_COLUMNS)."""
+    model = cfg.model.teacher if row.method is None else cfg.model.student
+    return {
+        "dataset": dataset, "row": row.name, "method": row.method or "ce",
+        "method_overrides": " ".join(row.overrides), "seed": seed,
+        "data_seed": cfg.data.seed, "model": model, "epochs": cfg.optim.epochs,
+        "eval_acc": round(metrics["eval_acc"], 6), "train_acc": round(metrics["train_acc"], 6),
+        "best_eval_acc": round(metrics["best_eval_acc"], 6),
+        "best_epoch": int(metrics["best_epoch"]),
+        "predict_params": prediction_params(checkpoint),
+        "n_train": sizes["train"], "n_eval": sizes["eval"],
+        "train_seconds": train_seconds(cfg.run.run_dir),
+        "run_dir": _relative(cfg.run.run_dir),
+    }
+
+
+# ------------------------------------------------------------------------------ tables
+
+
+def mean_std(values):
+    """``(mean, sample std)`` of a list of floats; std is NaN for a single value."""
+    values = [float(v) for v in values]
+    std = statistics.stdev(values) if len(values) > 1 else math.nan
+    return statistics.fmean(values), std
+
+
+def format_pct(mean, std):
+    """'97.2 ± 0.4' (percent, one decimal); the std left out when it is NaN."""
+    if math.isnan(std):
+        return f"{100 * mean:.1f}"
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def summarize(records, column="eval_acc"):
+    """{(dataset, row): (mean, std, n_seeds)} of ``column`` over the records' seeds."""
+    groups = {}
+    for record in records:
+        groups.setdefault((record["dataset"], record["row"]), []).append(float(record[column]))
+    return {key: (*mean_std(values), len(values)) for key, values in groups.items()}
+
+
+def _markdown(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def results_markdown(records, datasets, table_rows, seeds):
+    """The Markdown of ``results_table.md`` from the run records (dicts of CSV_COLUMNS)."""
+    eval_acc = summarize(records, "eval_acc")
+    train_acc = summarize(records, "train_acc")
+
+    def first(dataset, row_name, column):
+        return next(r[column] for r in records
+                    if r["dataset"] == dataset and r["row"] == row_name)
+
+    def cell(stats, dataset, row):
+        key = (dataset, row.name)
+        return format_pct(*stats[key][:2]) if key in stats else "–"
+
+    main = _markdown(["model", *datasets],
+                     [[row.label, *(cell(eval_acc, d, row) for d in datasets)]
+                      for row in table_rows])
+    header = ["model"]
+    for dataset in datasets:
+        header += [f"{dataset} train", f"{dataset} train − eval", f"{dataset} params"]
+    diag_rows = []
+    for row in table_rows:
+        cells = [row.label]
+        for dataset in datasets:
+            key = (dataset, row.name)
+            if key not in eval_acc:
+                cells += ["–", "–", "–"]
+                continue
+            gap = train_acc[key][0] - eval_acc[key][0]
+            cells += [format_pct(*train_acc[key][:2]), f"{100 * gap:+.1f}",
+                      f"{first(dataset, row.name, 'predict_params'):,}"]
+        diag_rows.append(cells)
+    diag = _markdown(header, diag_rows)
+
+    setup = []
+    for dataset in datasets:
+        teacher_epochs = first(dataset, TEACHER_ROW.name, "epochs")
+        student_epochs = sorted({r["epochs"] for r in records
+                                 if r["dataset"] == dataset and r["row"] != TEACHER_ROW.name})
+        setup.append(f"`{dataset}`: n_train = {first(dataset, 'teacher', 'n_train')}, n_eval = "
+                     f"{first(dataset, 'teacher', 'n_eval')}, data.seed = "
+                     f"{first(dataset, 'teacher', 'data_seed')}; teacher {teacher_epochs} "
+                     f"epochs, every student {', '.join(map(str, student_epochs))} epochs")
+    ordering = []
+    for dataset in datasets:
+        ranked = sorted((row for row in table_rows if (dataset, row.name) in eval_acc),
+                        key=lambda row: -eval_acc[(dataset, row.name)][0])
+        ordering.append(f"`{dataset}`: " + " > ".join(row.name for row in ranked))
+    seed_text = ", ".join(map(str, seeds))
+    return "\n".join([
+        "# Results: teacher and six students",
+        "",
+        f"Eval accuracy (%), mean ± sample std over seeds {seed_text}: the final epoch's "
+        "accuracy on the eval split (never the best epoch's). Made by",
+        "",
+        f"    {COMMAND}",
+        "",
+        main,
+        "",
+        "Each seed trains its own teacher and distils every student from it (both with "
+        "`run.seed` = the seed); the data split is fixed. Hyper-parameters: "
+        "`experiments/<dataset>_{teacher,student}.yaml` (SGD, momentum 0.9, lr 0.05, cosine "
+        "schedule, weight decay 5e-4, batch 64), each method with its reference loss weights "
+        "(`ijckd_bounds/train/objectives.py`).",
+        "",
+        *[f"- {line}" for line in setup],
+        "",
+        "Ordering by mean eval accuracy:",
+        "",
+        *[f"- {line}" for line in ordering],
+        "",
+        "## Diagnostics",
+        "",
+        "`train`: the running train accuracy of the final epoch (train-mode batch norm, "
+        "averaged over the epoch's batches), mean ± std over seeds. `params`: parameters on "
+        "the path from input to prediction (for simkd, ijckd and the control: student body + "
+        "connector + the frozen teacher classifier; the connectors of fitnet and srrl are "
+        "used in training only).",
+        "",
+        diag,
+        "",
+    ])
+
+
+def write_csv(records, path):
+    from ijckd_bounds.io import atomic_write_text
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    atomic_write_text(path, buffer.getvalue())
+
+
+# -------------------------------------------------------------------------------- main
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python experiments/results_table.py",
+        description="train the teacher and the six students per dataset and seed; write "
+                    "runs.csv and results_table.md")
+    parser.add_argument("--datasets", nargs="+", default=["digits", "mnist1d"],
+                        help="datasets with experiments/<name>_{teacher,student}.yaml")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                        help="run.seed of each replicate (teacher and students)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="where runs.csv and results_table.md go")
+    parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR,
+                        help="where the training runs (checkpoints) go")
+    parser.add_argument("--teacher-epochs", type=int, default=None,
+                        help="override every teacher's optim.epochs (default: the YAML's)")
+    parser.add_argument("--student-epochs", type=int, default=None,
+                        help="override every student's optim.epochs (default: the YAML's)")
+    parser.add_argument("--no-control", action="store_true",
+                        help="leave out the ce-through-the-connector control row")
+    parser.add_argument("--verbose", action="store_true", help="log every epoch")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("ijckd_bounds.train").setLevel(
+        logging.INFO if args.verbose else logging.WARNING)
+
+    from ijckd_bounds.data import build_dataset
+    from ijckd_bounds.errors import IJCKDError
+
+    table_rows = (TEACHER_ROW, *STUDENT_ROWS, *(() if args.no_control else (CONTROL_ROW,)))
+    total = len(args.datasets) * len(args.seeds) * len(table_rows)
+    records, started = [], time.perf_counter()
+    try:
+        if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+            raise IJCKDError(f"--seeds must be distinct non-negative integers, got {args.seeds}")
+        for dataset in args.datasets:
+            for seed in args.seeds:
+                t_cfg = teacher_config(dataset, seed, args.runs_dir, args.teacher_epochs)
+                sizes = build_dataset(t_cfg.data.name, seed=t_cfg.data.seed,
+                                      data_dir=t_cfg.data.data_dir, **t_cfg.data.options).sizes
+                teacher_path = None
+                for row in table_rows:
+                    if row.method is None:
+                        cfg = t_cfg
+                    else:
+                        cfg = student_config(dataset, row, seed, teacher_path, args.runs_dir,
+                                             args.student_epochs)
+                    metrics, checkpoint, reused = train_or_reuse(cfg,
+                                                                 teacher_mode=row.method is None)
+                    if row.method is None:
+                        teacher_path = checkpoint
+                    records.append(run_record(dataset, row, seed, cfg, metrics, checkpoint,
+                                              sizes))
+                    args.out.mkdir(parents=True, exist_ok=True)
+                    write_csv(records, args.out / RUNS_CSV)
+                    log.info("[%d/%d] %s seed %d %-12s eval %.1f%%  train %.1f%%  %s", len(records),
+                             total, dataset, seed, row.name, 100 * metrics["eval_acc"],
+                             100 * metrics["train_acc"],
+                             "(reused)" if reused else f"({records[-1]['train_seconds']} s)")
+        text = results_markdown(records, args.datasets, table_rows, args.seeds)
+    except IJCKDError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from ijckd_bounds.io import atomic_write_text
+
+    atomic_write_text(args.out / TABLE_MD, text)
+    log.info("wrote %s and %s in %.0f s", args.out / RUNS_CSV, args.out / TABLE_MD,
+             time.perf_counter() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
