@@ -503,7 +503,8 @@ def plot_final_comparison(df, *, split="eval", dataset=None, ax=None, palette=No
         ax.set_xticks([(min(c) + max(c)) / 2 for c in centres.values()],
                       [method_label(m) + (f"\n({runs_per_method[m]} seeds)"
                                           if runs_per_method[m] > 1 else "")
-                       for m in centres])
+                       for m in centres],
+                      rotation=30, ha="right", rotation_mode="anchor")
         ax.set_ylim(0, top * 1.08 if top > 0 else 1.0)
         ax.set_ylabel("error rate (%)")
         ax.set_xlim(-0.5 - run_gap, position - 0.5 + run_gap)
