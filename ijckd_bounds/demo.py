@@ -16,40 +16,64 @@ METHODS = ("ce", "kd", "fitnet", "srrl", "simkd", "ijckd")
 
 
 @dataclass(frozen=True)
-class DemoSettings:
+class ExperimentSettings:
+    """One dataset's teacher/student pair and training recipe."""
+
     teacher: str
     student: str
     teacher_epochs: int
     student_epochs: int
     batch_size: int
     lr: float
+    schedule: str = "cosine"
+    milestones: tuple = ()
+    weight_decay: float = 5e-4
+    device: str = "cpu"
+    amp: str = "none"
+    channels_last: bool = False
 
 
-DEMO = {
-    "digits": DemoSettings(teacher="cnn_large", student="cnn_small", teacher_epochs=15,
-                           student_epochs=15, batch_size=64, lr=0.05),
-    "mnist1d": DemoSettings(teacher="cnn_large", student="cnn_small", teacher_epochs=20,
-                            student_epochs=20, batch_size=128, lr=0.05),
+EXPERIMENTS = {
+    # seconds on a laptop CPU
+    "digits": ExperimentSettings(teacher="cnn_large", student="cnn_small", teacher_epochs=15,
+                                 student_epochs=15, batch_size=64, lr=0.05),
+    # a minute or two per student on a laptop CPU
+    "mnist1d": ExperimentSettings(teacher="cnn_large", student="cnn_small", teacher_epochs=15,
+                                  student_epochs=40, batch_size=64, lr=0.05),
+    # the CRD/SimKD CIFAR-100 protocol: 240 epochs, lr 0.05 divided by 10 at 150/180/210;
+    # needs the cifar-100-python archive in --data-dir and a GPU
+    "cifar100": ExperimentSettings(teacher="resnet32x4", student="resnet8x4",
+                                   teacher_epochs=240, student_epochs=240, batch_size=64,
+                                   lr=0.05, schedule="multistep", milestones=(150, 180, 210),
+                                   device="auto", amp="bf16", channels_last=True),
 }
+DEMO = {name: EXPERIMENTS[name] for name in ("digits", "mnist1d")}
 
 
 def _config(dataset, settings, *, run_dir, seed, teacher_mode, method="ce", teacher_ckpt=None,
-            epochs=None):
+            epochs=None, data_dir=None):
     from ijckd_bounds.config import from_dict
     from ijckd_bounds.train import TrainConfig
 
     model = {"teacher": settings.teacher, "student": settings.student}
     if teacher_ckpt is not None:
         model["teacher_checkpoint"] = str(teacher_ckpt)
+    optim = {"name": "sgd", "lr": settings.lr, "momentum": 0.9,
+             "weight_decay": settings.weight_decay,
+             "epochs": epochs or (settings.teacher_epochs if teacher_mode
+                                  else settings.student_epochs),
+             "schedule": settings.schedule}
+    if settings.milestones:
+        optim["milestones"] = list(settings.milestones)
     return from_dict(TrainConfig, {
-        "data": {"name": dataset, "seed": 0, "batch_size": settings.batch_size},
+        "data": {"name": dataset, "seed": 0, "batch_size": settings.batch_size,
+                 "data_dir": data_dir},
         "model": model,
-        "optim": {"name": "sgd", "lr": settings.lr, "momentum": 0.9, "weight_decay": 5e-4,
-                  "epochs": epochs or (settings.teacher_epochs if teacher_mode
-                                       else settings.student_epochs),
-                  "schedule": "cosine"},
+        "optim": optim,
         "method": {"name": method},
-        "run": {"run_dir": str(run_dir), "seed": seed, "ckpt_every": 1, "device": "cpu"},
+        "run": {"run_dir": str(run_dir), "seed": seed, "ckpt_every": 1,
+                "device": settings.device, "amp": settings.amp,
+                "channels_last": settings.channels_last},
     })
 
 
@@ -60,7 +84,11 @@ def _final_error(table):
     return own.where(own.notna(), last["student_err"]), last
 
 
-def run_demo(dataset="digits", out="demo_out", epochs=None, seed=0):
+def run_experiment(dataset="digits", out="demo_out", *, seeds=(0,), epochs=None, data_dir=None,
+                   methods=METHODS, audit=True):
+    """Teacher (trained once, seed ``seeds[0]``) and every method's student per seed, bound
+    terms tracked online at every checkpoint, every figure, and an audit of the weakest
+    student. Re-running resumes whatever is unfinished. Returns a summary dict."""
     from ijckd_bounds.audit import run_audit
     from ijckd_bounds.io import check_writable_dir
     from ijckd_bounds.plotting import make_all_figures
@@ -68,33 +96,37 @@ def run_demo(dataset="digits", out="demo_out", epochs=None, seed=0):
     from ijckd_bounds.tracking.track import BoundTracker, EstimatorSettings, track_run
     from ijckd_bounds.train import distill, latest_checkpoint, train_teacher
 
-    if dataset not in DEMO:
-        raise IJCKDError(f"the demo knows datasets {', '.join(DEMO)}, got {dataset!r}")
-    settings = DEMO[dataset]
+    if dataset not in EXPERIMENTS:
+        raise IJCKDError(f"no experiment settings for dataset {dataset!r}; known: "
+                         f"{', '.join(EXPERIMENTS)}")
+    settings = EXPERIMENTS[dataset]
     out = Path(out)
     check_writable_dir(out, need_bytes=200 << 20)
     started = time.perf_counter()
     timings = {"train": 0.0, "track": 0.0}
 
     teacher_dir = out / "teacher"
-    print(f"[demo] 1/4 teacher {settings.teacher} on {dataset} -> {teacher_dir}", flush=True)
+    print(f"[{dataset}] teacher {settings.teacher} -> {teacher_dir}", flush=True)
     t0 = time.perf_counter()
-    teacher_cfg = _config(dataset, settings, run_dir=teacher_dir, seed=seed, teacher_mode=True)
+    teacher_cfg = _config(dataset, settings, run_dir=teacher_dir, seed=seeds[0],
+                          teacher_mode=True, data_dir=data_dir)
     if not (teacher_dir / "teacher.pt").is_file():
         train_teacher(teacher_cfg, resume=latest_checkpoint(teacher_dir) is not None)
     timings["train"] += time.perf_counter() - t0
     teacher_ckpt = teacher_dir / "teacher.pt"
 
-    estimator = EstimatorSettings(seed=seed)
     run_dirs = []
-    for i, method in enumerate(METHODS, 1):
+    jobs = [(seed, method) for seed in seeds for method in methods]
+    for i, (seed, method) in enumerate(jobs, 1):
+        estimator = EstimatorSettings(seed=seed)
         run_dir = out / "students" / f"{method}-s{seed}"
         run_dirs.append(run_dir)
-        print(f"[demo] 2/4 student {i}/{len(METHODS)}: {method} ({settings.student}) -> {run_dir}",
-              flush=True)
+        print(f"[{dataset}] student {i}/{len(jobs)}: {method} ({settings.student}, seed {seed})"
+              f" -> {run_dir}", flush=True)
         cfg = _config(dataset, settings, run_dir=run_dir, seed=seed, teacher_mode=False,
-                      method=method, teacher_ckpt=teacher_ckpt, epochs=epochs)
-        tracker = _TimedTracker(BoundTracker(run_dir, estimator))
+                      method=method, teacher_ckpt=teacher_ckpt, epochs=epochs,
+                      data_dir=data_dir)
+        tracker = _TimedTracker(BoundTracker(run_dir, estimator, data_dir=data_dir))
         t0 = time.perf_counter()
         last = latest_checkpoint(run_dir)
         if last is None or _epoch_of(last) < cfg.optim.epochs:
@@ -102,21 +134,25 @@ def run_demo(dataset="digits", out="demo_out", epochs=None, seed=0):
         timings["train"] += time.perf_counter() - t0 - tracker.seconds
         timings["track"] += tracker.seconds
         t0 = time.perf_counter()
-        track_run(run_dir, estimator, progress=False)  # checkpoints a killed demo left untracked
+        # checkpoints that a killed run left untracked
+        track_run(run_dir, estimator, data_dir=data_dir, progress=False)
         timings["track"] += time.perf_counter() - t0
 
-    print("[demo] 3/4 figures", flush=True)
+    print(f"[{dataset}] figures", flush=True)
     bounds = collect(run_dirs)
     per_class = collect(run_dirs, kind="per_class")
     margins = collect(run_dirs, kind="margins")
     figures = make_all_figures(bounds, per_class, margins, out / "figures")
 
     errors, last = _final_error(bounds)
-    weakest = errors.idxmax()
-    weakest_ckpt = out / "students" / weakest / "checkpoints" / last.loc[weakest, "checkpoint"]
-    print(f"[demo] 4/4 audit of the weakest student: {weakest}", flush=True)
-    report = run_audit(teacher=str(teacher_ckpt), student=str(weakest_ckpt),
-                       out=out / "audit", seed=seed)
+    report = None
+    if audit:
+        weakest = errors.idxmax()
+        weakest_ckpt = (out / "students" / weakest / "checkpoints"
+                        / last.loc[weakest, "checkpoint"])
+        print(f"[{dataset}] audit of the weakest student: {weakest}", flush=True)
+        report = run_audit(teacher=str(teacher_ckpt), student=str(weakest_ckpt),
+                           data_dir=data_dir, out=out / "audit", seed=seeds[0])
 
     total = time.perf_counter() - started
     print("", flush=True)
@@ -130,8 +166,18 @@ def run_demo(dataset="digits", out="demo_out", epochs=None, seed=0):
           f"{timings['track']:.0f} s ({100 * share:.0f}% of training)")
     print(f"bounds tables: {out / 'students'}/*/bounds.csv")
     print(f"figures:       {out / 'figures'} ({len(figures)} files)")
-    print(f"audit:         {report}")
-    return {"figures": figures, "report": report, "timings": timings, "errors": errors}
+    if report is not None:
+        print(f"audit:         {report}")
+    return {"figures": figures, "report": report, "timings": timings, "errors": errors,
+            "run_dirs": run_dirs}
+
+
+def run_demo(dataset="digits", out="demo_out", epochs=None, seed=0):
+    """The README's main command: ``run_experiment`` on a small dataset, one seed."""
+    if dataset not in DEMO:
+        raise IJCKDError(f"the demo runs on {', '.join(DEMO)}, got {dataset!r}; for larger "
+                         f"data use experiments/bound_tracking.py")
+    return run_experiment(dataset, out, seeds=(seed,), epochs=epochs)
 
 
 def _epoch_of(path):
