@@ -31,6 +31,9 @@ def build_parser():
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--track", action="store_true",
                    help="estimate the bound terms online at every checkpoint")
+    p.add_argument("--teacher-weights", metavar="FILE",
+                   help="torchvision-layout weights of the model.teacher architecture, "
+                        "instead of model.teacher_checkpoint")
     _add_overrides(p)
 
     p = sub.add_parser("track", help="estimate every bound term at every checkpoint of a run")

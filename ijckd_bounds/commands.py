@@ -26,8 +26,11 @@ def _train_config(args, *, teacher):
     from ijckd_bounds.config import load_config
     from ijckd_bounds.train import TrainConfig
 
+    from ijckd_bounds.train.config import with_teacher_weights
+
     overrides = list(args.overrides)
-    return load_config(TrainConfig, args.config, overrides)
+    cfg = load_config(TrainConfig, args.config, overrides)
+    return with_teacher_weights(cfg, getattr(args, "teacher_weights", None))
 
 
 def cmd_train_teacher(args):
@@ -59,18 +62,38 @@ def _settings(args):
                              seed=getattr(args, "seed", 0))
 
 
-def cmd_track(args):
-    from ijckd_bounds.tracking.track import track_run
+# what tracking one run may write (tables, the teacher feature cache): fail before any
+# estimate when the disk cannot take it
+TRACK_NEED_BYTES = 32 << 20
 
+
+def cmd_track(args):
+    from ijckd_bounds.io import check_writable_dir
+    from ijckd_bounds.tracking import table
+    from ijckd_bounds.tracking.track import (BOUNDS_CSV, MARGINS_CSV, PER_CLASS_CSV,
+                                             checkpoints_of, track_run)
+
+    # every run directory is checked before the first one is tracked
     for run_dir in args.run_dirs:
+        if not Path(run_dir).is_dir():
+            raise IJCKDError(f"run directory {str(run_dir)!r} does not exist")
+        checkpoints_of(run_dir)
+        check_writable_dir(run_dir, need_bytes=TRACK_NEED_BYTES)
+    for run_dir in args.run_dirs:
+        # a tracker killed between writing bounds.csv and its companions left checkpoints
+        # that look tracked: estimate those again
+        table.drop_incomplete_checkpoints(Path(run_dir, BOUNDS_CSV),
+                                          [Path(run_dir, PER_CLASS_CSV),
+                                           Path(run_dir, MARGINS_CSV)])
         df = track_run(run_dir, _settings(args))
-        _echo(f"{run_dir}: {len(df)} checkpoint rows in {Path(run_dir, 'bounds.csv')}")
+        _echo(f"{run_dir}: {len(df)} checkpoint rows in {Path(run_dir, BOUNDS_CSV)}")
 
 
 def cmd_collect(args):
-    from ijckd_bounds.io import atomic_path
+    from ijckd_bounds.io import atomic_path, check_writable_dir
     from ijckd_bounds.tracking.table import collect
 
+    check_writable_dir(Path(args.out).parent)
     table = collect(args.dirs)
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, index=False)
@@ -93,9 +116,11 @@ def _tables(run_dirs):
 
 
 def cmd_plot(args):
+    from ijckd_bounds.io import check_writable_dir
     from ijckd_bounds.plotting import make_all_figures
 
-    bounds, per_class, margins = _tables(args.run_dirs)
+    bounds, per_class, margins = _tables(args.run_dirs)  # cheap: the figures are the work
+    check_writable_dir(args.out, need_bytes=8 << 20)
     paths = make_all_figures(bounds, per_class, margins, args.out)
     for path in paths:
         _echo(str(path))
@@ -103,7 +128,10 @@ def cmd_plot(args):
 
 def cmd_estimate(args):
     from ijckd_bounds.estimators import estimate_bounds_from_file
+    from ijckd_bounds.io import check_writable_dir
 
+    if args.out:
+        check_writable_dir(Path(args.out).parent)
     report = estimate_bounds_from_file(args.features, n_bootstrap=args.n_bootstrap,
                                        n_permutations=args.n_permutations, seed=args.seed)
     text = json.dumps(_jsonable(report.row()), indent=2)

@@ -6,6 +6,8 @@ An unknown key names itself and the closest valid key.
 """
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -21,12 +23,20 @@ def load_yaml(path):
     if not path.is_file():
         raise IJCKDError(f"config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise IJCKDError(f"config file {str(path)!r} is not UTF-8 text (byte "
+                         f"{exc.object[exc.start]:#04x} at offset {exc.start})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise IJCKDError(f"config file {str(path)!r} is malformed YAML{where}: {problem}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise IJCKDError(f"config file {str(path)!r} nests lists or mappings too deeply to "
+                         f"be a config") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -47,7 +57,7 @@ def parse_override(text):
         raise IJCKDError(f"override {text!r} has an empty key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = raw
     return key.split("."), value
 
@@ -128,14 +138,26 @@ def _coerce(value, tp, where):
             raise IJCKDError(f"{where} must be an integer, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        number = _float_text(value) if isinstance(value, str) else value
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
             raise IJCKDError(f"{where} must be a number, got {value!r}")
-        return float(value)
+        if not math.isfinite(number):
+            raise IJCKDError(f"{where} must be a finite number, got {value!r}")
+        return float(number)
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise IJCKDError(f"{where} must be a string, got {value!r}")
         return str(value)
     return value
+
+
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _float_text(text):
+    """``"1e-3"`` -> 0.001: YAML 1.1 (PyYAML) reads exponents without a dot as strings;
+    anything else that is not a plain decimal number stays text."""
+    return float(text) if _FLOAT_TEXT.fullmatch(text.strip()) else text
 
 
 def from_dict(cls, data, *, where="config"):

@@ -2,16 +2,32 @@
 
 Files are written to a temporary file in the same directory, flushed, fsynced and
 renamed into place, so a killed process never leaves a partial file under the final
-name. Files from users are loaded without running code (``weights_only=True``,
+name. The temporary file is named ``.<name>.<host>-<pid>.<random>.tmp``: a killed writer's
+leftovers can be told from a live writer's file in progress (``remove_stale_temp_files``).
+Files from users are loaded without running code (``weights_only=True``,
 ``allow_pickle=False``).
 """
 
 import contextlib
+import glob
 import os
+import re
+import socket
 import tempfile
+import time
+import zlib
 from pathlib import Path
 
 from ijckd_bounds.errors import IJCKDError
+
+# .<name>.h<crc32 of the host name>-<pid>.<mkstemp's random letters>.tmp
+_TEMP_NAME = re.compile(r"^\..+\.(?P<host>h[0-9a-f]{8})-(?P<pid>\d+)\.[a-z0-9_]+\.tmp$")
+# a temporary file of another host is only removed once this old (we cannot see its writer)
+FOREIGN_TEMP_AGE_S = 24 * 3600
+
+
+def _host_tag():
+    return f"h{zlib.crc32(socket.gethostname().encode()):08x}"
 
 
 @contextlib.contextmanager
@@ -19,7 +35,11 @@ def atomic_path(path):
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # a writer of this file killed earlier (a resumed run rewrites the checkpoint whose
+    # write was cut) left its temporary file: clear it now that the file is written again
+    remove_stale_temp_files(path.parent, pattern=f".{glob.escape(path.name)}.*.tmp")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_host_tag()}-{os.getpid()}.",
+                               suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -35,6 +55,48 @@ def atomic_path(path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _process_alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temp_files(directory, pattern=".*.tmp"):
+    """Delete the temporary files (matching ``pattern``) that killed writers left in
+    ``directory``.
+
+    Only files whose writer is gone: a temporary file of a live process on this host (a
+    concurrent tracker, a trainer writing its history) is in use and stays; one written
+    on another host (a shared file system) is removed only when older than
+    ``FOREIGN_TEMP_AGE_S``. Temporary files without a writer tag (older versions) go.
+    Returns the paths removed.
+    """
+    removed = []
+    host = _host_tag()
+    for tmp in Path(directory).glob(pattern):
+        match = _TEMP_NAME.match(tmp.name)
+        if match is not None:
+            if match["host"] == host:
+                if _process_alive(int(match["pid"])):
+                    continue
+            else:
+                try:
+                    if time.time() - tmp.stat().st_mtime < FOREIGN_TEMP_AGE_S:
+                        continue
+                except OSError:
+                    continue
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+            removed.append(tmp)
+    return removed
 
 
 def _fsync_dir(directory):

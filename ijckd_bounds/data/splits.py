@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ijckd_bounds.errors import IJCKDError
+from ijckd_bounds.errors import IJCKDError, closest
 
 SPLIT_NAMES = ("train", "fit", "eval")
 
@@ -126,7 +126,9 @@ def reject_unknown_options(dataset, unknown, valid):
     """Fail on options a dataset factory does not take, naming the ones it does."""
     if unknown:
         names = ", ".join(sorted(map(repr, unknown)))
-        raise IJCKDError(f"dataset {dataset!r} got unknown option(s) {names}; "
+        hint = closest(sorted(unknown)[0], valid) if valid else None
+        extra = f" (did you mean {hint!r}?)" if hint else ""
+        raise IJCKDError(f"dataset {dataset!r} got unknown option(s) {names}{extra}; "
                          f"valid: {', '.join(valid) if valid else 'none'}")
 
 

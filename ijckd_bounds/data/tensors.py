@@ -12,9 +12,10 @@ which array names are present:
 An optional ``class_names`` array (K strings) may ride along. ``x`` arrays must be finite
 numbers with the same per-sample shape in every split; ``y`` arrays integer labels in
 ``[0, K)``, where K is ``num_classes=`` if given, else ``len(class_names)``, else the
-largest label + 1. Every split must be non-empty and hold at least two classes. Inputs are
-used as they are (no standardisation). ``.pt`` files are loaded with
-``weights_only=True`` and ``.npz`` files with ``allow_pickle=False``: no code runs.
+largest label + 1. Every split must be non-empty and hold at least two classes, and a
+given fit split must not hold the eval split's samples. Inputs are used as they are (no
+standardisation). ``.pt`` files are loaded with ``weights_only=True`` and ``.npz`` files
+with ``allow_pickle=False``: no code runs.
 """
 
 from pathlib import Path
@@ -102,6 +103,27 @@ def _num_classes(labels_by_split, num_classes, class_names, where):
     return int(num_classes)
 
 
+# a given fit split sharing at least this fraction of the evaluation samples is an error
+# (fewer may be duplicates in the data itself)
+OVERLAP_ERROR_FRACTION = 0.01
+
+
+def _check_disjoint(x_fit, x_eval, where):
+    """The fit split fits the post-hoc connector and the probes: any evaluation sample in
+    it makes the estimated errors optimistic. Compare whole samples by their bytes."""
+    import hashlib
+
+    def digests(x):
+        rows = np.ascontiguousarray(x.reshape(len(x), -1).astype(np.float64))
+        return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in rows]
+
+    fit_rows = set(digests(x_fit))
+    shared = sum(1 for d in digests(x_eval) if d in fit_rows)
+    if shared and shared >= OVERLAP_ERROR_FRACTION * len(x_eval):
+        raise IJCKDError(f"{where}: the fit split overlaps the eval split: {shared} of the "
+                         f"{len(x_eval)} samples of `x_eval` also appear in `x_fit`")
+
+
 def _resolve_path(path, data_dir):
     if path is None:
         if data_dir is not None and Path(data_dir).is_file():
@@ -168,6 +190,8 @@ def tensors(seed=0, data_dir=None, *, path=None, fractions=(0.6, 0.2, 0.2), fit_
             raise IJCKDError(f"{where}: the {which} split must hold >= 2 classes, "
                              f"got only class {int(y[0])} ({len(y)} samples)")
     k = _num_classes({w: p[1] for w, p in parts.items()}, num_classes, class_names, where)
+    if layout == "explicit":
+        _check_disjoint(parts["fit"][0], parts["eval"][0], where)
 
     for which, (x, _, _, source) in parts.items():
         if x.dtype.kind == "f" and np.abs(x).max() > np.finfo(np.float32).max:

@@ -13,12 +13,11 @@ A row whose key (run, checkpoint, split) is already present is replaced, not dup
 import contextlib
 import fcntl
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
 
-from ijckd_bounds import schema
+from ijckd_bounds import io, schema
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.io import atomic_path
 
@@ -102,7 +101,9 @@ def upsert(path, new_rows, *, columns, key, check=None):
     new_rows = _check_columns(pd.DataFrame(new_rows), columns, path.stem)
     with locked(path):
         if path.is_file() and path.stat().st_size > 0:
-            old = pd.read_csv(path)
+            # keys as written: read as numbers, a run named "007" would become 7 and its
+            # rows would be added again instead of replaced
+            old = pd.read_csv(path, dtype={k: str for k in key})
             keys = set(map(tuple, new_rows[list(key)].astype(str).to_numpy()))
             keep = [tuple(k) not in keys for k in old[list(key)].astype(str).to_numpy()]
             table = pd.concat([old[keep], new_rows], ignore_index=True)
@@ -135,6 +136,38 @@ def append_margins(path, df):
                   key=("run", "checkpoint", "sample"))
 
 
+def drop_incomplete_checkpoints(bounds_path, companion_paths):
+    """Remove from ``bounds_path`` the rows of checkpoints that a companion table lacks.
+
+    A checkpoint is tracked once its rows are in ``bounds.csv``, ``per_class.csv`` and
+    ``margins.csv``; the three files are written one after the other, so a tracker killed
+    in between leaves a checkpoint that ``bounds.csv`` lists (and a re-run would skip)
+    without its per-class or margin rows. Dropping its bounds row makes the re-run
+    estimate it again; the companions are upserted, so nothing is duplicated. Returns the
+    ``(run, checkpoint)`` pairs dropped.
+    """
+    bounds_path = Path(bounds_path)
+    if not bounds_path.is_file():
+        return []
+    pair = ["run", "checkpoint"]
+    with locked(bounds_path):
+        bounds = pd.read_csv(bounds_path, dtype={k: str for k in ROW_KEY})
+        tracked = set(map(tuple, bounds[pair].to_numpy()))
+        complete = set(tracked)
+        for companion in map(Path, companion_paths):
+            # a companion is replaced atomically: reading it without its lock sees a whole file
+            present = set()
+            if companion.is_file() and companion.stat().st_size > 0:
+                rows = pd.read_csv(companion, usecols=pair, dtype=str)
+                present = set(map(tuple, rows.to_numpy()))
+            complete &= present
+        incomplete = sorted(tracked - complete)
+        if incomplete:
+            keep = [tuple(k) in complete for k in bounds[pair].to_numpy()]
+            _write_csv(bounds[keep], bounds_path)
+    return incomplete
+
+
 def collect(paths, *, kind="bounds"):
     """Concatenate the tables of several runs (files or run directories)."""
     frames = []
@@ -161,7 +194,7 @@ def finite_or_nan(value):
 
 
 def remove_stale_temp_files(directory):
-    """Delete temporary files a killed writer may have left (``.<name>.*.tmp``)."""
-    for tmp in Path(directory).glob(".*.tmp"):
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    """Delete the temporary files killed writers left (``.<name>.*.tmp``), never those of
+    a live writer: a second tracker on the same run directory must not pull the file
+    from under the first one's rename (see ``io.remove_stale_temp_files``)."""
+    return io.remove_stale_temp_files(directory)
