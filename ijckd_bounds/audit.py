@@ -62,11 +62,9 @@ def _checkpoint_inputs(teacher, student, dataset, data_dir, out, n_bootstrap, se
     options = dict(meta.get("options") or {}) if name == meta.get("name") else {}
     splits = build_dataset(name, seed=meta.get("seed", 0),
                            data_dir=data_dir or meta.get("data_dir"), **options)
+    _check_pair(loaded, student, teacher, splits, name, explicit_dataset=dataset is not None)
     # the teacher's features are cached beside the report so a re-run audit skips them
     cache = teacher_features(teacher, splits, Path(out) / ".cache" / "teacher_features.pt")
-    if cache["weight"].shape[0] != splits.num_classes:
-        raise IJCKDError(f"the teacher has {cache['weight'].shape[0]} classes, dataset "
-                         f"{name!r} has {splits.num_classes}")
     settings = EstimatorSettings(n_bootstrap=n_bootstrap, seed=seed)
     report, connector = estimate_checkpoint(loaded, cache, settings)
     title = (f"{loaded.meta.get('method')} student ({loaded.meta.get('model_name')}) at epoch "
@@ -77,6 +75,45 @@ def _checkpoint_inputs(teacher, student, dataset, data_dir, out, n_bootstrap, se
                      "the teacher's space by the post-hoc ridge connector of THEORY.md, fitted "
                      "on the fit split")
     return report, True, title, notes
+
+
+def _check_fits(dataset_meta, what, splits, name):
+    """The model of a checkpoint (its ``dataset`` field) takes the inputs and predicts the
+    classes of ``splits``; otherwise one line naming both, before any feature is computed."""
+    shape = tuple(dataset_meta.get("input_shape") or ())
+    if shape and shape != tuple(splits.input_shape):
+        raise IJCKDError(f"{what} takes inputs of shape {shape} (dataset "
+                         f"{dataset_meta.get('name')!r}), dataset {name!r} gives "
+                         f"{tuple(splits.input_shape)}")
+    classes = dataset_meta.get("num_classes")
+    if classes is not None and int(classes) != splits.num_classes:
+        raise IJCKDError(f"{what} predicts {classes} classes (dataset "
+                         f"{dataset_meta.get('name')!r}), dataset {name!r} has "
+                         f"{splits.num_classes}")
+
+
+def _check_pair(loaded, student_path, teacher_path, splits, name, *, explicit_dataset):
+    """Teacher and student must belong together and to the evaluation dataset."""
+    from ijckd_bounds.checkpoint import read_checkpoint, sha256_file
+
+    student_what = f"student checkpoint {str(student_path)!r}"
+    teacher_what = f"teacher checkpoint {str(teacher_path)!r}"
+    teacher_payload = read_checkpoint(teacher_path, what="teacher checkpoint")
+    student_data = loaded.meta.get("dataset") or {}
+    teacher_data = teacher_payload.get("dataset") or {}
+    if not explicit_dataset and teacher_data.get("name") not in (None, student_data.get("name")):
+        raise IJCKDError(f"{teacher_what} was trained on dataset {teacher_data.get('name')!r}, "
+                         f"{student_what} on {student_data.get('name')!r}; pass a teacher of "
+                         f"the student's dataset (or --dataset to evaluate both on another)")
+    _check_fits(student_data, student_what, splits, name)
+    _check_fits(teacher_data, teacher_what, splits, name)
+    distilled_from = loaded.meta.get("teacher_sha256")
+    if loaded.predicts_with == "teacher_classifier" and distilled_from is not None:
+        sha = sha256_file(teacher_path)
+        if sha != distilled_from:
+            raise IJCKDError(f"{student_what} was distilled from a teacher file with sha256 "
+                             f"{distilled_from[:12]}..., {teacher_what} has {sha[:12]}...: its "
+                             f"connector maps into the other teacher's feature space")
 
 
 def _feature_inputs(features, n_bootstrap, seed):
@@ -99,6 +136,13 @@ def run_audit(*, teacher=None, student=None, dataset=None, data_dir=None, featur
     else:
         report, own_features, title, notes = _checkpoint_inputs(
             teacher, student, dataset, data_dir, out, n_bootstrap, seed)
+    return write_audit(report, out, own_features=own_features, title=title, notes=notes,
+                       n_bootstrap=n_bootstrap, seed=seed)
+
+
+def write_audit(report, out, *, own_features, title, notes=(), n_bootstrap=1000, seed=0):
+    """Error budget + ``report.md`` + ``bounds.json`` + figures for one ``BoundsReport``."""
+    out = Path(out)
     notes = list(notes) + list(getattr(report, "notes", []))
     budgets = budgets_from_report(report, own_features=own_features,
                                   n_bootstrap=n_bootstrap, seed=seed)
@@ -117,6 +161,68 @@ def run_audit(*, teacher=None, student=None, dataset=None, data_dir=None, featur
     atomic_write_text(out / "bounds.json",
                       json.dumps(_clean(payload), indent=2, default=_json_default) + "\n")
     return out / "report.md"
+
+
+def _module_digest(module):
+    """A sha256 of a module's state (the teacher-feature cache key of an in-memory model)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def audit_models(teacher, student, splits, out, *, connector=None, n_bootstrap=1000, seed=0,
+                 title=None):
+    """Audit any two models of the zoo interface, e.g. user modules wrapped in
+    ``FeatureModel``: ``model(x) -> (logits, features)``, ``.classifier`` an ``nn.Linear``,
+    and ``forward_with_map(x)``.
+
+    Args:
+        teacher, student: ``nn.Module``s (used in eval mode, never trained here).
+        splits: a ``DatasetSplits`` (``ijckd_bounds.data.build_dataset`` or your own); its
+            ``fit`` split fits the probes and, without ``connector``, THEORY's post-hoc
+            ridge connector; its ``eval`` split is what every number is measured on.
+        connector: optional module mapping the student's last map into the teacher's
+            feature space (``connector.pooled(fmap)``, as the trainer's connectors); given
+            one, the student is audited as predicting with the teacher's classifier.
+        out: directory for ``report.md``, ``bounds.json`` and figures.
+    Returns the path of ``report.md``.
+    """
+    from ijckd_bounds.checkpoint import LoadedStudent, LoadedTeacher
+    from ijckd_bounds.tracking.track import EstimatorSettings, estimate_checkpoint, teacher_features
+
+    out = Path(out)
+    check_writable_dir(out)
+    for name, model in (("teacher", teacher), ("student", student)):
+        if not hasattr(model, "forward_with_map") or not hasattr(model, "classifier"):
+            raise IJCKDError(f"the {name} must follow the zoo interface (forward_with_map, "
+                             f".classifier); wrap your module in "
+                             f"ijckd_bounds.models.FeatureModel")
+    teacher.eval()
+    student.eval()
+    loaded_teacher = LoadedTeacher(model=teacher, sha256=_module_digest(teacher),
+                                   path="<in-memory teacher>")
+    classifier = teacher.classifier
+    loaded_student = LoadedStudent(
+        model=student, connector=connector,
+        teacher_weight=classifier.weight.detach() if connector is not None else None,
+        teacher_bias=classifier.bias.detach() if connector is not None else None,
+        predicts_with="teacher_classifier" if connector is not None else "own_head",
+        meta={"method": "student", "dataset": {"name": splits.name}})
+    cache = teacher_features(loaded_teacher, splits, out / ".cache" / "teacher_features.pt")
+    report, kind = estimate_checkpoint(loaded_student, cache,
+                                       EstimatorSettings(n_bootstrap=n_bootstrap, seed=seed))
+    notes = []
+    if kind == "post-hoc ridge":
+        notes.append("the student predicts with its own head: its features were mapped into "
+                     "the teacher's space by the post-hoc ridge connector of THEORY.md, "
+                     "fitted on the fit split")
+    return write_audit(report, out, own_features=True, notes=notes, n_bootstrap=n_bootstrap,
+                       seed=seed, title=title or f"{type(student).__name__} student on "
+                                                 f"{splits.name}")
 
 
 def _figures(report, per_class, out):
