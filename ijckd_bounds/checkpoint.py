@@ -23,9 +23,15 @@ tensors, lists, dicts, strings, numbers, None, no numpy objects, no dataclasses)
     config          the run's TrainConfig as a nested dict
     model           {name, num_classes, input_shape, options, state_dict}
     connector       None | {spec, state_dict}   (models.connectors.build_connector(spec))
-    teacher         None | {path, sha256, name, feature_dim, weight (K, d), bias (K,)}
+    teacher         None | {path, sha256, name, source, num_classes, input_shape, options,
+                            feature_dim, weight (K, d), bias (K,)}
     training        None | {optimizer, scheduler, grad_scaler, rng, best_eval_acc, best_epoch}
     metrics         the epoch's metrics {name: float}
+
+The ``teacher`` entry is enough to rebuild the teacher (``load_teacher_from``): ``source``
+is "checkpoint" (``path`` is a teacher run's teacher.pt) or "torchvision_weights" (``path``
+is a state dict in torchvision's layout, ``name``/``num_classes``/``input_shape``/
+``options`` rebuild the zoo model it loads into); ``sha256`` is checked on rebuilding.
 
 ``training.rng`` holds the python, numpy and torch (and CUDA) generator states as ints,
 lists and tensors (numpy's key array as an int64 tensor); ``capture_rng``/``restore_rng``
@@ -47,6 +53,10 @@ from ijckd_bounds.io import load_torch, save_torch
 FORMAT = "ijckd_bounds.checkpoint"
 FORMAT_VERSION = 1
 PREDICTS_WITH = ("own_head", "teacher_classifier")
+TEACHER_SOURCES = ("checkpoint", "torchvision_weights")
+# The fields of a checkpoint's teacher entry that say where the teacher comes from.
+TEACHER_SOURCE_KEYS = ("source", "path", "sha256", "name", "num_classes", "input_shape",
+                       "options")
 
 
 def sha256_file(path, chunk_size=1 << 20):
@@ -185,6 +195,9 @@ def _meta(payload, path):
     teacher = payload.get("teacher") or {}
     meta["teacher_path"] = teacher.get("path")
     meta["teacher_sha256"] = teacher.get("sha256")
+    # what load_teacher_from needs to rebuild the teacher (no tensors)
+    meta["teacher_source"] = ({key: teacher.get(key) for key in TEACHER_SOURCE_KEYS}
+                              if teacher else None)
     meta["model_name"] = payload["model"]["name"]
     meta["path"] = str(path)
     return meta
@@ -195,12 +208,28 @@ def _meta(payload, path):
 
 @dataclass
 class LoadedTeacher:
-    """A frozen teacher from a checkpoint. ``features(x) -> (z_t (n, d), logits (n, K))``."""
+    """A frozen teacher. ``features(x) -> (z_t (n, d), logits (n, K))``.
+
+    ``source``: "checkpoint" (a teacher run's teacher.pt) or "torchvision_weights" (a
+    torchvision-layout state dict loaded into zoo model ``meta["model_name"]``).
+    """
 
     model: torch.nn.Module
     sha256: str
     path: str
     meta: dict = field(default_factory=dict)
+    source: str = "checkpoint"
+
+    def describe(self):
+        """The teacher entry's fields that rebuild this teacher (``load_teacher_from``):
+        ``{source, path, sha256, name, num_classes, input_shape, options}``."""
+        dataset = self.meta.get("dataset") or {}
+        shape = self.meta.get("input_shape") or dataset.get("input_shape")
+        return {"source": self.source, "path": str(Path(self.path).resolve()),
+                "sha256": self.sha256, "name": self.meta.get("model_name"),
+                "num_classes": int(self.model.num_classes),
+                "input_shape": None if shape is None else [int(s) for s in shape],
+                "options": dict(self.meta.get("model_options") or {})}
 
     @torch.no_grad()
     def features(self, x):
@@ -274,12 +303,67 @@ def load_teacher(path):
                          f"that predicts with another model's classifier; use a teacher run's "
                          f"teacher.pt")
     what = f"teacher checkpoint {str(path)!r}"
-    model = build_model_from(payload["model"], what=what)
+    model = _frozen(build_model_from(payload["model"], what=what))
+    meta = _meta(payload, path)
+    meta["model_options"] = dict(payload["model"].get("options") or {})
+    return LoadedTeacher(model=model, sha256=sha256_file(path), path=str(path), meta=meta)
+
+
+def _frozen(model):
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
-    return LoadedTeacher(model=model, sha256=sha256_file(path), path=str(path),
-                         meta=_meta(payload, path))
+    return model
+
+
+def load_teacher_weights(path, name, num_classes, input_shape, options=None, *,
+                         check_hash=True):
+    """A ``LoadedTeacher`` from a state dict in torchvision's layout (e.g. torchvision's
+    ``resnet34-b627a593.pth``) loaded strictly into zoo model ``name`` built for
+    ``num_classes`` classes and inputs of ``input_shape`` (see ``models.weights``: a
+    missing/unexpected key, a shape or a file-name hash prefix that does not fit fails with
+    one line)."""
+    from ijckd_bounds.models import build_model
+    from ijckd_bounds.models.weights import load_torchvision_weights
+
+    if not name:
+        raise IJCKDError(f"teacher weights file {str(path)!r} needs the architecture it holds: "
+                         f"set model.teacher (e.g. model.teacher=resnet34)")
+    model = build_model(name, num_classes, tuple(input_shape), **dict(options or {}))
+    load_torchvision_weights(model, path, check_hash=check_hash)
+    meta = {"kind": "teacher", "model_name": str(name), "path": str(path), "dataset": None,
+            "input_shape": [int(s) for s in input_shape],
+            "model_options": dict(options or {})}
+    return LoadedTeacher(model=_frozen(model), sha256=sha256_file(path), path=str(path),
+                         meta=meta, source="torchvision_weights")
+
+
+def load_teacher_from(source, *, what="the student's teacher"):
+    """Rebuild the teacher a student was distilled from, from the ``teacher_source`` of
+    its metadata (or its checkpoint's teacher entry), checking the file's sha256 against
+    the one recorded at distillation."""
+    if not isinstance(source, dict) or not source.get("path"):
+        raise IJCKDError(f"{what} is not recorded (no teacher path in the checkpoint)")
+    kind = source.get("source") or "checkpoint"  # entries written before weights files
+    if kind not in TEACHER_SOURCES:
+        raise IJCKDError(f"{what} has unknown source {kind!r}; valid: "
+                         f"{', '.join(TEACHER_SOURCES)}")
+    path = source["path"]
+    if kind == "checkpoint":
+        teacher = load_teacher(path)
+    else:
+        if source.get("num_classes") is None or source.get("input_shape") is None:
+            raise IJCKDError(f"{what} (weights file {path!r}) lacks its class count or input "
+                             f"shape; the checkpoint cannot rebuild it")
+        teacher = load_teacher_weights(path, source.get("name"), source["num_classes"],
+                                       source["input_shape"], source.get("options"),
+                                       check_hash=False)
+    recorded = source.get("sha256")
+    if recorded and recorded != teacher.sha256:
+        raise IJCKDError(f"teacher file {path!r} has changed since the student was distilled "
+                         f"from it (sha256 {teacher.sha256[:12]}..., recorded "
+                         f"{recorded[:12]}...)")
+    return teacher
 
 
 def load_student(path):
@@ -298,7 +382,7 @@ def load_student(path):
                          meta=_meta(payload, path))
 
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "LoadedStudent", "LoadedTeacher", "build_model_from",
-           "capture_rng", "connector_entry", "load_state_checked", "load_student",
-           "load_teacher", "model_entry", "read_checkpoint", "restore_rng", "sha256_file",
-           "write_checkpoint"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "LoadedStudent", "LoadedTeacher", "TEACHER_SOURCES",
+           "build_model_from", "capture_rng", "connector_entry", "load_state_checked",
+           "load_student", "load_teacher", "load_teacher_from", "load_teacher_weights",
+           "model_entry", "read_checkpoint", "restore_rng", "sha256_file", "write_checkpoint"]

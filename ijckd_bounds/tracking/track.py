@@ -5,11 +5,25 @@ already have a row in ``bounds.csv`` (so a killed tracker re-run finishes the jo
 duplicates) and appends one row per checkpoint. Online: ``BoundTracker`` is a trainer
 callback doing the same for each checkpoint as it is written.
 
-The teacher is frozen, so its eval/fit features are computed once per run and cached in
-``run_dir/teacher_features.pt`` (keyed by the teacher file's sha256 and the data split).
+The teacher is rebuilt from what the student checkpoint records (a teacher run's
+teacher.pt or a torchvision-layout weights file, sha256-checked; see
+``checkpoint.load_teacher_from``). It is frozen, so its fit/eval features are computed
+once per run:
+
+- in-memory splits (``.inputs`` tensors: digits, mnist1d, CIFAR, user tensors): the
+  features and the inputs are cached in ``run_dir/teacher_features.pt`` (keyed by the
+  teacher file's sha256 and the data split) and every student is run on the cached
+  inputs;
+- image folders (no ``.inputs``): features are streamed to memory-mapped arrays by
+  ``tracking.extract`` (chunked, resumable, sharded over the ranks of a torchrun job and
+  merged by rank 0) in ``run_dir/teacher_features/{fit,eval}/``; no image is ever held in
+  memory beyond a batch, and no inputs are cached. A student's features go to
+  ``run_dir/student_features/<checkpoint>/`` and are deleted once its row is written.
 """
 
 import math
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,24 +31,103 @@ import pandas as pd
 import torch
 
 from ijckd_bounds import schema
-from ijckd_bounds.checkpoint import load_student, load_teacher
+from ijckd_bounds.checkpoint import (LoadedTeacher, capture_rng, load_student, load_teacher,
+                                     load_teacher_from, restore_rng, sha256_file)
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators import estimate_bounds, fit_connector
 from ijckd_bounds.io import load_torch, save_torch
 from ijckd_bounds.tracking import table
+from ijckd_bounds.tracking.extract import (barrier, extract_features, rank_and_world,
+                                           split_fingerprint)
 
 BOUNDS_CSV = "bounds.csv"
 PER_CLASS_CSV = "per_class.csv"
 MARGINS_CSV = "margins.csv"
 TEACHER_CACHE = "teacher_features.pt"
+STUDENT_FEATURES = "student_features"
+# Rank 0 estimates while the other ranks wait; a barrier of its own with a long timeout
+# keeps NCCL's default (10 minutes) from ending the job meanwhile.
+TRACKING_BARRIER_TIMEOUT_S = 6 * 3600
 
 
 @dataclass(frozen=True)
 class EstimatorSettings:
+    """How the terms are estimated and the features extracted.
+
+    The fields left at None are taken from the run (``resolved``): its config's ``track``
+    section, then its ``data`` section, then the defaults below.
+
+    - ``batch_size``: extraction batch (``track.batch_size``, ``data.eval_batch_size``,
+      512);
+    - ``device``: where the models run ("cpu", "cuda", "cuda:1", or "auto": this rank's
+      GPU when CUDA is available; ``track.device``, "auto");
+    - ``num_workers``: DataLoader workers for image splits (``track.num_workers``,
+      ``data.num_workers``, 0);
+    - ``chunk_size``: samples per resumable, sharded feature chunk of image splits
+      (``track.chunk_size``, 4096);
+    - ``mmd_max_n``: MMD² and the CKA interval on a seeded subsample of this many
+      evaluation pairs; 0 for all pairs (``track.mmd_max_n``, all).
+    """
+
     n_bootstrap: int = 1000
     n_permutations: int = 200
     seed: int = 0
-    batch_size: int = 512
+    batch_size: int | None = None
+    mmd_max_n: int | None = None
+    device: str | None = None
+    num_workers: int | None = None
+    chunk_size: int | None = None
+
+    @classmethod
+    def from_config(cls, config):
+        """Every setting of a run's config dict (for ``distill --track``)."""
+        track = dict((config or {}).get("track") or {})
+        plain = {name: track[name] for name in ("n_bootstrap", "n_permutations", "seed")
+                 if track.get(name) is not None}
+        return cls(**plain).resolved(config)
+
+    def resolved(self, config=None):
+        """These settings with every None filled in from the run's config dict."""
+        config = config or {}
+        track = dict(config.get("track") or {})
+        data = dict(config.get("data") or {})
+
+        def pick(name, *fallbacks):
+            for value in (getattr(self, name), *fallbacks):
+                if value is not None:
+                    return value
+            return None
+
+        mmd_max_n = pick("mmd_max_n", track.get("mmd_max_n"), 0)
+        return EstimatorSettings(
+            n_bootstrap=self.n_bootstrap, n_permutations=self.n_permutations, seed=self.seed,
+            batch_size=int(pick("batch_size", track.get("batch_size"),
+                                data.get("eval_batch_size"), 512)),
+            mmd_max_n=int(mmd_max_n) or None,
+            device=str(pick("device", track.get("device"), "auto")),
+            num_workers=int(pick("num_workers", track.get("num_workers"),
+                                 data.get("num_workers"), 0)),
+            chunk_size=int(pick("chunk_size", track.get("chunk_size"), 4096)))
+
+
+def resolve_device(spec):
+    """``"auto"`` -> cuda:LOCAL_RANK when CUDA is available, else cpu."""
+    if spec in (None, "auto"):
+        local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise IJCKDError(f"tracking device must be 'auto', 'cpu', 'cuda' or 'cuda:N', "
+                         f"got {spec!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise IJCKDError(f"tracking device is {spec!r} but CUDA is not available here")
+    return device
+
+
+def in_memory(split):
+    """Whether a split holds its inputs as one tensor (``.inputs``), e.g. ``TensorSplit``."""
+    return isinstance(getattr(split, "inputs", None), torch.Tensor)
 
 
 def split_tensors(split, batch_size=512):
@@ -50,47 +143,184 @@ def split_tensors(split, batch_size=512):
 
 @torch.no_grad()
 def batched(fn, inputs, batch_size=512):
-    """Apply ``fn`` (returning a tuple of tensors or None) to ``inputs`` batch by batch."""
+    """Apply ``fn`` (returning a tuple of tensors or None) to ``inputs`` batch by batch;
+    the results are concatenated on the CPU."""
     outs = None
     for start in range(0, len(inputs), batch_size):
         result = fn(inputs[start:start + batch_size])
         if outs is None:
             outs = [[] for _ in result]
         for store, value in zip(outs, result):
-            store.append(value)
+            store.append(None if value is None else value.cpu())
     return tuple(None if any(v is None for v in store) else torch.cat(store) for store in outs)
 
 
-def teacher_features(teacher_path, splits, cache_path, *, batch_size=512):
-    """Teacher features/logits on the fit and eval splits, cached next to the run."""
-    teacher = load_teacher(teacher_path)
-    key = f"{teacher.sha256}:{splits.name}:{len(splits.fit)}:{len(splits.eval)}"
+def resolve_teacher(teacher):
+    """A ``LoadedTeacher`` from a LoadedTeacher, a student's ``teacher_source`` dict
+    (rebuilt and sha256-checked) or a teacher checkpoint path."""
+    if isinstance(teacher, LoadedTeacher):
+        return teacher
+    if isinstance(teacher, dict):
+        return load_teacher_from(teacher)
+    if teacher is None:
+        raise IJCKDError("no teacher given (the student checkpoint records none)")
+    return load_teacher(teacher)
+
+
+def _teacher_of(student):
+    """What rebuilds a loaded student's teacher: its recorded source, else its path."""
+    return student.meta.get("teacher_source") or student.meta.get("teacher_path")
+
+
+def _classifier(teacher):
+    return (teacher.model.classifier.weight.detach().cpu().clone(),
+            teacher.model.classifier.bias.detach().cpu().clone())
+
+
+def teacher_features(teacher, splits, cache_path, *, batch_size=512, device="cpu",
+                     num_workers=0, chunk_size=4096, group=None, progress=False):
+    """Teacher features on the fit and eval splits, cached next to the run.
+
+    Args:
+        teacher: a teacher checkpoint path, a student's ``teacher_source`` dict, or a
+            ``LoadedTeacher``.
+        splits: the ``DatasetSplits`` the student was distilled on.
+        cache_path: RUN_DIR/teacher_features.pt; image splits use the folder of that name
+            without the suffix instead, and RUN_DIR/student_features/ for students.
+        device: where the teacher runs; batch_size/num_workers/chunk_size: of the feature
+            extraction (num_workers and chunk_size for image splits only).
+        group: process group to shard image-split extraction over (torchrun).
+
+    Returns:
+        dict with ``z_t`` (n_eval, d), ``y`` (n_eval,), ``z_t_fit`` (n_fit, d), ``y_fit``
+        (n_fit,), ``weight`` (K, d), ``bias`` (K,) as CPU tensors; in-memory splits also
+        ``logits_t``, ``x_eval``, ``x_fit``; image splits ``fit_split``/``eval_split`` and
+        where student features go. On ranks other than 0 the feature arrays are None.
+    """
+    teacher = resolve_teacher(teacher)
+    device = resolve_device(device)
     cache_path = Path(cache_path)
+    if in_memory(splits.fit) and in_memory(splits.eval):
+        return _in_memory_teacher_features(teacher, splits, cache_path, batch_size, device)
+    teacher.to(device)
+
+    def fn(x):
+        z_t, _ = teacher.features(x)
+        return {"z_t": z_t}
+
+    arrays = {}
+    for which in ("fit", "eval"):
+        split = splits.split(which)
+        key = f"teacher:{teacher.sha256}:{splits.name}:{split_fingerprint(split)}"
+        arrays[which] = extract_features(
+            fn, split, cache_path.with_suffix("") / which, key=key, batch_size=batch_size,
+            chunk_size=chunk_size, num_workers=num_workers, pin_memory=device.type == "cuda",
+            group=group, progress=progress)
+    teacher.to("cpu")
+    weight, bias = _classifier(teacher)
+    cache = {"key": f"{teacher.sha256}:{splits.name}", "weight": weight, "bias": bias,
+             "fit_split": splits.fit, "eval_split": splits.eval,
+             "student_features": cache_path.parent / STUDENT_FEATURES,
+             "z_t": None, "y": None, "z_t_fit": None, "y_fit": None}
+    if arrays["eval"] is not None:  # rank 0
+        cache.update(z_t=torch.from_numpy(arrays["eval"]["z_t"]),
+                     y=torch.from_numpy(arrays["eval"]["y"]),
+                     z_t_fit=torch.from_numpy(arrays["fit"]["z_t"]),
+                     y_fit=torch.from_numpy(arrays["fit"]["y"]))
+    return cache
+
+
+def _in_memory_teacher_features(teacher, splits, cache_path, batch_size, device):
+    key = f"{teacher.sha256}:{splits.name}:{len(splits.fit)}:{len(splits.eval)}"
     if cache_path.is_file():
         cached = load_torch(cache_path, what="teacher feature cache")
         if cached.get("key") == key:
             return cached
     x_fit, y_fit = split_tensors(splits.fit, batch_size)
     x_eval, y_eval = split_tensors(splits.eval, batch_size)
+    teacher.to(device)
     z_t_fit, logits_t_fit = batched(teacher.features, x_fit, batch_size)
     z_t, logits_t = batched(teacher.features, x_eval, batch_size)
+    teacher.to("cpu")
+    weight, bias = _classifier(teacher)
     cached = {"key": key, "z_t": z_t, "logits_t": logits_t, "y": y_eval.long(),
               "z_t_fit": z_t_fit, "y_fit": y_fit.long(), "x_fit": x_fit, "x_eval": x_eval,
-              "weight": teacher.model.classifier.weight.detach().clone(),
-              "bias": teacher.model.classifier.bias.detach().clone()}
+              "weight": weight, "bias": bias}
     save_torch(cached, cache_path)
     return cached
 
 
-def student_inputs(student, cache, *, batch_size=512):
-    """Everything ``estimate_bounds`` needs from a student, on the cached eval/fit inputs.
+def _student_fns(student):
+    """Feature functions of a loaded student for the eval and the fit split."""
+
+    def eval_fn(x):
+        z_s, s, own_logits, _ = student.features(x)
+        return {"z_s": z_s, "s": s, "own_logits": own_logits}
+
+    def fit_fn(x):
+        z_s, s, _, _ = student.features(x)
+        return {"z_s": z_s, "s": s}
+
+    return eval_fn, fit_fn
+
+
+def _student_feature_dir(student, cache):
+    return Path(cache["student_features"]) / Path(student.meta.get("path", "student")).stem
+
+
+def _streamed_student_features(student, cache, *, batch_size, device, num_workers,
+                               chunk_size, group):
+    """Image splits: the student's features streamed like the teacher's; rank 0 gets
+    ``(z_s, s, own_logits, z_s_fit, s_fit)`` tensors, other ranks None."""
+    path = student.meta.get("path")
+    identity = sha256_file(path) if path and Path(path).is_file() else repr(student.meta)
+    out_dir = _student_feature_dir(student, cache)
+    student.to(device)
+    eval_fn, fit_fn = _student_fns(student)
+    arrays = {}
+    for which, fn, split in (("eval", eval_fn, cache["eval_split"]),
+                             ("fit", fit_fn, cache["fit_split"])):
+        key = f"student:{identity}:{split_fingerprint(split)}"
+        arrays[which] = extract_features(
+            fn, split, out_dir / which, key=key, batch_size=batch_size, chunk_size=chunk_size,
+            num_workers=num_workers, pin_memory=device.type == "cuda", group=group)
+    student.to("cpu")
+    if arrays["eval"] is None:
+        return None
+
+    def tensor(array):
+        return None if array is None else torch.from_numpy(array)
+
+    ev, fit = arrays["eval"], arrays["fit"]
+    if not torch.equal(tensor(ev["y"]), cache["y"]):  # the same images in the same order
+        raise IJCKDError(f"the student's evaluation samples in {str(out_dir)!r} differ from "
+                         f"the teacher's; delete that folder and track again")
+    return (tensor(ev["z_s"]), tensor(ev["s"]), tensor(ev["own_logits"]), tensor(fit["z_s"]),
+            tensor(fit["s"]))
+
+
+def student_inputs(student, cache, *, batch_size=512, device="cpu", num_workers=0,
+                   chunk_size=4096, group=None):
+    """Everything ``estimate_bounds`` needs from a student, on the cached eval/fit inputs
+    (in-memory splits) or streamed from the image splits.
 
     Students that predict with the teacher classifier (SimKD, IJCKD) bring their own
     connector; any other student gets the post-hoc ridge connector of THEORY, fitted on the
-    fit split only.
+    fit split only. Returns None on ranks other than 0 of a sharded extraction.
     """
-    z_s, s, own_logits, _ = batched(student.features, cache["x_eval"], batch_size)
-    z_s_fit, s_fit, _, _ = batched(student.features, cache["x_fit"], batch_size)
+    device = resolve_device(device)
+    if "x_eval" in cache:
+        student.to(device)
+        z_s, s, own_logits, _ = batched(student.features, cache["x_eval"], batch_size)
+        z_s_fit, s_fit, _, _ = batched(student.features, cache["x_fit"], batch_size)
+        student.to("cpu")
+    else:
+        streamed = _streamed_student_features(student, cache, batch_size=batch_size,
+                                              device=device, num_workers=num_workers,
+                                              chunk_size=chunk_size, group=group)
+        if streamed is None:
+            return None
+        z_s, s, own_logits, z_s_fit, s_fit = streamed
     connector = "trained"
     if z_s is None or z_s_fit is None:
         ridge = fit_connector(s_fit, cache["z_t_fit"])
@@ -102,9 +332,18 @@ def student_inputs(student, cache, *, batch_size=512):
             "student_logits": own_logits, "connector": connector}
 
 
-def estimate_checkpoint(student, cache, settings):
-    """Run ``estimate_bounds`` for one loaded student; returns (report, connector kind)."""
-    feats = student_inputs(student, cache, batch_size=settings.batch_size)
+def estimate_checkpoint(student, cache, settings, *, group=None):
+    """Run ``estimate_bounds`` for one loaded student; returns (report, connector kind).
+
+    With image splits every rank of ``group`` extracts its share of the features and
+    only rank 0 estimates: the others get ``(None, None)``.
+    """
+    settings = settings.resolved(student.meta.get("config"))
+    feats = student_inputs(student, cache, batch_size=settings.batch_size,
+                           device=settings.device, num_workers=settings.num_workers,
+                           chunk_size=settings.chunk_size, group=group)
+    if feats is None:
+        return None, None
     if feats["z_s"].shape[1] != cache["z_t"].shape[1]:
         raise IJCKDError(f"student features in teacher space have width {feats['z_s'].shape[1]}, "
                          f"the teacher's have {cache['z_t'].shape[1]}")
@@ -113,7 +352,10 @@ def estimate_checkpoint(student, cache, settings):
         fit=(cache["z_t_fit"], feats["z_s_fit"], cache["y_fit"]),
         s=feats["s"], s_fit=feats["s_fit"], student_logits=feats["student_logits"],
         n_permutations=settings.n_permutations, n_bootstrap=settings.n_bootstrap,
-        seed=settings.seed)
+        seed=settings.seed, mmd_max_n=settings.mmd_max_n)
+    if "student_features" in cache:
+        # the student's streamed features served their purpose (hundreds of MB each)
+        shutil.rmtree(_student_feature_dir(student, cache), ignore_errors=True)
     return report, feats["connector"]
 
 
@@ -162,8 +404,19 @@ def checkpoints_of(run_dir):
     return files
 
 
-def track_run(run_dir, settings=EstimatorSettings(), *, data_dir=None, progress=True):
-    """Estimate the bound terms at every checkpoint of ``run_dir`` not yet in its table."""
+def _teacher_cache(student, splits, run_dir, settings, group=None, progress=False):
+    settings = settings.resolved(student.meta.get("config"))
+    return teacher_features(_teacher_of(student), splits, Path(run_dir) / TEACHER_CACHE,
+                            batch_size=settings.batch_size, device=settings.device,
+                            num_workers=settings.num_workers, chunk_size=settings.chunk_size,
+                            group=group, progress=progress)
+
+
+def track_run(run_dir, settings=None, *, data_dir=None, progress=True):
+    """Estimate the bound terms at every checkpoint of ``run_dir`` not yet in its table.
+
+    ``settings`` None: the run's own (its config's ``track`` section).
+    """
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
@@ -172,38 +425,78 @@ def track_run(run_dir, settings=EstimatorSettings(), *, data_dir=None, progress=
     if (run_dir / BOUNDS_CSV).is_file():
         done = set(table.read_table(run_dir / BOUNDS_CSV)["checkpoint"].astype(str))
     todo = [p for p in checkpoints_of(run_dir) if p.name not in done]
-    splits = cache = None
+    cache = None
     for path in tqdm(todo, desc=f"track {run_dir.name}", disable=not progress or None,
                      unit="ckpt"):
         student = load_student(path)
+        run_settings = settings or EstimatorSettings.from_config(student.meta.get("config"))
         if cache is None:
-            splits = _dataset_for(student, data_dir)
-            cache = teacher_features(student.meta["teacher_path"], splits,
-                                     run_dir / TEACHER_CACHE, batch_size=settings.batch_size)
-        report, _ = estimate_checkpoint(student, cache, settings)
+            cache = _teacher_cache(student, _dataset_for(student, data_dir), run_dir,
+                                   run_settings, progress=progress)
+        report, _ = estimate_checkpoint(student, cache, run_settings)
         write_rows(run_dir, *rows_for(report, _keys(student, run_dir.name, path.name)))
     return table.read_table(run_dir / BOUNDS_CSV)
 
 
 class BoundTracker:
-    """Trainer callback: estimate the bound terms whenever a checkpoint is written."""
+    """Trainer callback: estimate the bound terms whenever a checkpoint is written.
 
-    def __init__(self, run_dir, settings=EstimatorSettings(), data_dir=None):
+    ``settings`` None: the run's own (its config's ``track`` section, via the checkpoint).
+    Under torchrun the trainer calls it on every rank (``every_rank``): image-split
+    features are extracted in shards by all ranks, rank 0 merges, estimates and writes the
+    rows while the others wait. The global random state is restored afterwards, so a run
+    tracked online trains exactly like one that is not.
+    """
+
+    every_rank = True
+
+    def __init__(self, run_dir, settings=None, data_dir=None):
         self.run_dir = Path(run_dir)
         self.settings = settings
         self.data_dir = data_dir
         self._cache = None
+        self._group = None
+        self._idle = False  # a rank other than 0 with in-memory splits: nothing to do
+
+    def _process_group(self):
+        import datetime
+
+        import torch.distributed as dist
+
+        _, world = rank_and_world()
+        if world == 1:
+            return None
+        if self._group is None:
+            self._group = dist.new_group(
+                backend="gloo", timeout=datetime.timedelta(seconds=TRACKING_BARRIER_TIMEOUT_S))
+        return self._group
 
     def on_checkpoint(self, path, epoch=None):
+        rng = capture_rng()
+        try:
+            group = self._process_group()
+            barrier(group)  # rank 0 wrote the checkpoint before any rank reads it
+            self._track(path, group)
+            barrier(group)
+        finally:
+            restore_rng(rng)
+
+    def _track(self, path, group):
+        rank, _ = rank_and_world(group)
+        if self._idle:
+            return
         student = load_student(path)
+        settings = self.settings or EstimatorSettings.from_config(student.meta.get("config"))
         if self._cache is None:
             splits = _dataset_for(student, self.data_dir)
-            self._cache = teacher_features(student.meta["teacher_path"], splits,
-                                           self.run_dir / TEACHER_CACHE,
-                                           batch_size=self.settings.batch_size)
-        report, _ = estimate_checkpoint(student, self._cache, self.settings)
-        write_rows(self.run_dir, *rows_for(report, _keys(student, self.run_dir.name,
-                                                         Path(path).name)))
+            if in_memory(splits.fit) and in_memory(splits.eval) and rank != 0:
+                self._idle = True  # in-memory splits: rank 0 alone, in seconds
+                return
+            self._cache = _teacher_cache(student, splits, self.run_dir, settings, group)
+        report, _ = estimate_checkpoint(student, self._cache, settings, group=group)
+        if rank == 0:
+            write_rows(self.run_dir, *rows_for(report, _keys(student, self.run_dir.name,
+                                                             Path(path).name)))
 
     def on_epoch_end(self, epoch, metrics):
         pass
@@ -213,4 +506,5 @@ class BoundTracker:
 
 
 __all__ = ["BoundTracker", "EstimatorSettings", "track_run", "teacher_features",
-           "estimate_checkpoint", "rows_for", "schema"]
+           "estimate_checkpoint", "rows_for", "schema", "student_inputs", "split_tensors",
+           "batched", "resolve_teacher"]

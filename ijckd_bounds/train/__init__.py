@@ -6,13 +6,13 @@ load_config(TrainConfig, path, overrides)``); ``python -m ijckd_bounds.train --c
 """
 
 from ijckd_bounds.train.config import (DataConfig, MethodConfig, ModelConfig, OptimConfig,
-                                       RunConfig, TrainConfig)
+                                       RunConfig, TrackConfig, TrainConfig)
 from ijckd_bounds.train.loop import Callback, TrainState, fit
 from ijckd_bounds.train.objectives import METHODS, Objective, build_objective
 from ijckd_bounds.train.runner import (RunResult, checkpoint_path, distill, latest_checkpoint,
                                        method_names, train_teacher)
 
 __all__ = ["Callback", "DataConfig", "METHODS", "MethodConfig", "ModelConfig", "Objective",
-           "OptimConfig", "RunConfig", "RunResult", "TrainConfig", "TrainState",
+           "OptimConfig", "RunConfig", "RunResult", "TrackConfig", "TrainConfig", "TrainState",
            "build_objective", "checkpoint_path", "distill", "fit", "latest_checkpoint",
            "method_names", "train_teacher"]

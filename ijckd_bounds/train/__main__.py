@@ -1,8 +1,10 @@
-"""``python -m ijckd_bounds.train --config F.yaml [key=value ...] [--resume] [--teacher-mode]``
+"""``python -m ijckd_bounds.train --config F.yaml [key=value ...] [--resume] [--teacher-mode]
+[--teacher-weights FILE]``
 
 A runnable entry for torchrun and subprocess tests; the ``ijckd-bounds`` CLI wraps the
-same functions. Prints the run directory (or the teacher file) and exits 0; a problem
-with the input prints one line and exits 2.
+same functions (under torchrun, ``python -m ijckd_bounds.cli distill --track`` also tracks
+the bound terms: the trainer imports no tracking). Prints the run directory (or the
+teacher file) and exits 0; a problem with the input prints one line and exits 2.
 """
 
 import argparse
@@ -18,6 +20,9 @@ def main(argv=None):
                         help="continue from the run directory's latest checkpoint")
     parser.add_argument("--teacher-mode", action="store_true",
                         help="train model.teacher with cross-entropy (train-teacher)")
+    parser.add_argument("--teacher-weights", metavar="FILE",
+                        help="distill from this torchvision-layout state dict of the "
+                             "model.teacher architecture (sets model.teacher_weights)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after flags
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -25,9 +30,11 @@ def main(argv=None):
     from ijckd_bounds.config import load_config
     from ijckd_bounds.errors import IJCKDError
     from ijckd_bounds.train import TrainConfig, distill, train_teacher
+    from ijckd_bounds.train.config import with_teacher_weights
 
     try:
-        cfg = load_config(TrainConfig, args.config, args.overrides)
+        cfg = with_teacher_weights(load_config(TrainConfig, args.config, args.overrides),
+                                   args.teacher_weights)
         run = train_teacher if args.teacher_mode else distill
         result = run(cfg, resume=args.resume)
     except IJCKDError as exc:

@@ -4,8 +4,9 @@
     cfg = load_config(TrainConfig, "experiments/digits_student.yaml", ["method.name=kd"])
 
 Sections: ``data`` (DataConfig), ``model`` (ModelConfig), ``optim`` (OptimConfig),
-``method`` (MethodConfig), ``run`` (RunConfig). Method weights left at ``None`` take the
-method's reference default (see ``ijckd_bounds.train.objectives``).
+``method`` (MethodConfig), ``run`` (RunConfig), ``track`` (TrackConfig: how ``distill
+--track`` estimates the bound terms; the trainer itself ignores it). Method weights left
+at ``None`` take the method's reference default (see ``ijckd_bounds.train.objectives``).
 """
 
 from dataclasses import dataclass, field
@@ -24,7 +25,12 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)  # extra build_dataset keywords
     batch_size: int = 64  # global batch: split evenly over DDP ranks
     eval_batch_size: int = 512
+    # DataLoader processes per rank (0: load in the main process); in-memory splits without
+    # augmentation skip the DataLoader when this is 0
     num_workers: int = 0
+    pin_memory: Optional[bool] = None  # page-locked batches; None: on CUDA only
+    persistent_workers: bool = False  # keep the workers alive across epochs
+    prefetch_factor: Optional[int] = None  # batches each worker loads ahead; None: torch's 2
 
     def __post_init__(self):
         for name in ("batch_size", "eval_batch_size"):
@@ -33,17 +39,48 @@ class DataConfig:
                                  f"got {getattr(self, name)}")
         if self.num_workers < 0:
             raise IJCKDError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.num_workers == 0:
+            for name in ("persistent_workers", "prefetch_factor"):
+                if getattr(self, name) not in (None, False):
+                    raise IJCKDError(f"data.{name} needs worker processes: set "
+                                     f"data.num_workers > 0 (e.g. data.num_workers=8)")
+        if self.prefetch_factor is not None and self.prefetch_factor < 1:
+            raise IJCKDError(f"data.prefetch_factor must be a positive integer, "
+                             f"got {self.prefetch_factor}")
+
+    def loader_options(self):
+        """DataLoader keywords for the worker settings (pin_memory is the caller's)."""
+        options = {"num_workers": self.num_workers}
+        if self.num_workers > 0:
+            options["persistent_workers"] = self.persistent_workers
+            if self.prefetch_factor is not None:
+                options["prefetch_factor"] = self.prefetch_factor
+        return options
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Teacher and student zoo models (``ijckd_bounds.models`` names and keywords)."""
 
-    teacher: Optional[str] = None  # train-teacher: the model to train; distill: a check
+    # train-teacher: the model to train; distill: a check of the teacher checkpoint's
+    # model, or the architecture that model.teacher_weights loads into
+    teacher: Optional[str] = None
     student: str = "cnn_small"
     teacher_options: dict[str, Any] = field(default_factory=dict)
     student_options: dict[str, Any] = field(default_factory=dict)
     teacher_checkpoint: Optional[str] = None  # distill: a teacher run's teacher.pt
+    # distill: a state dict in torchvision's layout (e.g. resnet34-b627a593.pth) for the
+    # model.teacher architecture, instead of model.teacher_checkpoint
+    teacher_weights: Optional[str] = None
+
+    def __post_init__(self):
+        if self.teacher_checkpoint is not None and self.teacher_weights is not None:
+            raise IJCKDError("give model.teacher_checkpoint (a teacher run's teacher.pt) or "
+                             "model.teacher_weights (a torchvision-layout weights file), "
+                             "not both")
+        if self.teacher_weights is not None and self.teacher is None:
+            raise IJCKDError("model.teacher_weights needs model.teacher: the architecture the "
+                             "file holds (e.g. model.teacher=resnet34)")
 
 
 @dataclass(frozen=True)
@@ -107,13 +144,55 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class TrackConfig:
+    """How ``distill --track`` (and ``track`` on this run without explicit options)
+    estimates the bound terms at each checkpoint (``ijckd_bounds.tracking.track``).
+    Changing it never changes training, so a run resumes with other values."""
+
+    n_bootstrap: int = 1000  # paired-bootstrap resamples of every interval
+    n_permutations: int = 200  # sign flips of the MMD test
+    mmd_max_n: Optional[int] = None  # MMD²/CKA interval on a subsample of this many pairs
+    seed: int = 0
+    device: str = "auto"  # where the models run for feature extraction
+    batch_size: Optional[int] = None  # extraction batch; None: data.eval_batch_size
+    num_workers: Optional[int] = None  # extraction DataLoader workers; None: data.num_workers
+    chunk_size: int = 4096  # image splits: samples per resumable, sharded feature chunk
+
+    def __post_init__(self):
+        for name in ("n_bootstrap", "n_permutations", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise IJCKDError(f"track.{name} must be a positive integer, "
+                                 f"got {getattr(self, name)}")
+        if self.mmd_max_n is not None and self.mmd_max_n < 10:
+            raise IJCKDError(f"track.mmd_max_n must be at least 10, got {self.mmd_max_n}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise IJCKDError(f"track.batch_size must be a positive integer, "
+                             f"got {self.batch_size}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise IJCKDError(f"track.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+
+
+def with_teacher_weights(cfg, path):
+    """``cfg`` distilling from the torchvision-layout weights file ``path`` (the
+    ``--teacher-weights`` flag): sets model.teacher_weights and clears
+    model.teacher_checkpoint. ``path`` None leaves ``cfg`` as it is."""
+    import dataclasses
+
+    if path is None:
+        return cfg
+    model = dataclasses.replace(cfg.model, teacher_weights=str(path), teacher_checkpoint=None)
+    return dataclasses.replace(cfg, model=model)
 
 
 __all__ = ["DataConfig", "MethodConfig", "ModelConfig", "OptimConfig", "RunConfig",
-           "TrainConfig"]
+           "TrackConfig", "TrainConfig", "with_teacher_weights"]

@@ -6,6 +6,14 @@ order is one seeded permutation per epoch shared by all ranks; each global batch
 ``batch_size`` samples is cut into ``world_size`` equal contiguous slices, one per rank,
 so N processes see exactly the batches one process would (DDP averages the gradients of
 the equal slices, i.e. the gradient of the global batch mean). Only rank 0 writes files.
+
+Batches come from a ``DataLoader`` (``data.num_workers`` worker processes,
+``data.pin_memory``, ``data.persistent_workers``, ``data.prefetch_factor``) for every split
+that is not an in-memory tensor split without augmentation (image folders always). The
+random augmentation of sample ``i`` in epoch ``e`` is drawn from torch's RNG seeded with
+(``run.seed``, ``e``, ``i``) (``SeededItems``), so it does not depend on which worker loads
+it, how many workers there are or whether they persist across epochs: a resumed run sees
+the same augmented images as an uninterrupted one.
 """
 
 import os
@@ -151,6 +159,56 @@ class Precision:
             self.scaler.load_state_dict(state)
 
 
+def item_seed(seed, epoch, index):
+    """The RNG seed of sample ``index``'s augmentation in ``epoch`` (a 63-bit integer)."""
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (1 << 63)
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """``dataset`` indexed by ``(epoch, index)``: item ``index`` with torch's CPU RNG seeded
+    by ``item_seed(seed, epoch, index)`` while it is loaded (and restored afterwards, so the
+    caller's random stream is untouched when loading runs in the main process)."""
+
+    def __init__(self, dataset, seed):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        generator = torch.random.default_generator
+        saved = generator.get_state()
+        generator.manual_seed(item_seed(self.seed, epoch, index))
+        try:
+            return self.dataset[index]
+        finally:
+            generator.set_state(saved)
+
+
+class EpochBatches:
+    """A batch sampler whose epoch is set before each pass: yields this rank's
+    ``ShardedBatchSampler`` batches as lists of ``(epoch, index)`` keys for ``SeededItems``.
+    One object serves every epoch, so a DataLoader with persistent workers keeps them."""
+
+    def __init__(self, n, batch_size, *, seed, rank, world_size):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def _sampler(self):
+        return ShardedBatchSampler(self.n, self.batch_size, seed=self.seed, epoch=self.epoch,
+                                   rank=self.rank, world_size=self.world_size)
+
+    def __len__(self):
+        return len(self._sampler())
+
+    def __iter__(self):
+        epoch = self.epoch
+        for batch in self._sampler():
+            yield [(epoch, index) for index in batch]
+
+
 class RunData:
     """Batches, device moves, cross-rank sums and evaluation for ``loop.fit``."""
 
@@ -159,26 +217,41 @@ class RunData:
         self.seed = seed
         self.channels_last = channels_last
         self.progress = progress
-        self.pin = ctx.device.type == "cuda"
+        self.pin = (ctx.device.type == "cuda" if data_cfg.pin_memory is None
+                    else bool(data_cfg.pin_memory))
         # Fail now, not at the first epoch, if the batch does not fit the data or ranks.
         ShardedBatchSampler(len(splits.train), data_cfg.batch_size, seed=seed, epoch=0,
                             world_size=ctx.world_size)
+        self._train_batches = EpochBatches(len(splits.train), data_cfg.batch_size, seed=seed,
+                                           rank=ctx.rank, world_size=ctx.world_size)
+        self._loaders = {}  # built once: persistent workers outlive an epoch
+
+    def _in_memory_fast_path(self):
+        train = self.splits.train
+        return (self.cfg.num_workers == 0 and getattr(train, "transform", True) is None
+                and isinstance(getattr(train, "inputs", None), torch.Tensor))
+
+    def _loader(self, name, build):
+        if name not in self._loaders:
+            self._loaders[name] = build()
+        return self._loaders[name]
 
     def train_batches(self, epoch):
-        sampler = ShardedBatchSampler(len(self.splits.train), self.cfg.batch_size,
-                                      seed=self.seed, epoch=epoch, rank=self.ctx.rank,
-                                      world_size=self.ctx.world_size)
         train = self.splits.train
-        if (self.cfg.num_workers == 0 and getattr(train, "transform", True) is None
-                and isinstance(getattr(train, "inputs", None), torch.Tensor)):
+        if self._in_memory_fast_path():
             # In-memory split without augmentation: index the tensors directly, the same
             # batches a DataLoader would collate, without per-sample Python calls.
+            sampler = ShardedBatchSampler(len(train), self.cfg.batch_size, seed=self.seed,
+                                          epoch=epoch, rank=self.ctx.rank,
+                                          world_size=self.ctx.world_size)
             return ((train.inputs[idx], train.labels[idx]) for idx in map(torch.tensor, sampler))
-        # Worker seeds come from this generator, so workers > 0 stay reproducible too.
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.utils.data.DataLoader(self.splits.train, batch_sampler=sampler,
-                                           num_workers=self.cfg.num_workers,
-                                           pin_memory=self.pin, generator=generator)
+        self._train_batches.epoch = epoch
+        # The loader's own generator only seeds its workers' base seed, which SeededItems
+        # overrides per sample; being explicit keeps it off the global RNG.
+        return self._loader("train", lambda: torch.utils.data.DataLoader(
+            SeededItems(train, self.seed), batch_sampler=self._train_batches,
+            pin_memory=self.pin, generator=torch.Generator().manual_seed(self.seed),
+            **self.cfg.loader_options()))
 
     def to_device(self, x, y):
         x = x.to(self.ctx.device, non_blocking=self.pin)
@@ -193,16 +266,25 @@ class RunData:
             dist.all_reduce(tensor)
         return tensor
 
-    def evaluate(self, objective, split="eval"):
-        """Accuracy of ``objective.predict`` on a split (each rank a contiguous shard)."""
+    def _eval_loader(self, split):
         dataset = getattr(self.splits, split)
         n = len(dataset)
         lo = n * self.ctx.rank // self.ctx.world_size
         hi = n * (self.ctx.rank + 1) // self.ctx.world_size
         shard = torch.utils.data.Subset(dataset, range(lo, hi))
-        loader = torch.utils.data.DataLoader(shard, batch_size=self.cfg.eval_batch_size,
-                                             num_workers=self.cfg.num_workers,
-                                             pin_memory=self.pin)
+        # Without persistent workers each pass draws the loader's base seed from the global
+        # RNG, as this loop always has, so runs made before keep their random streams.
+        # Persistent workers draw it once per process, which a resumed run would not
+        # repeat; their seed comes from a generator of their own.
+        generator = (torch.Generator().manual_seed(self.seed) if self.cfg.persistent_workers
+                     else None)
+        return torch.utils.data.DataLoader(shard, batch_size=self.cfg.eval_batch_size,
+                                           pin_memory=self.pin, generator=generator,
+                                           **self.cfg.loader_options())
+
+    def evaluate(self, objective, split="eval"):
+        """Accuracy of ``objective.predict`` on a split (each rank a contiguous shard)."""
+        loader = self._loader(f"eval:{split}", lambda: self._eval_loader(split))
         objective.eval()
         counts = torch.zeros(2, dtype=torch.float64, device=self.ctx.device)
         with torch.no_grad():

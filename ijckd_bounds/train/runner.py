@@ -19,8 +19,8 @@ import torch
 
 from ijckd_bounds import __version__
 from ijckd_bounds.checkpoint import (capture_rng, connector_entry, load_state_checked,
-                                     load_teacher, model_entry, read_checkpoint, restore_rng,
-                                     write_checkpoint)
+                                     load_teacher, load_teacher_weights, model_entry,
+                                     read_checkpoint, restore_rng, write_checkpoint)
 from ijckd_bounds.config import to_dict
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.io import atomic_write_text, check_writable_dir
@@ -39,7 +39,11 @@ CONFIG_FILE = "config.yaml"
 _CKPT_NAME = re.compile(r"^epoch_(\d{4,})\.pt$")
 # Keys that may change between a run and its resumption without changing the result.
 _RESUME_FREE = {"run.run_dir", "run.device", "run.progress", "data.num_workers",
-                "data.eval_batch_size", "data.data_dir", "model.teacher_checkpoint"}
+                "data.pin_memory", "data.persistent_workers", "data.prefetch_factor",
+                "data.eval_batch_size", "data.data_dir", "model.teacher_checkpoint",
+                "model.teacher_weights"}
+# Whole sections that never change what is trained (bound tracking settings).
+_RESUME_FREE_SECTIONS = ("track.",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +94,7 @@ def check_resume_config(saved, current, path):
     """The resumed run must train the same thing: the first differing key is an error."""
     saved_flat, current_flat = _flatten(saved), _flatten(current)
     for key in sorted(set(saved_flat) | set(current_flat)):
-        if key in _RESUME_FREE:
+        if key in _RESUME_FREE or key.startswith(_RESUME_FREE_SECTIONS):
             continue
         old, new = saved_flat.get(key), current_flat.get(key)
         if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
@@ -156,7 +160,12 @@ def train_teacher(cfg, *, resume=False, callbacks=()):
 
 def distill(cfg, *, resume=False, callbacks=()):
     """Train ``cfg.model.student`` with ``cfg.method`` from the teacher in
-    ``cfg.model.teacher_checkpoint``. Returns a ``RunResult``."""
+    ``cfg.model.teacher_checkpoint`` (a teacher run's teacher.pt) or
+    ``cfg.model.teacher_weights`` (a torchvision-layout state dict for the
+    ``cfg.model.teacher`` architecture). Returns a ``RunResult``.
+
+    ``callbacks`` run on rank 0 only, except those with a true ``every_rank`` attribute
+    (bound tracking, which shards its feature extraction over the ranks)."""
     METHODS.get(cfg.method.name)  # an unknown method fails before any work
     return _run(cfg, teacher_mode=False, resume=resume, callbacks=callbacks)
 
@@ -175,10 +184,7 @@ def _run(cfg, *, teacher_mode, resume, callbacks):
         seed_everything(cfg.run.seed)
         splits = build_dataset(cfg.data.name, seed=cfg.data.seed, data_dir=cfg.data.data_dir,
                                **cfg.data.options)
-        teacher = None
-        if not teacher_mode and cfg.model.teacher_checkpoint is not None:
-            teacher = load_teacher(cfg.model.teacher_checkpoint)
-            _check_teacher_fits(teacher, cfg, splits, cfg.model.teacher_checkpoint)
+        teacher = None if teacher_mode else _load_run_teacher(cfg, splits)
         objective = _build_objective(cfg, ctx, splits, teacher, teacher_mode)
         optimizer = _optimizer(cfg.optim, objective.trainable_parameters())
         scheduler = _scheduler(cfg.optim, optimizer)
@@ -201,6 +207,8 @@ def _run(cfg, *, teacher_mode, resume, callbacks):
         all_callbacks = [bars]
         if ctx.is_main:
             all_callbacks += [HistoryWriter(run_dir, objective.term_names), *callbacks]
+        else:
+            all_callbacks += [c for c in callbacks if getattr(c, "every_rank", False)]
         describe = _Describer(cfg, config_dict, splits, teacher, teacher_mode, objective,
                               optimizer, scheduler, precision, last_metrics)
 
@@ -226,6 +234,21 @@ def _run(cfg, *, teacher_mode, resume, callbacks):
                          metrics=dict(describe.last_metrics), teacher_path=teacher_path)
     finally:
         shutdown_distributed(ctx)
+
+
+def _load_run_teacher(cfg, splits):
+    """The frozen teacher of a distillation run (None without one), checked against the
+    dataset."""
+    if cfg.model.teacher_weights is not None:
+        # ModelConfig guarantees model.teacher names the architecture
+        return load_teacher_weights(cfg.model.teacher_weights, cfg.model.teacher,
+                                    splits.num_classes, splits.input_shape,
+                                    cfg.model.teacher_options)
+    if cfg.model.teacher_checkpoint is not None:
+        teacher = load_teacher(cfg.model.teacher_checkpoint)
+        _check_teacher_fits(teacher, cfg, splits, cfg.model.teacher_checkpoint)
+        return teacher
+    return None
 
 
 def _resume_point(run_dir, resume):
@@ -280,9 +303,11 @@ def _restore(path, objective, optimizer, scheduler, precision, config_dict, teac
     check_resume_config(payload.get("config") or {}, config_dict, path)
     saved_teacher = payload.get("teacher") or {}
     if teacher is not None and saved_teacher.get("sha256") not in (None, teacher.sha256):
+        setting = ("model.teacher_weights" if teacher.source == "torchvision_weights"
+                   else "model.teacher_checkpoint")
         raise IJCKDError(f"cannot resume from {str(path)!r}: it was distilled from a teacher "
                          f"file with sha256 {saved_teacher['sha256'][:12]}..., "
-                         f"model.teacher_checkpoint now has {teacher.sha256[:12]}...")
+                         f"{setting} now has {teacher.sha256[:12]}...")
     what = f"checkpoint {str(path)!r} does not fit the configured model"
     load_state_checked(objective.student, payload["model"]["state_dict"], what=what)
     if objective.connector is not None:
@@ -321,9 +346,9 @@ class _Describer:
         teacher_entry = None
         if self.teacher is not None:
             classifier = self.teacher.model.classifier
-            teacher_entry = {"path": str(Path(self.teacher.path).resolve()),
-                             "sha256": self.teacher.sha256,
-                             "name": self.teacher.meta.get("model_name"),
+            # describe(): source, path, sha256, name, num_classes, input_shape, options:
+            # what tracking needs to rebuild the teacher from this checkpoint alone
+            teacher_entry = {**self.teacher.describe(),
                              "feature_dim": int(classifier.in_features),
                              "weight": classifier.weight.detach().cpu().clone(),
                              "bias": classifier.bias.detach().cpu().clone()}
