@@ -212,27 +212,31 @@ def test_track_killed_at_every_write_boundary_resumes_to_identical_tables(
     assert [n.startswith(".teacher_features.pt.") for n in temp_files(run_dir)] == [True]
     assert_every_file_parses(run_dir)
 
-    # 2. the first checkpoint's row in bounds.csv, its per-class and margin rows not yet
-    track_killed_at(run_dir, "after:bounds.csv:1")
+    # 2. the first checkpoint's per-class rows in place, its margins and bounds row not yet
+    #    (bounds.csv is written last: a checkpoint listed there is complete)
+    track_killed_at(run_dir, "after:per_class.csv:1")
     assert temp_files(run_dir) == []  # the dead writer's cache file was cleared
-    assert len(pd.read_csv(run_dir / "bounds.csv")) == 1
-    assert not (run_dir / "per_class.csv").exists()
-    assert_every_file_parses(run_dir)
-
-    # 3. that checkpoint estimated again, killed before its per-class table is in place
-    track_killed_at(run_dir, "before:per_class.csv:1")
-    assert not (run_dir / "per_class.csv").exists()
-    assert_every_file_parses(run_dir)
-
-    # 4. after the second checkpoint's per-class rows, before its margins
-    track_killed_at(run_dir, "after:per_class.csv:2")
-    assert len(pd.read_csv(run_dir / "per_class.csv")["checkpoint"].unique()) == 2
-    assert pd.read_csv(run_dir / "margins.csv")["checkpoint"].unique().tolist() == [
+    assert not (run_dir / "bounds.csv").exists()
+    assert pd.read_csv(run_dir / "per_class.csv")["checkpoint"].unique().tolist() == [
         "epoch_0001.pt"]
     assert_every_file_parses(run_dir)
 
-    # 5. the margins of the checkpoint that step 4 left without them, not yet renamed
+    # 3. that checkpoint estimated again, killed before its margin table is in place
     track_killed_at(run_dir, "before:margins.csv:1")
+    assert not (run_dir / "margins.csv").exists()
+    assert not (run_dir / "bounds.csv").exists()
+    assert_every_file_parses(run_dir)
+
+    # 4. its margins written, killed before its bounds row
+    track_killed_at(run_dir, "after:margins.csv:1")
+    assert not (run_dir / "bounds.csv").exists()
+    assert len(pd.read_csv(run_dir / "per_class.csv")["checkpoint"].unique()) == 1
+    assert_every_file_parses(run_dir)
+
+    # 5. the first checkpoint complete, killed after the second's per-class rows
+    track_killed_at(run_dir, "after:per_class.csv:2")
+    assert pd.read_csv(run_dir / "bounds.csv")["checkpoint"].tolist() == ["epoch_0001.pt"]
+    assert len(pd.read_csv(run_dir / "per_class.csv")["checkpoint"].unique()) == 2
     assert_every_file_parses(run_dir)
 
     track_to_completion(run_dir)

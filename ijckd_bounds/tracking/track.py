@@ -382,10 +382,13 @@ def rows_for(report, keys):
 
 
 def write_rows(run_dir, row, per_class, margins):
+    """Companion tables first, ``bounds.csv`` last: a checkpoint listed in ``bounds.csv``
+    is complete, so a tracker killed in between (which re-runs skip by ``bounds.csv``)
+    leaves only upserted companion rows that the re-run replaces."""
     run_dir = Path(run_dir)
-    table.append_bounds(run_dir / BOUNDS_CSV, [row])
     table.append_per_class(run_dir / PER_CLASS_CSV, per_class)
     table.append_margins(run_dir / MARGINS_CSV, margins)
+    table.append_bounds(run_dir / BOUNDS_CSV, [row])
 
 
 def _dataset_for(student, data_dir=None):
@@ -421,6 +424,9 @@ def track_run(run_dir, settings=None, *, data_dir=None, progress=True):
 
     run_dir = Path(run_dir)
     table.remove_stale_temp_files(run_dir)
+    # rows a tracker of an older write order left without their companions
+    table.drop_incomplete_checkpoints(run_dir / BOUNDS_CSV,
+                                      [run_dir / PER_CLASS_CSV, run_dir / MARGINS_CSV])
     done = set()
     if (run_dir / BOUNDS_CSV).is_file():
         done = set(table.read_table(run_dir / BOUNDS_CSV)["checkpoint"].astype(str))
