@@ -61,3 +61,10 @@ def test_malformed_yaml_config(capsys, tmp_path):
 def test_missing_feature_file(capsys, tmp_path):
     code, _, err = run_cli(capsys, "estimate", str(tmp_path / "nope.npz"))
     assert code == 2 and "does not exist" in err
+
+
+@pytest.mark.parametrize("override", ["optim.weight_decay=-1e-4", "optim.momentum=-0.9"])
+def test_negative_optimizer_settings_are_refused(capsys, tmp_path, override):
+    code, _, err = run_cli(capsys, "train-teacher", "model.teacher=cnn_large", "method.name=ce",
+                           f"run.run_dir={tmp_path / 'run'}", override)
+    assert code == 2 and "must be >= 0" in err

@@ -102,6 +102,9 @@ class OptimConfig:
             raise IJCKDError(f"optim.epochs must be a positive integer, got {self.epochs}")
         if self.lr <= 0:
             raise IJCKDError(f"optim.lr must be positive, got {self.lr}")
+        for name in ("momentum", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise IJCKDError(f"optim.{name} must be >= 0, got {getattr(self, name)}")
         if self.schedule == "multistep" and not self.milestones:
             raise IJCKDError("optim.milestones must list at least one epoch for the multistep "
                              "schedule, e.g. optim.milestones=[150,180,210]")
