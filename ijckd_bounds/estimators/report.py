@@ -158,13 +158,29 @@ def _jsonable(mapping):
 # Input checks
 
 
+def _as_tensor(x, name, expected):
+    """A CPU tensor of the numbers in ``x`` (numpy array, nested lists, scalar)."""
+    try:
+        array = np.asarray(x)
+    except (TypeError, ValueError):  # ragged nested lists
+        raise IJCKDError(f"`{name}` must be {expected}, got {type(x).__name__}") from None
+    if array.dtype.kind not in "biufc":
+        raise IJCKDError(f"`{name}` must hold numbers, got dtype {array.dtype}")
+    if not array.dtype.isnative:  # big-endian arrays (from another machine's files)
+        array = array.astype(array.dtype.newbyteorder("="))
+    if array.dtype.kind == "u" and array.dtype.itemsize > 1:
+        array = array.astype(np.int64)  # torch lacks most ops on uint16/32/64
+    try:
+        return torch.as_tensor(array)
+    except (TypeError, ValueError, RuntimeError):
+        raise IJCKDError(f"`{name}` must be {expected}, got {type(x).__name__}") from None
+
+
 def _features(x, name, *, dim=None, like=None, rows="n"):
     """``x`` as a finite 2-D floating tensor (rows, d); numpy arrays become CPU tensors."""
     if not torch.is_tensor(x):
-        try:
-            x = torch.as_tensor(np.asarray(x))
-        except (TypeError, ValueError, RuntimeError):
-            raise IJCKDError(f"`{name}` must be a 2-D array, got {type(x).__name__}") from None
+        x = _as_tensor(x, name, "a 2-D array")
+    x = x.detach()  # the estimates are statistics of the features, not part of a graph
     if x.dim() != 2:
         raise IJCKDError(f"`{name}` must be 2-D with shape ({rows}, d), "
                          f"got shape {tuple(x.shape)}")
@@ -188,11 +204,8 @@ def _features(x, name, *, dim=None, like=None, rows="n"):
 def _labels(y, name, n, n_classes, x_name):
     """``y`` as a long tensor (n,) of class indices in ``0..n_classes-1``."""
     if not torch.is_tensor(y):
-        try:
-            y = torch.as_tensor(np.asarray(y))
-        except (TypeError, ValueError, RuntimeError):
-            raise IJCKDError(f"`{name}` must be a 1-D array of class indices, "
-                             f"got {type(y).__name__}") from None
+        y = _as_tensor(y, name, "a 1-D array of class indices")
+    y = y.detach()
     if y.dim() != 1 or y.shape[0] != n:
         raise IJCKDError(f"`{name}` must have shape ({n},) like the rows of `{x_name}`, "
                          f"got {tuple(y.shape)}")
@@ -208,6 +221,35 @@ def _labels(y, name, n, n_classes, x_name):
     return y
 
 
+def _two_classes(y, name, samples):
+    """A split of one class has no classification to measure: the probes fitted on it
+    predict a constant and the error budget is degenerate."""
+    classes = torch.unique(y)
+    if classes.numel() < 2:
+        raise IJCKDError(f"`{name}` must hold at least 2 classes, got only class "
+                         f"{int(classes[0])} in all {y.numel()} {samples}")
+
+
+def _check_device(device):
+    """``device`` as a usable ``torch.device`` (None stays None), or a one-line error."""
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise IJCKDError(f"`device` must name a torch device such as 'cpu' or 'cuda:0', "
+                         f"got {device!r}") from None
+    if device.type == "meta":
+        raise IJCKDError("`device` must be one that computes, got 'meta'")
+    try:
+        torch.zeros(1, device=device)
+    except (RuntimeError, AssertionError) as exc:  # torch asserts when built without CUDA
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise IJCKDError(f"`device` {str(device)!r} cannot be used here ({first[:120]})") \
+            from None
+    return device
+
+
 def _check_int(value, name, minimum):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise IJCKDError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
@@ -220,10 +262,8 @@ def _as_classifier(weight, bias, dim):
         raise IJCKDError(f"`weight` must have one row per class and at least 2 classes, "
                          f"got shape {tuple(weight.shape)}")
     if not torch.is_tensor(bias):
-        try:
-            bias = torch.as_tensor(bias)
-        except (TypeError, ValueError, RuntimeError):
-            raise IJCKDError(f"`bias` must be a 1-D array, got {type(bias).__name__}") from None
+        bias = _as_tensor(bias, "bias", "a 1-D array")
+    bias = bias.detach()
     if tuple(bias.shape) != (weight.shape[0],):
         raise IJCKDError(f"`bias` must have shape ({weight.shape[0]},) like the rows of "
                          f"`weight`, got {tuple(bias.shape)}")
@@ -347,6 +387,7 @@ def _prepare(z_t, z_s, y, weight, bias, *, fit, s, s_fit, student_logits, seed,
     weight, bias = _as_classifier(weight, bias, d)
     n_classes = weight.shape[0]
     y = _labels(y, "y", n, n_classes, "z_t")
+    _two_classes(y, "y", "evaluation samples" if fit is not None else "samples")
     if s is not None:
         s = _paired(s, "s", n, "z_t")
     if student_logits is not None:
@@ -393,6 +434,7 @@ def _prepare(z_t, z_s, y, weight, bias, *, fit, s, s_fit, student_logits, seed,
     n_fit = z_t_fit.shape[0]
     z_s_fit = _paired(fit_z_s, "z_s_fit", n_fit, "z_t_fit", dim=d)
     y_fit = _labels(fit_y, "y_fit", n_fit, n_classes, "z_t_fit")
+    _two_classes(y_fit, "y_fit", "fit samples")
     if s is not None and s_fit is None:
         raise IJCKDError("`s` needs `s_fit` (the student's own features of the fit "
                          "split) when `fit` is given")
@@ -467,9 +509,10 @@ def estimate_bounds(z_t, z_s, y, weight, bias, *, fit=None, s=None, s_fit=None,
         mmd_max_n = _check_int(mmd_max_n, "mmd_max_n", MIN_EVAL)
     if cka_bootstrap is not None:
         cka_bootstrap = _check_int(cka_bootstrap, "cka_bootstrap", 1)
+    device = _check_device(device)
     data = _prepare(z_t, z_s, y, weight, bias, fit=fit, s=s, s_fit=s_fit,
                     student_logits=student_logits, seed=seed, fit_fraction=fit_fraction)
-    device = torch.device(device) if device is not None else data.z_t.device
+    device = device if device is not None else data.z_t.device
     data = data.to(device)
     n_eval, d = data.z_t.shape
     n_classes = data.weight.shape[0]
@@ -718,13 +761,21 @@ def estimate_bounds_from_file(path, **kwargs):
                          f"{', '.join(absent)}: the fit split needs all three")
     known = set(FILE_ARRAYS + FIT_ARRAYS + OPTIONAL_ARRAYS)
     unknown = sorted(set(arrays) - known)
-    call = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in FILE_ARRAYS}
+
+    def tensor(key):
+        array = np.asarray(arrays[key])
+        # torch takes only bool and numeric arrays; strings, dates, ... are the user's mistake
+        if array.dtype.kind not in "biufc":
+            raise IJCKDError(f"array `{key}` of feature file {str(path)!r} must hold numbers, "
+                             f"got dtype {array.dtype}")
+        return _as_tensor(np.ascontiguousarray(array), key, "an array")
+
+    call = {k: tensor(k) for k in FILE_ARRAYS}
     if present and "fit" not in kwargs:
-        kwargs["fit"] = tuple(torch.from_numpy(np.ascontiguousarray(arrays[k]))
-                              for k in FIT_ARRAYS)
+        kwargs["fit"] = tuple(tensor(k) for k in FIT_ARRAYS)
     for k in OPTIONAL_ARRAYS:
         if k in arrays and k not in kwargs:
-            kwargs[k] = torch.from_numpy(np.ascontiguousarray(arrays[k]))
+            kwargs[k] = tensor(k)
     report = estimate_bounds(call["z_t"], call["z_s"], call["y"], call["weight"], call["bias"],
                              **kwargs)
     if unknown:
