@@ -9,14 +9,67 @@ quadratic form all its vectors at once as one matrix product. Memory is O(block�
 
 The big products run in the dtype of the inputs (float32 for float32 features: they
 dominate the cost, and the inputs arrive centred, which keeps the squared distances
-``‖a‖² + ‖b‖² − 2a·b`` from cancelling); sums are accumulated in float64.
+``‖a‖² + ‖b‖² − 2a·b`` from cancelling); sums are accumulated in float64. Every product
+goes through ``matmul_nt`` (oneDNN for float32 on the CPU, see there).
 """
 
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["PassSums", "default_block_rows", "paired_block_pass"]
+__all__ = ["PassSums", "default_block_rows", "matmul_nt", "paired_block_pass"]
+
+_BLOCK_BYTES = 30 * 2 ** 20  # one (2·rows, n) float32 Gram block
+_onednn_checked = None  # whether the oneDNN product is usable; decided at first use
+
+
+def _onednn_usable():
+    """Whether ``torch.ops.mkldnn._linear_pointwise`` exists and agrees with ``torch.mm``
+    on a small check product (strided operands and a bias included)."""
+    global _onednn_checked
+    if _onednn_checked is None:
+        _onednn_checked = False
+        try:
+            if torch.backends.mkldnn.is_available():
+                generator = torch.Generator().manual_seed(0)
+                a = torch.randn(37, 50, generator=generator)
+                b = torch.randn(50, 29, generator=generator).T  # a strided (29, 50) view
+                bias = torch.randn(29, generator=generator)
+                got = torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
+                expected = torch.addmm(bias, a, b.T)
+                _onednn_checked = bool(got.shape == expected.shape and torch.allclose(
+                    got, expected, rtol=1e-5, atol=1e-4))
+        except (AttributeError, RuntimeError, TypeError):
+            _onednn_checked = False
+    return _onednn_checked
+
+
+def _dense(x):
+    """A 2-D tensor laid out row-major or column-major without gaps."""
+    return x.dim() == 2 and (x.is_contiguous() or x.T.is_contiguous())
+
+
+def matmul_nt(a, b, bias=None):
+    """``a @ bᵀ (+ bias)``: a (m, k), b (n, k), bias (n,) or None -> (m, n).
+
+    Float32 CPU tensors go through oneDNN (``torch.ops.mkldnn._linear_pointwise``, the
+    kernel torch.compile uses for linear layers on the CPU) when it is available and
+    passes a check product; anything else through ``torch.mm``/``torch.addmm``. Why:
+    torch.mm calls MKL's sgemm, which on AMD CPUs runs its AVX2 code, while oneDNN uses
+    AVX-512: on an AMD EPYC (Zen 5) it does the shapes of this package (n×512 by 512×100,
+    n×512 by 512×n, n×n by n×1200) at 160-240 instead of 80-110 GFlop/s per core, and
+    these products are most of the cost of the probes and the block pass. Operands must
+    be contiguous or transposes of contiguous tensors to take the oneDNN path: a slice
+    whose rows are longer than its width sends oneDNN to a reference kernel a thousand
+    times slower, so those go to torch.mm.
+    """
+    if (a.dtype == torch.float32 and b.dtype == torch.float32 and a.device.type == "cpu"
+            and b.device.type == "cpu" and a.numel() and b.numel() and _dense(a)
+            and _dense(b) and _onednn_usable()):
+        return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
+    if bias is None:
+        return a @ b.T
+    return torch.addmm(bias, a, b.T)
 
 
 @dataclass(frozen=True)
@@ -34,23 +87,32 @@ class PassSums:
 
 
 def default_block_rows(n):
-    """Rows per block: the two (2·rows, n) Gram blocks stay near 128 MB in float32."""
-    return int(max(64, min(4096, 2 ** 23 // max(n, 1))))
+    """Rows per block: each (2·rows, n) float32 Gram block just under 32 MB, the size up
+    to which glibc's allocator reuses freed memory (larger blocks are mapped, page-faulted
+    in and unmapped at every step).
+
+    Smaller blocks keep more of a step in the cache, larger ones make fewer parallel ops,
+    each of which waits for its slowest thread. The pass at n = 10,000, d = 512 with
+    1,200 + 3·200 quadratic forms, for 196-, 393- and 786-row blocks: 2.1, 2.35 and 2.8 s
+    on one core; 14, 7.5 and 5.4 s with two threads on two cores shared with one other
+    busy process. 393 rows (this rule at n = 10,000) is the compromise.
+    """
+    return int(max(64, min(4096, _BLOCK_BYTES // (8 * max(n, 1)))))
 
 
 def _upper_quadratic(blocks, vectors, start, stop, *, groups):
     """Contribution of one row block to ``v_cᵀ M v_c`` for symmetric matrices M.
 
-    blocks (groups·b, m): rows start..stop-1 of each of ``groups`` matrices, columns
-    start..n-1 (upper triangle); vectors (n, C). The diagonal block counts once, the
-    blocks right of it twice (for their mirror images). Returns (groups, C) float64.
+    blocks (groups·b, m), contiguous: rows start..stop-1 of each of ``groups`` matrices,
+    columns start..n-1 (upper triangle); vectors (n, C). The diagonal block counts once,
+    the blocks right of it twice (for their mirror images): the diagonal block is halved
+    in place (exact in binary) and the whole row block doubled, which makes it one
+    product instead of two. Returns (groups, C) float64.
     """
     b = stop - start
-    near = blocks[:, :b] @ vectors[start:stop]
-    if blocks.shape[1] > b:
-        near += 2.0 * (blocks[:, b:] @ vectors[stop:])
-    near = near.view(groups, b, -1)
-    return (near * vectors[start:stop][None]).sum(dim=1, dtype=torch.float64)
+    blocks.view(groups, b, -1)[:, :, :b] *= 0.5
+    near = matmul_nt(blocks, vectors[start:].T).view(groups, b, -1)
+    return 2.0 * (near * vectors[start:stop][None]).sum(dim=1, dtype=torch.float64)
 
 
 def paired_block_pass(t, s, *, bandwidth=None, mmd_vectors=None, cka_weights=None,
@@ -82,35 +144,28 @@ def paired_block_pass(t, s, *, bandwidth=None, mmd_vectors=None, cka_weights=Non
         norms_s = (s * s).sum(dim=1)
         mmd_total = torch.zeros((), dtype=torch.float64, device=t.device)
         if mmd_vectors is not None:
-            mmd_vectors = mmd_vectors.to(device=t.device, dtype=dtype)
+            mmd_vectors = mmd_vectors.to(device=t.device, dtype=dtype).contiguous()
             mmd_quad = torch.zeros(mmd_vectors.shape[1], dtype=torch.float64, device=t.device)
     if do_cka:
-        cka_weights = cka_weights.to(device=t.device, dtype=dtype)
+        # (n, C) row-major: its row slices are then dense for the products
+        cka_weights = cka_weights.to(device=t.device, dtype=dtype).contiguous()
         cka_quad = torch.zeros(3, cka_weights.shape[1], dtype=torch.float64, device=t.device)
-
-    # one buffer per matrix for the whole pass: fresh (2b, m) allocations per block would
-    # page-fault their memory in again every time
-    gram_t_buffer = torch.empty(2 * block_rows * n, dtype=dtype, device=t.device)
-    gram_s_buffer = torch.empty(2 * block_rows * n, dtype=dtype, device=t.device)
-    if do_cka:
-        product_buffer = torch.empty(3 * block_rows * n, dtype=dtype, device=t.device)
 
     for start in range(0, n, block_rows):
         stop = min(start + block_rows, n)
-        b, m = stop - start, n - start
+        b = stop - start
         rows = torch.cat([t[start:stop], s[start:stop]])  # (2b, d)
-        gram_t = gram_t_buffer[:2 * b * m].view(2 * b, m)
-        gram_s = gram_s_buffer[:2 * b * m].view(2 * b, m)
-        torch.mm(rows, t[start:].T, out=gram_t)  # [t_i·t_j ; s_i·t_j], j >= start
-        torch.mm(rows, s[start:].T, out=gram_s)  # [t_i·s_j ; s_i·s_j]
+        gram_t = matmul_nt(rows, t[start:])  # [t_i·t_j ; s_i·t_j], j >= start: (2b, m)
+        gram_s = matmul_nt(rows, s[start:])  # [t_i·s_j ; s_i·s_j]
 
         if do_cka:
             linear_t, linear_s = gram_t[:b], gram_s[b:]
-            products = product_buffer[:3 * b * m].view(3 * b, m)
+            products = torch.empty(3 * b, linear_t.shape[1], dtype=dtype, device=t.device)
             torch.mul(linear_t, linear_s, out=products[:b])
             torch.mul(linear_t, linear_t, out=products[b:2 * b])
             torch.mul(linear_s, linear_s, out=products[2 * b:])
             cka_quad += _upper_quadratic(products, cka_weights, start, stop, groups=3)
+            del products
 
         if do_mmd:
             row_norms = torch.cat([norms_t[start:stop], norms_s[start:stop]])
@@ -130,6 +185,7 @@ def paired_block_pass(t, s, *, bandwidth=None, mmd_vectors=None, cka_weights=Non
                 + 2.0 * h[:, b:].sum(dtype=torch.float64)
             if mmd_vectors is not None:
                 mmd_quad += _upper_quadratic(h, mmd_vectors, start, stop, groups=1)[0]
+        del gram_t, gram_s
 
     return PassSums(
         mmd_total=mmd_total.cpu() if do_mmd else None,

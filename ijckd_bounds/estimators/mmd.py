@@ -56,11 +56,19 @@ def median_bandwidth(z_t, z_s, *, max_points=BANDWIDTH_POINTS, seed=0):
     With more than ``max_points`` pooled points a seeded subsample of ``max_points`` of
     them is used. Returns a positive float; an IJCKDError when all points coincide.
     """
-    pooled = torch.cat([z_t.to(torch.float64), z_s.to(torch.float64)])
-    if pooled.shape[0] > max_points:
+    n_t, total = z_t.shape[0], z_t.shape[0] + z_s.shape[0]
+    if total > max_points:
         generator = torch.Generator().manual_seed(derived_seed(seed, "mmd-bandwidth"))
-        pick = torch.randperm(pooled.shape[0], generator=generator)[:max_points]
-        pooled = pooled[pick.to(pooled.device)]
+        pick = torch.randperm(total, generator=generator)[:max_points].to(z_t.device)
+        # rows of [z_t; z_s] gathered from each side: the float64 copy of the pooled
+        # sample would be 2n·d·8 bytes (80 MB at n = 10,000, d = 512) for 2,000 rows
+        from_t = pick < n_t
+        pooled = torch.empty(max_points, z_t.shape[1], dtype=torch.float64,
+                             device=z_t.device)
+        pooled[from_t] = z_t[pick[from_t]].to(torch.float64)
+        pooled[~from_t] = z_s[pick[~from_t] - n_t].to(torch.float64)
+    else:
+        pooled = torch.cat([z_t.to(torch.float64), z_s.to(torch.float64)])
     pooled = pooled - pooled.mean(dim=0)
     sq_norms = (pooled * pooled).sum(dim=1)
     sq_dist = (sq_norms[:, None] + sq_norms[None, :] - 2.0 * pooled @ pooled.T).clamp(min=0)

@@ -4,10 +4,12 @@ All follow the scikit-learn contract: hyperparameters in ``__init__``, ``fit`` r
 ``self``, learned attributes end in ``_``, and fitting twice equals fitting once (every
 random choice comes from an explicit seed, and ``fit`` never reuses an earlier fit).
 
-They are written in torch and run on the device of their input. Computation happens in
-float64 when the input is float64 and in float32 otherwise: the probes are convex (or, for
-the MLP, small), features are standardised internally, and float32 halves the cost of the
-matmuls that dominate at n = 10,000, d = 512, K = 100.
+Their objectives and gradients are written in torch and run on the device of their
+input; the L-BFGS steps between evaluations (scipy's L-BFGS-B, on the CPU, on the K·d
+parameters) cost little beside them. Computation happens in float64 when the input is
+float64 and in float32 otherwise (losses summed in float64): the probes are convex (or,
+for the MLP, small), features are standardised internally, and float32 halves the cost of
+the matmuls that dominate at n = 10,000, d = 512, K = 100.
 
 THEORY.md names the terms these parts serve: ``student_probe_err`` (``LogisticProbe`` on
 the student's own features), ``joint_err_T``/``joint_err_S`` (``fit_joint_classifier``),
@@ -18,10 +20,12 @@ the student's own features), ``joint_err_T``/``joint_err_S`` (``fit_joint_classi
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ijckd_bounds.errors import IJCKDError
+from ijckd_bounds.estimators.blockpass import matmul_nt
 
 __all__ = [
     "LogisticProbe",
@@ -188,9 +192,11 @@ def _standardisation(x):
     zeros: its computed std is not 0 in float32 (a column of 0.1 gives about 1e-8), and
     dividing by it would blow rounding noise up into a unit-variance feature.
     """
-    constant = (x.max(dim=0).values == x.min(dim=0).values)
-    mean = torch.where(constant, x[0], x.mean(dim=0))
-    scale = torch.where(constant, torch.ones_like(mean), x.std(dim=0, unbiased=False))
+    low, high = torch.aminmax(x, dim=0)
+    constant = low == high
+    variance, mean = torch.var_mean(x, dim=0, unbiased=False)
+    mean = torch.where(constant, x[0], mean)
+    scale = torch.where(constant, torch.ones_like(mean), variance.sqrt())
     return mean, scale
 
 
@@ -205,11 +211,109 @@ def _to_raw(weight, bias, mean, scale):
     return raw_weight, bias - raw_weight @ mean
 
 
-def _lbfgs(params, closure, max_iter, tol):
-    optimizer = torch.optim.LBFGS(
-        params, lr=1.0, max_iter=max_iter, max_eval=max_iter * 5 // 4 + 1, history_size=10,
-        tolerance_grad=tol, tolerance_change=tol * 1e-4, line_search_fn="strong_wolfe")
-    optimizer.step(closure)
+def _minimise(objective, start, *, max_iter, tol):
+    """Minimise a smooth function of a flat parameter vector by L-BFGS.
+
+    objective: maps a float64 numpy vector (P,) to ``(loss, gradient)``, a float and a
+        float64 numpy vector (P,).
+    start: float64 numpy vector (P,).
+    Stops when the largest gradient entry is at most ``tol`` (the criterion of
+    scikit-learn's lbfgs solver), after ``max_iter`` iterations, or after
+    ``max_iter·5/4 + 1`` evaluations. Returns the last accepted point, float64 (P,).
+
+    The optimizer is scipy's L-BFGS-B (history 10, strong-Wolfe line search): its
+    bookkeeping on the P = K·d parameters runs in compiled single-threaded code, while
+    ``objective`` does the heavy work in torch. torch.optim.LBFGS does that bookkeeping as
+    about fifty small parallel tensor ops per iteration, and each parallel op waits for
+    every OpenMP thread: on a machine shared with other jobs that waiting cost more than
+    the evaluations themselves.
+    """
+    from scipy.optimize import minimize
+
+    with _single_threaded_blas():
+        result = minimize(objective, start, jac=True, method="L-BFGS-B",
+                          options={"maxiter": max_iter, "maxfun": max_iter * 5 // 4 + 1,
+                                   "maxcor": 10, "gtol": tol, "maxls": 50,
+                                   # no relative-decrease stop: the gradient decides
+                                   "ftol": 64 * np.finfo(np.float64).eps})
+    return result.x
+
+
+_blas_controller = None  # threadpoolctl.ThreadpoolController, made at first use
+
+
+def _single_threaded_blas():
+    """A context in which scipy's and numpy's OpenBLAS run on one thread.
+
+    L-BFGS-B calls BLAS on vectors of K·d entries: too little work to share, and
+    OpenBLAS's helper threads spin after each call, taking a core from the torch threads
+    that evaluate the objective (two torch threads on two cores shared with one other busy
+    process: the student probe at n = 7,500, d = 512, K = 100 took 1.6 times, the MLP
+    domain classifier 2.8 times as long without this). torch's own BLAS is not affected.
+    Without threadpoolctl (a dependency of scikit-learn), nothing changes.
+    """
+    global _blas_controller
+    if _blas_controller is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - scikit-learn brings threadpoolctl
+            _blas_controller = False
+        else:
+            # inspecting the loaded libraries takes a millisecond or two: once is enough
+            # (scipy.optimize, imported by the caller, has loaded its BLAS by now)
+            _blas_controller = ThreadpoolController()
+    if _blas_controller is False:  # pragma: no cover
+        from contextlib import nullcontext
+
+        return nullcontext()
+    return _blas_controller.limit(limits=1, user_api="blas")
+
+
+def _torch_objective(loss_and_grad, like):
+    """Wrap ``loss_and_grad`` (a tensor (P,) on ``like``'s device and dtype -> (loss
+    tensor, gradient (P,))) as the float64 numpy objective of ``_minimise``."""
+
+    def objective(theta):
+        loss, grad = loss_and_grad(torch.from_numpy(theta).to(like))
+        return float(loss), grad.to(torch.float64).cpu().numpy()
+
+    return objective
+
+
+def _squared_norm(v):
+    """‖v‖² of a 1-D tensor, accumulated in float64."""
+    return torch.dot(v, v) if v.dtype == torch.float64 else v.double().pow(2).sum()
+
+
+def _softmax_loss_and_grad(x_std, y, num_classes, l2):
+    """Mean cross-entropy + ``l2·‖W‖²/2`` and its gradient, by hand.
+
+    x_std (n, d), y (n,) in 0..num_classes-1. The returned function maps the flat
+    parameters ``[W.ravel(), b]`` (K·d + K,) to ``(loss (), gradient (K·d + K,))``:
+    ``∂/∂logits = (softmax − onehot)/n``, ``∂W = (∂logits)ᵀ x + l2·W``, ``∂b = Σ ∂logits``.
+    Written out rather than through autograd: it saves the intermediate copies autograd
+    keeps, which matters at n·K = 10⁶ entries per evaluation.
+    """
+    n, d = x_std.shape
+    targets = y[:, None]
+    minus_one = torch.full((n, 1), -1.0, dtype=x_std.dtype, device=x_std.device)
+
+    def loss_and_grad(theta):
+        weight = theta[:num_classes * d].view(num_classes, d)
+        bias = theta[num_classes * d:]
+        logits = matmul_nt(x_std, weight, bias)
+        log_normaliser = torch.logsumexp(logits, dim=1)
+        # per-sample terms first, summed in float64: in float32 the two sums would cancel
+        # and hide the small decreases the line search must see near the optimum
+        loss = (log_normaliser - logits.gather(1, targets).squeeze(1)).sum(
+            dtype=torch.float64) / n + 0.5 * l2 * _squared_norm(theta[:num_classes * d])
+        residual = logits.sub_(log_normaliser[:, None]).exp_()  # softmax, in place
+        residual.scatter_add_(1, targets, minus_one)
+        grad_weight = matmul_nt(residual.T, x_std.T).mul_(1.0 / n).add_(weight, alpha=l2)
+        grad_bias = residual.sum(dim=0) / n
+        return loss, torch.cat([grad_weight.reshape(-1), grad_bias])
+
+    return loss_and_grad
 
 
 def _fit_softmax(x_std, y, num_classes, l2, weight, bias, *, max_iter, tol):
@@ -218,20 +322,12 @@ def _fit_softmax(x_std, y, num_classes, l2, weight, bias, *, max_iter, tol):
     x_std (n, d) standardised features, y (n,) in 0..num_classes-1, weight (K, d),
     bias (K,). Returns the fitted ``(weight, bias)`` (new tensors).
     """
-    weight = weight.detach().clone().requires_grad_(True)
-    bias = bias.detach().clone().requires_grad_(True)
-
-    def closure():
-        weight.grad = None
-        bias.grad = None
-        with torch.enable_grad():
-            logits = torch.addmm(bias, x_std, weight.T)
-            loss = F.cross_entropy(logits, y) + 0.5 * l2 * weight.pow(2).sum()
-            loss.backward()
-        return loss
-
-    _lbfgs([weight, bias], closure, max_iter, tol)
-    return weight.detach(), bias.detach()
+    k, d = weight.shape
+    start = torch.cat([weight.reshape(-1), bias]).to(torch.float64).cpu().numpy()
+    objective = _torch_objective(_softmax_loss_and_grad(x_std, y, num_classes, l2), x_std)
+    theta = torch.from_numpy(_minimise(objective, start, max_iter=max_iter, tol=tol))
+    theta = theta.to(device=weight.device, dtype=weight.dtype)
+    return theta[:k * d].view(k, d).clone(), theta[k * d:].clone()
 
 
 def _argmax_error(x, y, weight, bias):
@@ -493,6 +589,41 @@ def fit_joint_classifier(z_t_fit, z_s_fit, y_fit, weight, bias, *, seed=0, holdo
 # Domain classifiers and the proxy A-distance
 
 
+def _split_mlp(theta, hidden, d):
+    """Views ``(W1 (hidden, d), b1 (hidden,), w2 (hidden,), b2 ())`` of flat parameters."""
+    w1 = theta[:hidden * d].view(hidden, d)
+    b1 = theta[hidden * d:hidden * (d + 1)]
+    w2 = theta[hidden * (d + 1):hidden * (d + 2)]
+    return w1, b1, w2, theta[-1]
+
+
+def _mlp_loss_and_grad(x_std, domain, hidden, l2):
+    """Binary cross-entropy of a one-hidden-layer ReLU network + ``l2/2·(‖W1‖² + ‖w2‖²)``
+    and its gradient, by hand (see ``_softmax_loss_and_grad``).
+
+    x_std (n, d), domain (n,) 0/1 in x_std's dtype. The returned function maps the flat
+    parameters ``[W1.ravel(), b1, w2, b2]`` to ``(loss (), gradient (P,))``.
+    """
+    n, d = x_std.shape
+
+    def loss_and_grad(theta):
+        w1, b1, w2, b2 = _split_mlp(theta, hidden, d)
+        activation = matmul_nt(x_std, w1, b1).clamp_(min=0.0)  # (n, hidden)
+        logit = torch.addmv(b2, activation, w2)
+        loss = F.binary_cross_entropy_with_logits(logit, domain, reduction="none").sum(
+            dtype=torch.float64) / n \
+            + 0.5 * l2 * (_squared_norm(w1.reshape(-1)) + _squared_norm(w2))
+        residual = (torch.sigmoid(logit) - domain) / n  # ∂loss/∂logit
+        grad_w2 = torch.addmv(w2, activation.T, residual, beta=l2)
+        # ∂loss/∂(pre-activation): the ReLU passes the gradient where it is active
+        hidden_residual = torch.outer(residual, w2).mul_(activation > 0)
+        grad_w1 = matmul_nt(hidden_residual.T, x_std.T).add_(w1, alpha=l2)
+        return loss, torch.cat([grad_w1.reshape(-1), hidden_residual.sum(dim=0), grad_w2,
+                                residual.sum().reshape(1)])
+
+    return loss_and_grad
+
+
 class DomainClassifier:
     """Tells teacher features (domain 0) from student features (domain 1).
 
@@ -554,27 +685,16 @@ class DomainClassifier:
 
         def uniform(shape, fan_in):
             bound = 1.0 / math.sqrt(fan_in)
-            values = (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
-            return values.to(device=x.device, dtype=x.dtype).requires_grad_(True)
+            return (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
 
-        w1, b1 = uniform((hidden, d), d), uniform((hidden,), d)
-        w2, b2 = uniform((hidden,), hidden), uniform((), hidden)
-        l2 = float(self.l2)
-
-        def closure():
-            for p in (w1, b1, w2, b2):
-                p.grad = None
-            with torch.enable_grad():
-                activation = torch.relu(torch.addmm(b1, x_std, w1.T))
-                logit = activation @ w2 + b2
-                loss = F.binary_cross_entropy_with_logits(logit, domain)
-                loss = loss + 0.5 * l2 * (w1.pow(2).sum() + w2.pow(2).sum())
-                loss.backward()
-            return loss
-
-        _lbfgs([w1, b1, w2, b2], closure, max_iter, self.tol)
-        self.hidden_weight_, self.hidden_bias_ = _to_raw(w1.detach(), b1.detach(), mean, scale)
-        self.out_weight_, self.out_bias_ = w2.detach(), b2.detach()
+        start = torch.cat([uniform((hidden, d), d).reshape(-1), uniform((hidden,), d),
+                           uniform((hidden,), hidden), uniform((1,), hidden)]).numpy()
+        objective = _torch_objective(_mlp_loss_and_grad(x_std, domain, hidden, float(self.l2)),
+                                     x_std)
+        theta = torch.from_numpy(_minimise(objective, start, max_iter=max_iter, tol=self.tol))
+        w1, b1, w2, b2 = _split_mlp(theta.to(x_std), hidden, d)
+        self.hidden_weight_, self.hidden_bias_ = _to_raw(w1, b1, mean, scale)
+        self.out_weight_, self.out_bias_ = w2.clone(), b2.clone()
 
     def predict_domain(self, z):
         """Predicted domain of each row of z (n, d): long (n,), 0 = teacher, 1 = student."""
