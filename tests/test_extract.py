@@ -218,6 +218,9 @@ def test_two_gloo_ranks_shard_and_rank0_merges_what_one_process_extracts(tmp_pat
                               batch_size=2, chunk_size=3)
     merged = load_extracted(tmp_path / "two")
     assert set(merged) == set(single)
-    for name in ("feat", "logits", "y"):
-        np.testing.assert_array_equal(merged[name], single[name])
+    # the ranks run single-threaded and the in-process extraction may not: the float
+    # features agree up to summation order, the labels exactly
+    for name in ("feat", "logits"):
+        np.testing.assert_allclose(merged[name], single[name], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(merged["y"], single["y"])
     np.testing.assert_array_equal(merged["y"], splits.fit.labels.numpy())
