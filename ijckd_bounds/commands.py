@@ -1,7 +1,6 @@
 """Implementations of the ``ijckd-bounds`` subcommands (argument parsing is in cli.py)."""
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -134,7 +133,7 @@ def cmd_estimate(args):
         check_writable_dir(Path(args.out).parent)
     report = estimate_bounds_from_file(args.features, n_bootstrap=args.n_bootstrap,
                                        n_permutations=args.n_permutations, seed=args.seed)
-    text = json.dumps(_jsonable(report.row()), indent=2)
+    text = json.dumps(report.to_dict()["row"], indent=2)
     if args.out:
         from ijckd_bounds.io import atomic_write_text
 
@@ -142,17 +141,6 @@ def cmd_estimate(args):
         _echo(f"bound terms written to {args.out}")
     else:
         _echo(text)
-
-
-def _jsonable(row):
-    out = {}
-    for key, value in row.items():
-        if hasattr(value, "item"):
-            value = value.item()
-        if isinstance(value, float) and not math.isfinite(value):
-            value = None
-        out[key] = value
-    return out
 
 
 def cmd_audit(args):
