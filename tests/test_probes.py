@@ -437,3 +437,73 @@ def test_probes_run_on_the_input_device_and_agree_with_cpu():
     assert torch.allclose(gpu.weight_.cpu(), cpu.weight_, atol=1e-5)
     clf = DomainClassifier("mlp", hidden=8).fit(x.cuda(), x.cuda() + 1)
     assert clf.predict_domain(x.cuda()).device.type == "cuda"
+
+
+# ----------------------------------------------------------------------------------------
+# rows=: fitting on selected rows without gathering them first
+
+
+def _rows(n, m, seed):
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_logistic_probe_on_rows_equals_the_probe_on_gathered_rows(dtype):
+    x, y = gaussian_classes(300, 6, 4, separation=1.5, seed=30, dtype=dtype)
+    rows = _rows(300, 220, 1)
+    on_rows = LogisticProbe(seed=5).fit(x, y, num_classes=5, rows=rows)
+    gathered = LogisticProbe(seed=5).fit(x[rows], y[rows], num_classes=5)
+    assert torch.equal(on_rows.weight_, gathered.weight_)
+    assert torch.equal(on_rows.bias_, gathered.bias_)
+    assert on_rows.l2_ == gathered.l2_ and on_rows.heldout_errors_ == gathered.heldout_errors_
+    # the caller's features are left as they were
+    assert torch.equal(x, gaussian_classes(300, 6, 4, separation=1.5, seed=30, dtype=dtype)[0])
+
+
+def test_logistic_probe_rows_keep_groups_aligned():
+    x, y = gaussian_classes(200, 4, 2, separation=1.0, seed=31)
+    groups = torch.arange(200) % 100  # samples i and i + 100 (one label) share a group
+    rows = _rows(200, 150, 2)
+    on_rows = LogisticProbe(seed=1).fit(x, y, groups=groups, rows=rows)
+    gathered = LogisticProbe(seed=1).fit(x[rows], y[rows], groups=groups[rows])
+    assert torch.equal(on_rows.weight_, gathered.weight_)
+
+
+@pytest.mark.parametrize("rows, match", [
+    (torch.tensor([0, 500]), r"`rows` must hold indices in \[0, 300\)"),
+    (torch.tensor([[0, 1]]), "`rows` must be a 1-D array of row indices"),
+    (torch.tensor([0.0, 1.0]), "`rows` must be a 1-D array of row indices"),
+    (torch.tensor([], dtype=torch.long), "`rows` selects no rows"),
+])
+def test_logistic_probe_rejects_bad_rows(rows, match):
+    x, y = gaussian_classes(300, 3, 3, separation=2.0, seed=32)
+    with pytest.raises(IJCKDError, match=match):
+        LogisticProbe().fit(x, y, rows=rows)
+
+
+def test_joint_classifier_on_rows_equals_the_classifier_on_gathered_rows():
+    z_t, y = gaussian_classes(400, 5, 4, separation=2.0, seed=33, dtype=torch.float32)
+    z_s = z_t + 0.8 * torch.randn(z_t.shape, generator=torch.Generator().manual_seed(3)) + 0.5
+    weight, bias = _teacher(z_t, y, 4)
+    rows = _rows(400, 300, 4)
+    on_rows = fit_joint_classifier(z_t, z_s, y, weight, bias, seed=7, rows=rows)
+    gathered = fit_joint_classifier(z_t[rows], z_s[rows], y[rows], weight, bias, seed=7)
+    assert on_rows.chosen == gathered.chosen
+    assert on_rows.heldout_joint_err_probe == gathered.heldout_joint_err_probe
+    assert torch.equal(on_rows.weight, gathered.weight)
+    assert torch.equal(on_rows.bias, gathered.bias)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_domain_classifier_on_rows_equals_the_classifier_on_gathered_rows(kind):
+    generator = torch.Generator().manual_seed(34)
+    z_t = torch.randn(300, 6, generator=generator)
+    z_s = torch.randn(300, 6, generator=generator) * 1.3 + 0.3
+    rows = _rows(300, 200, 5)
+    on_rows = DomainClassifier(kind, hidden=8, seed=2).fit(z_t, z_s, rows=rows)
+    gathered = DomainClassifier(kind, hidden=8, seed=2).fit(z_t[rows], z_s[rows])
+    for name in ("weight_", "bias_", "hidden_weight_", "hidden_bias_", "out_weight_"):
+        if hasattr(gathered, name):
+            assert torch.equal(getattr(on_rows, name), getattr(gathered, name)), name
+    # the caller's features are left as they were
+    assert torch.equal(z_t, torch.randn(300, 6, generator=torch.Generator().manual_seed(34)))

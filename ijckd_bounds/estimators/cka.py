@@ -30,6 +30,13 @@ import torch
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.blockpass import paired_block_pass
 from ijckd_bounds.estimators.intervals import Estimate, PairedBootstrap
+from ijckd_bounds.estimators.rowwise import (
+    centred_sq_norms64,
+    column_mean64,
+    project64,
+    row_blocks,
+    weighted_sum64,
+)
 
 __all__ = ["CKA_BOOTSTRAP", "hsic_terms", "debiased_cka", "cka_replicates", "feat_cka"]
 
@@ -42,34 +49,47 @@ def _hsic(tr_kl, sum_k, sum_l, sum_kl, m):
         / (m * (m - 3))
 
 
-def hsic_terms(x, y):
+def hsic_terms(x, y, order=None):
     """``(HSIC_u(K,L), HSIC_u(K,K), HSIC_u(L,L))`` as floats, linear kernels, O(n·d²).
 
-    x (n, d_x), y (n, d_y): paired rows, n >= 4. Computed in float64 on centred copies.
+    x (n, d_x), y (n, d_y): paired rows, n >= 4. Computed in float64 on centred rows, a
+    block of rows at a time (no float64 copy of x or y). ``order``: the rows to use, in
+    that order (default all).
     """
-    n = x.shape[0]
+    n = x.shape[0] if order is None else order.shape[0]
     if n < 4:
         raise IJCKDError(f"debiased CKA needs at least 4 samples, got {n}")
-    x = x.to(torch.float64)
-    y = y.to(torch.float64)
-    x = x - x.mean(dim=0)
-    y = y - y.mean(dim=0)
-    nx, ny = (x * x).sum(dim=1), (y * y).sum(dim=1)
-    sx, sy = x.sum(dim=0), y.sum(dim=0)
-    row_k = x @ sx - nx  # (K̃1)_i
-    row_l = y @ sy - ny
+    mean_x, mean_y = column_mean64(x, order), column_mean64(y, order)
+    options = dict(dtype=torch.float64, device=x.device)
+    xty = torch.zeros(x.shape[1], y.shape[1], **options)
+    xtx = torch.zeros(x.shape[1], x.shape[1], **options)
+    yty = torch.zeros(y.shape[1], y.shape[1], **options)
+    sx, sy = torch.zeros(x.shape[1], **options), torch.zeros(y.shape[1], **options)
+    nx, ny = torch.empty(n, **options), torch.empty(n, **options)
+    for rows in row_blocks(n):
+        index = rows if order is None else order[rows]
+        xb = x[index].to(torch.float64) - mean_x
+        yb = y[index].to(torch.float64) - mean_y
+        nx[rows], ny[rows] = (xb * xb).sum(dim=1), (yb * yb).sum(dim=1)
+        sx += xb.sum(dim=0)
+        sy += yb.sum(dim=0)
+        xty.addmm_(xb.T, yb)
+        xtx.addmm_(xb.T, xb)
+        yty.addmm_(yb.T, yb)
+    # (K̃1)_i = x_i·Σ_j x_j − ‖x_i‖², x centred
+    row_k = project64(x, sx, order) - float(mean_x @ sx) - nx
+    row_l = project64(y, sy, order) - float(mean_y @ sy) - ny
 
-    def frob2(a, b):
-        prod = a.T @ b
+    def frob2(prod):
         return float((prod * prod).sum())
 
     sum_k = float(sx @ sx - nx.sum())
     sum_l = float(sy @ sy - ny.sum())
-    hsic_kl = _hsic(frob2(x, y) - float((nx * ny).sum()), sum_k, sum_l,
+    hsic_kl = _hsic(frob2(xty) - float((nx * ny).sum()), sum_k, sum_l,
                     float((row_k * row_l).sum()), n)
-    hsic_kk = _hsic(frob2(x, x) - float((nx * nx).sum()), sum_k, sum_k,
+    hsic_kk = _hsic(frob2(xtx) - float((nx * nx).sum()), sum_k, sum_k,
                     float((row_k * row_k).sum()), n)
-    hsic_ll = _hsic(frob2(y, y) - float((ny * ny).sum()), sum_l, sum_l,
+    hsic_ll = _hsic(frob2(yty) - float((ny * ny).sum()), sum_l, sum_l,
                     float((row_l * row_l).sum()), n)
     return hsic_kl, hsic_kk, hsic_ll
 
@@ -83,10 +103,11 @@ def _ratio(hsic_kl, hsic_kk, hsic_ll):
     return hsic_kl / math.sqrt(denominator) if denominator > 0 else math.nan
 
 
-def debiased_cka(x, y):
-    """Debiased linear CKA (float) of x (n, d_x) and y (n, d_y); NaN if a feature set is
-    constant (its HSIC_u with itself is not positive)."""
-    return _ratio(*hsic_terms(x, y))
+def debiased_cka(x, y, order=None):
+    """Debiased linear CKA (float) of x (n, d_x) and y (n, d_y) (of their rows ``order``
+    when given); NaN if a feature set is constant (its HSIC_u with itself is not
+    positive)."""
+    return _ratio(*hsic_terms(x, y, order))
 
 
 def cka_replicates(x, y, weights, quad, *, chunk=128):
@@ -94,19 +115,26 @@ def cka_replicates(x, y, weights, quad, *, chunk=128):
 
     x (n, d_x), y (n, d_y): the (centred) features the block pass saw; weights (C, n)
     count weights; quad (3, C): ``wᵀ(K∘L)w, wᵀ(K∘K)w, wᵀ(L∘L)w`` from ``paired_block_pass``.
+    Float64 sums over blocks of rows (no float64 copy of x or y).
     Returns (C,) float64 (NaN where undefined).
     """
-    x = x.to(torch.float64)  # O(n·d) copies: the n² work is done by the block pass
-    y = y.to(torch.float64)
-    nx, ny = (x * x).sum(dim=1), (y * y).sum(dim=1)
+    n = x.shape[0]
+    zero = torch.zeros((), dtype=torch.float64, device=x.device)
+    nx, ny = centred_sq_norms64(x, zero), centred_sq_norms64(y, zero)
     out = []
     for start in range(0, weights.shape[0], chunk):
         w = weights[start:start + chunk].to(device=x.device, dtype=torch.float64)
         q = quad[:, start:start + chunk].to(device=x.device, dtype=torch.float64)
         m = w.sum(dim=1)
-        sx, sy = w @ x, w @ y  # (c, d): Xᵀw per replicate
-        row_k = sx @ x.T - nx  # (c, n): (K̃1) for a copy of sample i
-        row_l = sy @ y.T - ny
+        sx, sy = weighted_sum64(w, x), weighted_sum64(w, y)  # (c, d): Xᵀw per replicate
+        # (c, n): (K̃1) for a copy of sample i
+        row_k = torch.empty(w.shape[0], n, dtype=torch.float64, device=x.device)
+        row_l = torch.empty_like(row_k)
+        for rows in row_blocks(n):
+            row_k[:, rows] = sx @ x[rows].to(torch.float64).T
+            row_l[:, rows] = sy @ y[rows].to(torch.float64).T
+        row_k -= nx
+        row_l -= ny
         sum_k = (sx * sx).sum(dim=1) - w @ nx
         sum_l = (sy * sy).sum(dim=1) - w @ ny
         hsic_kl = _hsic(q[0] - w @ (nx * ny), sum_k, sum_l, (w * row_k * row_l).sum(dim=1), m)

@@ -24,6 +24,7 @@ from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.blockpass import paired_block_pass
 from ijckd_bounds.estimators.cka import cka_replicate_count, cka_replicates
 from ijckd_bounds.estimators.intervals import Estimate, PairedBootstrap, derived_seed
+from ijckd_bounds.estimators.rowwise import column_mean64
 
 __all__ = ["MMDTest", "median_bandwidth", "centre_pair", "mmd2", "mmd_from_pass",
            "run_mmd_pass", "sign_vectors", "subsample_pairs"]
@@ -41,22 +42,50 @@ class MMDTest:
     n_permutations: int
 
 
-def centre_pair(z_t, z_s, dtype=torch.float64):
+def centre_pair(z_t, z_s, dtype=torch.float64, order=None, rows=None):
     """z_t, z_s (n, d) minus the mean of the pooled sample, in ``dtype`` (distances are
     unchanged; centring keeps ‖a‖² + ‖b‖² − 2a·b from cancelling). The mean is taken in
-    float64; float32 inputs centred in float32 lose nothing they had."""
-    mean = 0.5 * (z_t.to(torch.float64).mean(dim=0) + z_s.to(torch.float64).mean(dim=0))
-    mean = mean.to(dtype)
-    return z_t.to(dtype) - mean, z_s.to(dtype) - mean
+    float64; float32 inputs centred in float32 lose nothing they had.
+
+    ``order`` (n,): the samples are the rows ``order`` of z_t, z_s, in that order.
+    ``rows`` (m,): return only these rows of the (ordered) samples, centred by the mean
+    of all of them. Each result is one new (m, d) tensor.
+    """
+    mean = 0.5 * (column_mean64(z_t, order) + column_mean64(z_s, order))
+    if order is not None and rows is not None:
+        rows = order[rows.to(order.device)]
+    elif order is not None:
+        rows = order
+
+    def centred(z):
+        out = z.to(dtype) if rows is None else z[rows.to(z.device)].to(dtype)
+        if out.data_ptr() == z.data_ptr():  # no copy was made: do not centre in place
+            return out - mean.to(dtype)
+        return out.sub_(mean.to(dtype))
+
+    return centred(z_t), centred(z_s)
 
 
-def median_bandwidth(z_t, z_s, *, max_points=BANDWIDTH_POINTS, seed=0):
+def median_bandwidth(z_t, z_s, *, max_points=BANDWIDTH_POINTS, seed=0, order=None):
     """σ = median pairwise distance (i < j) of the pooled sample ``[z_t; z_s]`` (2n, d).
 
     With more than ``max_points`` pooled points a seeded subsample of ``max_points`` of
-    them is used. Returns a positive float; an IJCKDError when all points coincide.
+    them is used. ``order`` (n,): the samples are the rows ``order`` of z_t, z_s, in that
+    order (the subsample is drawn in that order). Returns a positive float; an
+    IJCKDError when all points coincide.
     """
-    n_t, total = z_t.shape[0], z_t.shape[0] + z_s.shape[0]
+    if order is not None:
+        order = order.to(z_t.device)
+        if z_t.shape[0] != z_s.shape[0]:
+            raise IJCKDError("`order` needs paired z_t, z_s with equal row counts")
+
+        def rows(z, index):
+            return z[order[index]]
+    else:
+        def rows(z, index):
+            return z[index]
+    n_t = z_t.shape[0] if order is None else order.shape[0]
+    total = n_t + (z_s.shape[0] if order is None else n_t)
     if total > max_points:
         generator = torch.Generator().manual_seed(derived_seed(seed, "mmd-bandwidth"))
         pick = torch.randperm(total, generator=generator)[:max_points].to(z_t.device)
@@ -65,10 +94,12 @@ def median_bandwidth(z_t, z_s, *, max_points=BANDWIDTH_POINTS, seed=0):
         from_t = pick < n_t
         pooled = torch.empty(max_points, z_t.shape[1], dtype=torch.float64,
                              device=z_t.device)
-        pooled[from_t] = z_t[pick[from_t]].to(torch.float64)
-        pooled[~from_t] = z_s[pick[~from_t] - n_t].to(torch.float64)
+        pooled[from_t] = rows(z_t, pick[from_t]).to(torch.float64)
+        pooled[~from_t] = rows(z_s, pick[~from_t] - n_t).to(torch.float64)
     else:
-        pooled = torch.cat([z_t.to(torch.float64), z_s.to(torch.float64)])
+        everything = torch.arange(n_t, device=z_t.device)
+        pooled = torch.cat([rows(z_t, everything).to(torch.float64),
+                            rows(z_s, everything).to(torch.float64)])
     pooled = pooled - pooled.mean(dim=0)
     sq_norms = (pooled * pooled).sum(dim=1)
     sq_dist = (sq_norms[:, None] + sq_norms[None, :] - 2.0 * pooled @ pooled.T).clamp(min=0)
@@ -133,22 +164,23 @@ def subsample_pairs(n, max_n, seed):
 
 
 def run_mmd_pass(z_t, z_s, *, bandwidth=None, n_permutations=200, seed=0, bootstrap,
-                 max_n=None, cka_bootstrap=0, block_rows=None):
+                 max_n=None, cka_bootstrap=0, block_rows=None, order=None):
     """MMD² (and optionally the CKA bootstrap) from one block pass; see ``mmd2``.
 
     cka_bootstrap: how many of the bootstrap resamples also give CKA replicates (0: none,
-    None: all). Returns ``(MMDTest, cka_replicates (C,) or None, C, pairs used)``.
+    None: all). order (n,): the samples are the rows ``order`` of z_t, z_s, in that order
+    (gathered once, into the centred copies the pass needs anyway).
+    Returns ``(MMDTest, cka_replicates (C,) or None, C, pairs used)``.
     """
-    n = z_t.shape[0]
+    n = z_t.shape[0] if order is None else order.shape[0]
     if bandwidth is None:
-        bandwidth = median_bandwidth(z_t, z_s, seed=seed)
+        bandwidth = median_bandwidth(z_t, z_s, seed=seed, order=order)
     dtype = torch.float64 if z_t.dtype == torch.float64 else torch.float32
-    t, s = centre_pair(z_t, z_s, dtype)
     weights = bootstrap.weights
     extra = ""
     pick = subsample_pairs(n, max_n, seed)
+    t, s = centre_pair(z_t, z_s, dtype, order=order, rows=pick)
     if pick is not None:
-        t, s = t[pick.to(t.device)], s[pick.to(t.device)]
         weights = weights[:, pick.to(weights.device)]
         extra = f" on a seeded subsample of {pick.numel()} of {n} pairs"
     m = t.shape[0]

@@ -132,6 +132,22 @@ def _not_fitted(estimator, attribute="weight_"):
         raise IJCKDError(f"this {name} is not fitted yet; call fit(...) first")
 
 
+def _as_rows(rows, n, device):
+    """``rows`` as a 1-D long index tensor into ``n`` rows, or an ``IJCKDError``."""
+    rows = torch.as_tensor(rows)
+    if rows.dim() != 1 or rows.dtype in (torch.bool, torch.float16, torch.float32,
+                                          torch.float64) or rows.is_complex():
+        raise IJCKDError(f"`rows` must be a 1-D array of row indices, got shape "
+                         f"{tuple(rows.shape)} and dtype {rows.dtype}")
+    rows = rows.long().to(device)
+    if rows.numel() == 0:
+        raise IJCKDError("`rows` selects no rows")
+    if int(rows.min()) < 0 or int(rows.max()) >= n:
+        raise IJCKDError(f"`rows` must hold indices in [0, {n}), got values from "
+                         f"{int(rows.min())} to {int(rows.max())}")
+    return rows
+
+
 # ----------------------------------------------------------------------------------------
 # Splits
 
@@ -379,13 +395,21 @@ class LogisticProbe:
         self.seed = seed
         self.holdout = holdout
 
-    def fit(self, x, y, num_classes=None, groups=None):
+    def fit(self, x, y, num_classes=None, groups=None, rows=None):
         """Fit on x (n, d) with labels y (n,) in ``0..num_classes-1``.
 
         ``num_classes`` defaults to ``max(y) + 1``. ``groups`` (n,) optionally keeps
         related samples (e.g. the teacher and student features of one input) on the same
-        side of the held-out split. Returns ``self``.
+        side of the held-out split. ``rows`` (m,) optionally fits on the rows ``rows`` of
+        x, y and groups, in that order: the same fit as ``fit(x[rows], y[rows], ...)``
+        without gathering ``x[rows]`` beside the copies the fit makes anyway.
+        Returns ``self``.
         """
+        return self._fit(x, y, num_classes, groups, rows, overwrite=False)
+
+    def _fit(self, x, y, num_classes, groups, rows, *, overwrite):
+        """``fit``; ``overwrite=True`` lets it standardise ``x`` in place (a copy the
+        caller made and drops afterwards), which saves one copy of the features."""
         grid = sorted(_check_penalty_grid(self.l2_grid, "l2_grid"), reverse=True)
         max_iter = _check_positive_int(self.max_iter, "max_iter")
         if not (isinstance(self.tol, (int, float)) and self.tol > 0):
@@ -395,18 +419,26 @@ class LogisticProbe:
         if num_classes is not None:
             num_classes = _check_positive_int(num_classes, "num_classes")
         y = as_labels(y, "y", x.shape[0], num_classes=num_classes).to(x.device)
-        if num_classes is None:
-            num_classes = int(y.max()) + 1
         if groups is not None:
             groups = as_labels(groups, "groups", x.shape[0]).to(x.device)
-        x = x.to(_compute_dtype(x))
+        if rows is not None:
+            rows = _as_rows(rows, x.shape[0], x.device)
+            y = y[rows]
+            groups = None if groups is None else groups[rows]
+        if num_classes is None:
+            num_classes = int(y.max()) + 1
+        n_features, dtype = x.shape[1], _compute_dtype(x)
+
+        def gather(index):
+            """A new tensor: rows ``index`` of the (selected) samples, in ``dtype``."""
+            return x[index if rows is None else rows[index]].to(dtype)
 
         classes = torch.unique(y)  # sorted
         self.heldout_errors_ = {}
         if classes.numel() == 1:
             chosen_l2 = grid[0]  # nothing to fit: report the strongest penalty
-            weight = torch.zeros(1, x.shape[1], dtype=x.dtype, device=x.device)
-            bias = torch.zeros(1, dtype=x.dtype, device=x.device)
+            weight = torch.zeros(1, n_features, dtype=dtype, device=x.device)
+            bias = torch.zeros(1, dtype=dtype, device=x.device)
         else:
             # fit on the seen classes only: absent classes would push their bias to -inf
             y_seen = torch.searchsorted(classes, y)
@@ -418,14 +450,14 @@ class LogisticProbe:
                 fit_idx, held_idx = stratified_split(y_seen, holdout, self.seed, groups=groups)
                 if held_idx.numel() == 0 or fit_idx.numel() == 0:
                     raise IJCKDError(
-                        f"cannot hold out {holdout:.0%} of {x.shape[0]} samples per class "
+                        f"cannot hold out {holdout:.0%} of {y.shape[0]} samples per class "
                         "to choose l2: every class needs at least 2 samples")
-                x_part, y_part = x[fit_idx], y_seen[fit_idx]
-                x_held, y_held = x[held_idx], y_seen[held_idx]
-                mean, scale = _standardisation(x_part)
-                x_part_std = (x_part - mean) / scale
-                weight = torch.zeros(k_seen, x.shape[1], dtype=x.dtype, device=x.device)
-                bias = torch.zeros(k_seen, dtype=x.dtype, device=x.device)
+                x_part_std, y_part = gather(fit_idx), y_seen[fit_idx]  # standardised next
+                x_held, y_held = gather(held_idx), y_seen[held_idx]
+                mean, scale = _standardisation(x_part_std)
+                x_part_std.sub_(mean).div_(scale)
+                weight = torch.zeros(k_seen, n_features, dtype=dtype, device=x.device)
+                bias = torch.zeros(k_seen, dtype=dtype, device=x.device)
                 best = None
                 for l2 in grid:  # strongest first: each solution warm-starts the next
                     weight, bias = _fit_softmax(x_part_std, y_part, k_seen, l2, weight, bias,
@@ -436,18 +468,31 @@ class LogisticProbe:
                     if best is None or error < best[0]:  # strict: ties keep the larger l2
                         best = (error, l2, raw)
                 _, chosen_l2, start = best
-            mean, scale = _standardisation(x)
+                del x_part_std, x_held  # before the refit makes its copy
+            # the refit's standardised copy: in place where the features are a copy
+            # already (gathered rows, another dtype, or the caller's own to overwrite)
+            if rows is not None:
+                x_std = x[rows].to(dtype)
+            elif overwrite or x.dtype != dtype:
+                x_std = x.to(dtype)
+            else:
+                x_std = None
+            mean, scale = _standardisation(x if x_std is None else x_std)
             if start is None:
-                weight = torch.zeros(k_seen, x.shape[1], dtype=x.dtype, device=x.device)
-                bias = torch.zeros(k_seen, dtype=x.dtype, device=x.device)
+                weight = torch.zeros(k_seen, n_features, dtype=dtype, device=x.device)
+                bias = torch.zeros(k_seen, dtype=dtype, device=x.device)
             else:
                 weight, bias = _to_standardised(*start, mean, scale)
-            weight, bias = _fit_softmax((x - mean) / scale, y_seen, k_seen, chosen_l2,
+            x_std = x - mean if x_std is None else x_std.sub_(mean)
+            del x
+            x_std.div_(scale)
+            weight, bias = _fit_softmax(x_std, y_seen, k_seen, chosen_l2,
                                         weight, bias, max_iter=max_iter, tol=self.tol)
+            del x_std
             weight, bias = _to_raw(weight, bias, mean, scale)
 
-        self.weight_ = torch.zeros(num_classes, x.shape[1], dtype=x.dtype, device=x.device)
-        self.bias_ = torch.full((num_classes,), -math.inf, dtype=x.dtype, device=x.device)
+        self.weight_ = torch.zeros(num_classes, n_features, dtype=dtype, device=weight.device)
+        self.bias_ = torch.full((num_classes,), -math.inf, dtype=dtype, device=weight.device)
         self.weight_[classes] = weight
         self.bias_[classes] = bias
         self.l2_ = float(chosen_l2)
@@ -510,7 +555,7 @@ def _joint_error(z_t, z_s, y, weight, bias):
 
 
 def fit_joint_classifier(z_t_fit, z_s_fit, y_fit, weight, bias, *, seed=0, holdout=0.25,
-                         probe_kwargs=None):
+                         probe_kwargs=None, rows=None):
     """Estimate the ideal joint classifier ``ĥ* = argmin_h ε_T(h) + ε_S(h)`` over linear h.
 
     The fit pairs are split (seeded, stratified by label, the two features of one input
@@ -528,6 +573,8 @@ def fit_joint_classifier(z_t_fit, z_s_fit, y_fit, weight, bias, *, seed=0, holdo
         weight (K, d), bias (K,): the teacher classifier ``h_T``.
         seed, holdout: the held-out split (``holdout`` fraction of pairs per class).
         probe_kwargs: extra ``LogisticProbe`` hyperparameters (``seed`` defaults to ``seed``).
+        rows (m,): use the fit pairs ``rows``, in that order: the same as passing
+            ``z_t_fit[rows], z_s_fit[rows], y_fit[rows]`` without gathering them whole.
 
     Returns:
         ``JointClassifier`` with weight/bias on the device and dtype of ``weight``.
@@ -555,20 +602,29 @@ def fit_joint_classifier(z_t_fit, z_s_fit, y_fit, weight, bias, *, seed=0, holdo
     y_fit = y_fit.to(device)
     teacher_weight = weight.to(device=device, dtype=dtype)
     teacher_bias = bias.to(device=device, dtype=dtype)
+    if rows is not None:
+        rows = _as_rows(rows, n, device)
+        y_fit, n = y_fit[rows], rows.numel()
 
     part_idx, held_idx = stratified_split(y_fit, holdout, seed)
     if held_idx.numel() == 0:
         raise IJCKDError(f"cannot hold out {holdout:.0%} of {n} fit pairs per class: "
                          "every class needs at least 2 pairs")
     m = part_idx.numel()
-    union = torch.cat([z_t_fit[part_idx], z_s_fit[part_idx]])
+    part_rows = part_idx if rows is None else rows[part_idx]
+    held_rows = held_idx if rows is None else rows[held_idx]
+    # gathered straight into one tensor, which the probe may then standardise in place
+    union = torch.empty(2 * m, d, dtype=dtype, device=device)
+    torch.index_select(z_t_fit, 0, part_rows, out=union[:m])
+    torch.index_select(z_s_fit, 0, part_rows, out=union[m:])
     union_labels = torch.cat([y_fit[part_idx], y_fit[part_idx]])
     pair_ids = torch.arange(m, device=device).repeat(2)
     options = {"seed": seed, **(probe_kwargs or {})}
-    probe = LogisticProbe(**options).fit(union, union_labels, num_classes=num_classes,
-                                         groups=pair_ids)
+    probe = LogisticProbe(**options)._fit(union, union_labels, num_classes, pair_ids, None,
+                                          overwrite=True)
+    del union
 
-    z_t_held, z_s_held, y_held = z_t_fit[held_idx], z_s_fit[held_idx], y_fit[held_idx]
+    z_t_held, z_s_held, y_held = z_t_fit[held_rows], z_s_fit[held_rows], y_fit[held_idx]
     err_teacher = _joint_error(z_t_held, z_s_held, y_held, teacher_weight, teacher_bias)
     err_probe = _joint_error(z_t_held, z_s_held, y_held, probe.weight_, probe.bias_)
     if err_probe < err_teacher:
@@ -649,8 +705,11 @@ class DomainClassifier:
         self.seed = seed
         self.tol = tol
 
-    def fit(self, z_t_fit, z_s_fit):
-        """Fit on teacher features z_t_fit (n, d) and student features z_s_fit (m, d)."""
+    def fit(self, z_t_fit, z_s_fit, rows=None):
+        """Fit on teacher features z_t_fit (n, d) and student features z_s_fit (m, d).
+
+        ``rows`` (r,): fit on the rows ``rows`` of both, in that order (the same as
+        passing ``z_t_fit[rows], z_s_fit[rows]``, without gathering them first)."""
         if self.kind not in ("linear", "mlp"):
             raise IJCKDError(f"`kind` must be 'linear' or 'mlp', got {self.kind!r}")
         max_iter = _check_positive_int(self.max_iter, "max_iter")
@@ -658,17 +717,33 @@ class DomainClassifier:
             raise IJCKDError(f"`l2` must be a non-negative number, got {self.l2!r}")
         z_t_fit = as_features(z_t_fit, "z_t_fit")
         z_s_fit = as_features(z_s_fit, "z_s_fit", dim=z_t_fit.shape[1], like="`z_t_fit`")
-        x = torch.cat([z_t_fit, z_s_fit.to(z_t_fit)])
-        x = x.to(_compute_dtype(x))
-        domain = torch.cat([torch.zeros(z_t_fit.shape[0], dtype=torch.long),
-                            torch.ones(z_s_fit.shape[0], dtype=torch.long)]).to(x.device)
+        # one new tensor [z_t; z_s] in the compute dtype, which the fit then standardises
+        # in place
+        if rows is None:
+            n_t, n_s = z_t_fit.shape[0], z_s_fit.shape[0]
+        else:
+            rows = _as_rows(rows, min(z_t_fit.shape[0], z_s_fit.shape[0]), z_t_fit.device)
+            n_t = n_s = rows.numel()
+        x = torch.empty(n_t + n_s, z_t_fit.shape[1], dtype=_compute_dtype(z_t_fit),
+                        device=z_t_fit.device)
+        for part, z in ((x[:n_t], z_t_fit), (x[n_t:], z_s_fit)):
+            if rows is None:
+                part.copy_(z)
+            elif z.dtype == part.dtype and z.device == part.device:
+                torch.index_select(z, 0, rows, out=part)
+            else:
+                part.copy_(z[rows.to(z.device)])
+        del z_t_fit, z_s_fit
+        domain = torch.cat([torch.zeros(n_t, dtype=torch.long),
+                            torch.ones(n_s, dtype=torch.long)]).to(x.device)
         for attribute in ("weight_", "bias_", "hidden_weight_", "hidden_bias_", "out_weight_",
                           "out_bias_"):
             self.__dict__.pop(attribute, None)
         if self.kind == "linear":
             # l2 = 0 is allowed here but not in the probe's grid: use a vanishing penalty
             probe = LogisticProbe(l2_grid=(max(self.l2, 1e-12),), max_iter=max_iter,
-                                  tol=self.tol, seed=self.seed).fit(x, domain, num_classes=2)
+                                  tol=self.tol, seed=self.seed)._fit(x, domain, 2, None,
+                                                                     None, overwrite=True)
             self.weight_, self.bias_ = probe.weight_, probe.bias_
         else:
             self._fit_mlp(x, domain.to(x.dtype), max_iter)
@@ -677,7 +752,7 @@ class DomainClassifier:
     def _fit_mlp(self, x, domain, max_iter):
         hidden = _check_positive_int(self.hidden, "hidden")
         mean, scale = _standardisation(x)
-        x_std = (x - mean) / scale
+        x_std = x.sub_(mean).div_(scale)  # x is fit's own concatenation
         d = x.shape[1]
         # nn.Linear's default initialisation, drawn from a CPU generator so the result
         # does not depend on the device

@@ -31,6 +31,7 @@ from ijckd_bounds.estimators.intervals import (
     proportion,
 )
 from ijckd_bounds.estimators.mmd import run_mmd_pass
+from ijckd_bounds.estimators.rowwise import project64
 from ijckd_bounds.estimators.probes import (
     DomainClassifier,
     LogisticProbe,
@@ -341,9 +342,9 @@ def _canonical_order(arrays):
     for a in arrays:
         if a is None:
             continue
-        flat = a.reshape(n, -1).to(torch.float64)
+        flat = a.reshape(n, -1)
         direction = torch.randn(flat.shape[1], generator=generator, dtype=torch.float64)
-        key += (flat * direction.to(flat.device)).sum(dim=1)
+        key += project64(flat, direction)
     return torch.argsort(key, stable=True)
 
 
@@ -353,8 +354,11 @@ def _canonical_order(arrays):
 
 @dataclass
 class _Inputs:
-    """Checked inputs: evaluation rows in canonical order, the fit split, and where each
-    evaluation row came from (``sample_index`` (n_eval,) into the given arrays)."""
+    """Checked inputs. The feature arrays stay as given (never copied whole): ``order``
+    (n_eval,) lists the evaluation rows of z_t, z_s, s and student_logits in canonical
+    order, ``fit_order`` (n_fit,) the fit rows of z_t_fit, z_s_fit, s_fit and y_fit (for
+    the internal split these are the same arrays). ``y`` holds the evaluation labels in
+    canonical order already; ``sample_index`` is ``order`` on the CPU."""
 
     z_t: torch.Tensor
     z_s: torch.Tensor
@@ -367,6 +371,8 @@ class _Inputs:
     z_s_fit: torch.Tensor
     y_fit: torch.Tensor
     s_fit: torch.Tensor | None
+    order: torch.Tensor
+    fit_order: torch.Tensor
     sample_index: torch.Tensor
     split: str
     notes: list
@@ -416,15 +422,11 @@ def _prepare(z_t, z_s, y, weight, bias, *, fit, s, s_fit, student_logits, seed,
         notes.append(f"no fit split given: split the {n} samples into {fit_rows.numel()} fit "
                      f"and {eval_rows.numel()} eval samples (stratified by class, seed={seed})")
 
-        def take(x, rows):
-            return None if x is None else x[rows]
-
         return _Inputs(
-            z_t=z_t[eval_rows], z_s=z_s[eval_rows], y=y[eval_rows], weight=weight, bias=bias,
-            s=take(s, eval_rows), student_logits=take(student_logits, eval_rows),
-            z_t_fit=z_t[fit_rows], z_s_fit=z_s[fit_rows], y_fit=y[fit_rows],
-            s_fit=take(s, fit_rows), sample_index=eval_rows.cpu(), split="internal",
-            notes=notes)
+            z_t=z_t, z_s=z_s, y=y[eval_rows], weight=weight, bias=bias, s=s,
+            student_logits=student_logits, z_t_fit=z_t, z_s_fit=z_s, y_fit=y, s_fit=s,
+            order=eval_rows, fit_order=fit_rows, sample_index=eval_rows.cpu(),
+            split="internal", notes=notes)
 
     fit_z_t, fit_z_s, fit_y = _unpack_fit(fit)
     if _same_data(fit_z_t, z_t_in) or _same_data(fit_z_s, z_s_in):
@@ -457,11 +459,9 @@ def _prepare(z_t, z_s, y, weight, bias, *, fit, s, s_fit, student_logits, seed,
     order = _canonical_order([z_t, z_s, y, s, student_logits])
     fit_order = _canonical_order([z_t_fit, z_s_fit, y_fit, s_fit])
     return _Inputs(
-        z_t=z_t[order], z_s=z_s[order], y=y[order], weight=weight, bias=bias,
-        s=None if s is None else s[order],
-        student_logits=None if student_logits is None else student_logits[order],
-        z_t_fit=z_t_fit[fit_order], z_s_fit=z_s_fit[fit_order], y_fit=y_fit[fit_order],
-        s_fit=None if s_fit is None else s_fit[fit_order], sample_index=order.cpu(),
+        z_t=z_t, z_s=z_s, y=y[order], weight=weight, bias=bias, s=s,
+        student_logits=student_logits, z_t_fit=z_t_fit, z_s_fit=z_s_fit, y_fit=y_fit,
+        s_fit=s_fit, order=order, fit_order=fit_order, sample_index=order.cpu(),
         split="given", notes=notes)
 
 
@@ -514,7 +514,7 @@ def estimate_bounds(z_t, z_s, y, weight, bias, *, fit=None, s=None, s_fit=None,
                     student_logits=student_logits, seed=seed, fit_fraction=fit_fraction)
     device = device if device is not None else data.z_t.device
     data = data.to(device)
-    n_eval, d = data.z_t.shape
+    n_eval, d = data.order.numel(), data.z_t.shape[1]
     n_classes = data.weight.shape[0]
     if n_eval < 10 * d:
         data.notes.append(f"n_eval = {n_eval} < 10·dim = {10 * d}: the discrepancy estimates "
@@ -525,7 +525,7 @@ def estimate_bounds(z_t, z_s, y, weight, bias, *, fit=None, s=None, s_fit=None,
     report_terms, scalars, details, per_sample = _compute_terms(
         data, level=level, n_permutations=n_permutations, n_bootstrap=n_bootstrap, seed=seed,
         mmd_max_n=mmd_max_n, cka_bootstrap=cka_bootstrap, clock=clock)
-    scalars.update({"n_eval": n_eval, "n_fit": data.z_t_fit.shape[0], "dim": d,
+    scalars.update({"n_eval": n_eval, "n_fit": data.fit_order.numel(), "dim": d,
                     "n_classes": n_classes})
     details.update({"split": data.split, "seed": seed, "level": level,
                     "n_bootstrap": n_bootstrap, "n_permutations": n_permutations,
@@ -580,16 +580,23 @@ def _compute_terms(data, *, level, n_permutations, n_bootstrap, seed, mmd_max_n,
     z_t, z_s, y, weight, bias = data.z_t, data.z_s, data.y, data.weight, data.bias
     z_t_fit, z_s_fit, y_fit = data.z_t_fit, data.z_s_fit, data.y_fit
     s, s_fit, student_logits, notes = data.s, data.s_fit, data.student_logits, data.notes
-    n, n_classes = z_t.shape[0], weight.shape[0]
+    # the features stay in the given order: every use takes the rows ``order`` (eval) or
+    # ``fit_order`` (fit), so no whole copy of them is ever made in canonical order
+    order, fit_order = data.order, data.fit_order
+    n, n_classes = order.numel(), weight.shape[0]
+
+    def ordered(per_row):
+        """Per-row results computed on the arrays as given -> canonical order."""
+        return per_row[order.to(per_row.device)]
+
     out = {}
     details = {}
     bootstrap = PairedBootstrap(n, n_bootstrap, seed, level=level, device=z_t.device)
-    # float64 copies for the cheap O(n·d) terms (made once); the O(n²) pass and the
-    # probes keep the input dtype
-    t64, s64 = z_t.to(torch.float64), z_s.to(torch.float64)
+    # the features keep their dtype: the O(n·d) terms sum in float64 a block of rows at a
+    # time (a float64 copy of z_t and z_s would be 1.6 GB at n = 50,000, d = 2,048)
 
     # classifier terms, margins and the exact bounds 1-2
-    pairs = terms.paired_predictions(t64, s64, weight, bias)
+    pairs = terms.paired_predictions(z_t, z_s, weight, bias, order=order)
     teacher_wrong = pairs.pred_t != y
     student_wrong = pairs.pred_s != y
     out["teacher_err"] = proportion(teacher_wrong, level)
@@ -597,13 +604,14 @@ def _compute_terms(data, *, level, n_permutations, n_bootstrap, seed, mmd_max_n,
     out["disagreement"] = proportion(pairs.disagree, level)
     out["delta_gamma"] = terms.delta_gamma(pairs, level=level)
     if student_logits is not None:
-        own_wrong = terms.predict(student_logits.to(torch.float64)) != y
+        own_wrong = terms.predict(student_logits[order].to(torch.float64)) != y
         out["student_own_err"] = proportion(own_wrong, level)
     else:
         own_wrong = None
         out["student_own_err"] = Estimate.missing(n, level, "no student_logits given")
-    out["feat_msd"] = terms.feat_msd(t64, s64, bootstrap=bootstrap)
-    out["feat_rel"] = terms.feat_rel(t64, s64, bootstrap=bootstrap)
+    out["feat_msd"] = terms.feat_msd(z_t, z_s, bootstrap=bootstrap, order=order)
+    out["feat_rel"] = terms.feat_rel(z_t, z_s, bootstrap=bootstrap, order=order)
+    cka_value = debiased_cka(z_t, z_s, order=order)
     out["logit_msd"] = terms.logit_msd(pairs.logits_t, pairs.logits_s, bootstrap=bootstrap)
     out["bound_coupled"] = terms.coupled_bound(pairs, y, bootstrap=bootstrap)
     out["bound_margin"] = terms.margin_bound(pairs, y, bootstrap=bootstrap)
@@ -615,13 +623,16 @@ def _compute_terms(data, *, level, n_permutations, n_bootstrap, seed, mmd_max_n,
 
     # the ideal joint classifier ĥ* (fitted on the fit split) and bound 3
     joint = fit_joint_classifier(z_t_fit, z_s_fit, y_fit, weight, bias,
-                                 seed=derived_seed(seed, "joint-probe") % 2**31)
+                                 seed=derived_seed(seed, "joint-probe") % 2**31,
+                                 rows=fit_order)
     if joint.chosen == "teacher":
         # ĥ* = h_T: reuse its predictions so that no rounding can make them differ
         joint_pred_t, joint_pred_s = pairs.pred_t, pairs.pred_s
     else:
-        joint_pred_t = terms.predict(terms.classifier_logits(z_t, joint.weight, joint.bias))
-        joint_pred_s = terms.predict(terms.classifier_logits(z_s, joint.weight, joint.bias))
+        joint_pred_t = terms.predict(terms.classifier_logits(z_t, joint.weight, joint.bias,
+                                                             order))
+        joint_pred_s = terms.predict(terms.classifier_logits(z_s, joint.weight, joint.bias,
+                                                             order))
     clock.stop("joint probe")
     joint_t_wrong, joint_s_wrong = joint_pred_t != y, joint_pred_s != y
     differ_t, differ_s = pairs.pred_t != joint_pred_t, pairs.pred_s != joint_pred_s
@@ -635,8 +646,8 @@ def _compute_terms(data, *, level, n_permutations, n_bootstrap, seed, mmd_max_n,
     # the student probe, on the student's own features when given
     probe_x_fit, probe_x = (s_fit, s) if s is not None else (z_s_fit, z_s)
     probe = LogisticProbe(seed=derived_seed(seed, "student-probe") % 2**31)
-    probe.fit(probe_x_fit, y_fit, num_classes=n_classes)
-    probe_wrong = probe.predict(probe_x).to(y.device) != y
+    probe.fit(probe_x_fit, y_fit, num_classes=n_classes, rows=fit_order)
+    probe_wrong = ordered(probe.predict(probe_x)).to(y.device) != y
     out["student_probe_err"] = proportion(probe_wrong, level)
     details.update({"probe_features": "s" if s is not None else "z_s",
                     "probe_l2": probe.l2_})
@@ -649,8 +660,8 @@ def _compute_terms(data, *, level, n_permutations, n_bootstrap, seed, mmd_max_n,
     proxy_value = {}
     for kind in ("linear", "mlp"):
         clf = DomainClassifier(kind=kind, seed=derived_seed(seed, f"domain-{kind}") % 2**31)
-        clf.fit(z_t_fit, z_s_fit)
-        err_t, err_s = domain_errors(clf, z_t, z_s)
+        clf.fit(z_t_fit, z_s_fit, rows=fit_order)
+        err_t, err_s = (ordered(err) for err in domain_errors(clf, z_t, z_s))
         # both features of one input are resampled together: one per-sample error rate
         domain_error[kind] = 0.5 * (err_t.to(torch.float64) + err_s.to(torch.float64))
         proxy_value[kind] = proxy_a_distance(err_t, err_s)
@@ -697,14 +708,12 @@ def _compute_terms(data, *, level, n_permutations, n_bootstrap, seed, mmd_max_n,
         method=f"{bootstrap.method}; an estimate, not a guaranteed bound")
     clock.stop("composite terms")
 
-    # MMD² and CKA share one block pass over the pairwise matrices; free what the O(n·d)
-    # terms needed first (at n = 50,000, d = 512 that is over 1 GB)
-    cka_value = debiased_cka(t64, s64)
-    del t64, s64
+    # MMD² and CKA share one block pass over the pairwise matrices; the float64 copy of
+    # the bootstrap weights (B·n·8 bytes) is not needed there
     bootstrap.release_cache()
     mmd_test, cka_reps, cka_count, mmd_pairs = run_mmd_pass(
         z_t, z_s, n_permutations=n_permutations, seed=seed, bootstrap=bootstrap,
-        max_n=mmd_max_n, cka_bootstrap=cka_bootstrap)
+        max_n=mmd_max_n, cka_bootstrap=cka_bootstrap, order=order)
     out["mmd2"] = mmd_test.mmd2
     if math.isnan(cka_value):
         out["feat_cka"] = Estimate.missing(n, level, "a feature set is constant")

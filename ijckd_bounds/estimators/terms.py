@@ -38,6 +38,13 @@ from ijckd_bounds.estimators.intervals import (
     clopper_pearson,
     proportion,
 )
+from ijckd_bounds.estimators.rowwise import (
+    centred_sq_norms64,
+    column_mean64,
+    linear64,
+    squared_distance64,
+    weighted_sum64,
+)
 
 __all__ = [
     "CROSSING_RTOL",
@@ -74,14 +81,14 @@ _ROW_CHUNK = 8192
 # Predictions
 
 
-def classifier_logits(z, weight, bias):
+def classifier_logits(z, weight, bias, order=None):
     """Logits (n, K) float64 of the linear classifier ``z weightᵀ + bias``.
 
     z (n, d), weight (K, d), bias (K,). Computed in float64 on ``z``'s device; every
     prediction of the package uses this function, so equal inputs give equal logits.
+    ``order`` (m,): logits of the rows ``z[order]`` instead (see ``rowwise``).
     """
-    z64 = z.to(torch.float64)
-    return torch.addmm(bias.to(z64), z64, weight.to(z64).T)
+    return linear64(z, weight, bias, order)
 
 
 def predict(logits):
@@ -148,35 +155,36 @@ def per_class_terms(logits_t, logits_s, y, n_classes, *, level=0.95):
 # Feature and logit discrepancies (paired bootstrap)
 
 
-def _squared_distance(a, b):
-    diff = a.to(torch.float64) - b.to(torch.float64)
-    return (diff * diff).sum(dim=1)
+def _squared_distance(a, b, order=None):
+    return squared_distance64(a, b, order)
 
 
-def feat_msd(z_t, z_s, *, level=0.95, bootstrap=None, n_bootstrap=1000, seed=0):
-    """``feat_msd = E‖z_S − z_T‖²`` over paired rows of z_t, z_s (n, d)."""
-    sq = _squared_distance(z_s, z_t)
+def feat_msd(z_t, z_s, *, level=0.95, bootstrap=None, n_bootstrap=1000, seed=0, order=None):
+    """``feat_msd = E‖z_S − z_T‖²`` over paired rows of z_t, z_s (n, d) (the rows
+    ``order`` of them, in that order, when given)."""
+    sq = _squared_distance(z_s, z_t, order)
     bootstrap = _bootstrap(sq.numel(), bootstrap, n_bootstrap, seed, level, sq.device)
     return bootstrap.mean_estimate(sq)
 
 
-def feat_rel(z_t, z_s, *, level=0.95, bootstrap=None, n_bootstrap=1000, seed=0):
+def feat_rel(z_t, z_s, *, level=0.95, bootstrap=None, n_bootstrap=1000, seed=0, order=None):
     """``feat_rel = sqrt(feat_msd / E‖z_T − E z_T‖²)``: z_t, z_s (n, d). Scale free.
+    ``order``: the rows to use, in that order (default all).
 
     NaN (with the reason in ``method``) when the teacher features do not vary.
     """
-    sq = _squared_distance(z_s, z_t)
+    sq = _squared_distance(z_s, z_t, order)
     n = sq.numel()
     bootstrap = _bootstrap(n, bootstrap, n_bootstrap, seed, level, sq.device)
     # centring by the full-sample mean first keeps the weighted variance formula stable
-    centred = z_t.to(torch.float64) - z_t.to(torch.float64).mean(dim=0)
-    spread = (centred * centred).sum(dim=1)
+    mean = column_mean64(z_t, order)
+    spread = centred_sq_norms64(z_t, mean, order)
     variance = float(spread.mean())
     if not variance > 0:
         return Estimate.missing(n, bootstrap.level, "the teacher features have zero variance")
     value = math.sqrt(float(sq.mean()) / variance)
     msd_b, spread_b = bootstrap.means(torch.stack([sq, spread], dim=1)).unbind(1)
-    mean_b = bootstrap.means(centred)
+    mean_b = weighted_sum64(bootstrap.weights_like(sq), z_t, mean, order) / n
     variance_b = spread_b - (mean_b * mean_b).sum(dim=1)
     ratio_b = msd_b / variance_b
     replicates = torch.where(variance_b > 0, ratio_b, torch.full_like(ratio_b, math.nan)).sqrt()
@@ -271,14 +279,15 @@ class PairedPredictions:
         return int(self.pred_t.numel())
 
 
-def paired_predictions(z_t, z_s, weight, bias):
-    """All per-sample margin quantities of ``h_T`` on z_t, z_s (n, d); see the class."""
-    logits_t = classifier_logits(z_t, weight, bias)
-    logits_s = classifier_logits(z_s, weight, bias)
+def paired_predictions(z_t, z_s, weight, bias, order=None):
+    """All per-sample margin quantities of ``h_T`` on z_t, z_s (n, d); see the class.
+    ``order``: of the rows ``order``, in that order (default all)."""
+    logits_t = classifier_logits(z_t, weight, bias, order)
+    logits_s = classifier_logits(z_s, weight, bias, order)
     pred_t, pred_s = predict(logits_t), predict(logits_s)
     disagree = pred_t != pred_s
     gamma = _geometric_margin_from_logits(logits_t, _row_distances(weight).to(logits_t.device))
-    distance_sq = _squared_distance(z_s, z_t)
+    distance_sq = _squared_distance(z_s, z_t, order)
     distance = distance_sq.sqrt()
     # a disagreement implies distance >= gamma; enforce it against rounding at ties
     gamma_eff = torch.where(disagree, torch.minimum(gamma, distance), gamma)
