@@ -52,9 +52,7 @@ def _checkpoint_inputs(teacher, student, dataset, data_dir, out, n_bootstrap, se
     if student is None:
         raise IJCKDError("audit needs --student (a checkpoint) or --features (a feature file)")
     loaded = load_student(student)
-    teacher = teacher or loaded.meta.get("teacher_path")
-    if teacher is None:
-        raise IJCKDError(f"student checkpoint {student!r} names no teacher; pass --teacher")
+    teacher = _resolve_teacher(teacher, loaded, student)
     meta = loaded.meta.get("dataset") or {}
     name = dataset or meta.get("name")
     if name is None:
@@ -92,15 +90,40 @@ def _check_fits(dataset_meta, what, splits, name):
                          f"{splits.num_classes}")
 
 
-def _check_pair(loaded, student_path, teacher_path, splits, name, *, explicit_dataset):
-    """Teacher and student must belong together and to the evaluation dataset."""
-    from ijckd_bounds.checkpoint import read_checkpoint, sha256_file
+def _resolve_teacher(teacher, loaded, student_path):
+    """The ``LoadedTeacher`` to audit against: ``--teacher`` when given (a teacher
+    checkpoint, or the weights file the student was distilled from), else the teacher the
+    student's checkpoint records (a checkpoint or a weights file, sha256-checked)."""
+    from pathlib import Path
 
+    from ijckd_bounds.checkpoint import load_teacher, load_teacher_from
+
+    source = loaded.meta.get("teacher_source") or {}
+    if teacher is None:
+        if not source.get("path"):
+            raise IJCKDError(f"student checkpoint {str(student_path)!r} names no teacher; "
+                             "pass --teacher")
+        return load_teacher_from(source)
+    recorded = source.get("path")
+    if source.get("source") == "torchvision_weights" and recorded \
+            and Path(teacher).resolve() == Path(recorded).resolve():
+        # a weights file holds no architecture: the student's record says which
+        return load_teacher_from(source)
+    return load_teacher(teacher)
+
+
+def _check_pair(loaded, student_path, teacher, splits, name, *, explicit_dataset):
+    """Teacher and student must belong together and to the evaluation dataset.
+    ``teacher``: a ``LoadedTeacher``."""
     student_what = f"student checkpoint {str(student_path)!r}"
-    teacher_what = f"teacher checkpoint {str(teacher_path)!r}"
-    teacher_payload = read_checkpoint(teacher_path, what="teacher checkpoint")
+    if teacher.source == "checkpoint":
+        teacher_what = f"teacher checkpoint {str(teacher.path)!r}"
+        teacher_data = teacher.meta.get("dataset") or {}
+    else:  # a weights file: its model's input shape and class count, no dataset name
+        teacher_what = f"teacher weights file {str(teacher.path)!r}"
+        teacher_data = {"input_shape": teacher.meta.get("input_shape"),
+                        "num_classes": int(teacher.model.num_classes)}
     student_data = loaded.meta.get("dataset") or {}
-    teacher_data = teacher_payload.get("dataset") or {}
     if not explicit_dataset and teacher_data.get("name") not in (None, student_data.get("name")):
         raise IJCKDError(f"{teacher_what} was trained on dataset {teacher_data.get('name')!r}, "
                          f"{student_what} on {student_data.get('name')!r}; pass a teacher of "
@@ -109,7 +132,7 @@ def _check_pair(loaded, student_path, teacher_path, splits, name, *, explicit_da
     _check_fits(teacher_data, teacher_what, splits, name)
     distilled_from = loaded.meta.get("teacher_sha256")
     if loaded.predicts_with == "teacher_classifier" and distilled_from is not None:
-        sha = sha256_file(teacher_path)
+        sha = teacher.sha256
         if sha != distilled_from:
             raise IJCKDError(f"{student_what} was distilled from a teacher file with sha256 "
                              f"{distilled_from[:12]}..., {teacher_what} has {sha[:12]}...: its "

@@ -51,7 +51,8 @@ def build_parser():
     p.add_argument("--out", required=True, help="output directory for PNG/PDF figures")
 
     p = sub.add_parser("audit", help="explain why a student underperforms (error budget)")
-    p.add_argument("--teacher", help="teacher checkpoint (.pt)")
+    p.add_argument("--teacher", help="teacher checkpoint (.pt), or the weights file the "
+                   "student was distilled from (default: the teacher the student records)")
     p.add_argument("--student", help="student checkpoint (.pt)")
     p.add_argument("--dataset", help="dataset name (default: the student's own)")
     p.add_argument("--data-dir", help="where dataset files live")

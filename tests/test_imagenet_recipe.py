@@ -3,6 +3,7 @@ torchvision-layout weights file, ResNet-34 -> ResNet-18 IJCKD at 32 pixels, chec
 resumption, streamed bound tracking online and offline, and the recipe's files."""
 
 import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -301,6 +302,18 @@ def test_resnet34_to_resnet18_distills_resumes_and_tracks_exact_bounds(tree, tmp
                    "bound_coupled", "bound_ideal_joint"):
         np.testing.assert_allclose(offline[column].to_numpy(), online[column].to_numpy(),
                                    rtol=1e-6, atol=1e-9, err_msg=column)
+
+    # the audit rebuilds the teacher from the student's record of its weights file, or
+    # takes that file as --teacher
+    for name, extra in (("recorded", []), ("given", ["--teacher", str(weights)])):
+        out = tmp_path / f"audit_{name}"
+        code = cli.main(["audit", "--student", str(resumed.checkpoint), "--out", str(out),
+                         "--n-bootstrap", "50", *extra])
+        assert code == 0, capsys.readouterr().err
+        audited = json.loads((out / "bounds.json").read_text())["terms"]
+        last = online.iloc[-1]
+        assert audited["student_err"] == pytest.approx(last["student_err"])
+        assert audited["teacher_err"] == pytest.approx(last["teacher_err"])
 
     # the teacher features are the teacher's own outputs on the evaluation images
     splits = build_dataset("imagefolder", data_dir=str(tree), **SMALL)
