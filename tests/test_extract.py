@@ -1,9 +1,6 @@
 """Streamed feature extraction (tracking.extract): chunked, memory-mapped, resumable and
 sharded over the ranks of a process group, against a plain loop over the samples."""
 
-import os
-import socket
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -175,36 +172,19 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_gloo_ranks_shard_and_rank0_merges_what_one_process_extracts(tmp_path):
     import json
+
+    # here, not at the top: the ranks' worker script imports this module without the
+    # repository on its path
+    from tests.gloo_ranks import run_two_ranks
 
     root = write_tree(tmp_path / "tree")
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(tests=str(REPO / "tests"), root=str(root),
                                     out=str(tmp_path / "two"), log=str(tmp_path), workers=1))
-    port = str(_free_port())
-    processes = []
-    for rank in range(2):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank),
-                   WORLD_SIZE="2", LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
-        processes.append(subprocess.Popen([sys.executable, str(script)], env=env, cwd=REPO,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                          text=True))
-    try:
-        outputs = [p.communicate(timeout=180)[0] for p in processes]
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-    for p, out in zip(processes, outputs):
-        assert p.returncode == 0, out
+    run_two_ranks([sys.executable, str(script)], cwd=REPO)
 
     logs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     # 11 fit images in chunks of 3 -> chunks 0..3; rank 0 takes 0 and 2 (3 + 3 samples,

@@ -25,6 +25,7 @@ from ijckd_bounds.schema import EXACT_BOUNDS
 from ijckd_bounds.tracking.track import BOUNDS_CSV, BoundTracker, teacher_features
 from ijckd_bounds.train import DataConfig, TrainConfig, distill
 from ijckd_bounds.train.distributed import DistContext, RunData
+from tests.gloo_ranks import free_port, run_two_ranks
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "experiments" / "imagenet"
@@ -326,14 +327,6 @@ def test_resnet34_to_resnet18_distills_resumes_and_tracks_exact_bounds(tree, tmp
     assert "x_eval" not in cache
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_gloo_ranks_track_online_like_one_process_offline(tree, resnet18_weights,
                                                              tmp_path):
@@ -346,23 +339,9 @@ def test_two_gloo_ranks_track_online_like_one_process_offline(tree, resnet18_wei
                             optim={"epochs": 1}, run={"ckpt_every": 1})
     config = tmp_path / "student.yaml"
     config.write_text(yaml.safe_dump(tree_cfg))
-    port = str(_free_port())
-    processes = []
-    for rank in range(2):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank),
-                   WORLD_SIZE="2", LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "ijckd_bounds.cli", "distill", "--config", str(config),
-             "--track", "--teacher-weights", str(resnet18_weights)], env=env, cwd=REPO,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    try:
-        outputs = [p.communicate(timeout=300)[0] for p in processes]
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-    for p, out in zip(processes, outputs):
-        assert p.returncode == 0, out
+    run_two_ranks([sys.executable, "-m", "ijckd_bounds.cli", "distill", "--config",
+                   str(config), "--track", "--teacher-weights", str(resnet18_weights)],
+                  cwd=REPO, timeout=300)
 
     online = pd.read_csv(tmp_path / "two" / BOUNDS_CSV)
     assert list(online["checkpoint"]) == ["epoch_0001.pt"]  # rank 0 alone wrote the row
@@ -420,7 +399,7 @@ def test_run_script_launches_torchrun_resumes_and_tracks(tree, resnet18_weights,
 
     run_dir = tmp_path / "run"
     env = {**os.environ, "DATA_DIR": str(tree), "TEACHER_WEIGHTS": str(resnet18_weights),
-           "NGPUS": "1", "MASTER_PORT": str(_free_port()), "RUN_DIR": str(run_dir),
+           "NGPUS": "1", "MASTER_PORT": str(free_port()), "RUN_DIR": str(run_dir),
            "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     # the recipe, shrunk to the toy tree: 4 classes, 32 pixels, CPU, one epoch per call
     toy = ["data.name=imagefolder", "data.options.image_size=32", "data.options.resize=36",

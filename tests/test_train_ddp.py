@@ -1,9 +1,6 @@
 """Two gloo processes (the environment torchrun sets) train what one process trains."""
 
 import csv
-import os
-import socket
-import subprocess
 import sys
 
 import pytest
@@ -13,12 +10,7 @@ import yaml
 from ijckd_bounds.checkpoint import read_checkpoint
 from ijckd_bounds.config import from_dict
 from ijckd_bounds.train import TrainConfig, distill, train_teacher
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.gloo_ranks import run_two_ranks
 
 
 def _history(run_dir):
@@ -42,23 +34,8 @@ def test_two_processes_match_one_process(tmp_path):
     single = distill(from_dict(TrainConfig, {**tree, "run": {**tree["run"],
                                                              "run_dir": str(tmp_path / "one")}}))
 
-    port = str(_free_port())
-    processes = []
-    for rank in range(2):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank),
-                   WORLD_SIZE="2", LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "ijckd_bounds.train", "--config", str(config),
-             f"run.run_dir={tmp_path / 'two'}"], env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True))
-    try:
-        outputs = [p.communicate(timeout=180)[0] for p in processes]
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-    for p, out in zip(processes, outputs):
-        assert p.returncode == 0, out
+    run_two_ranks([sys.executable, "-m", "ijckd_bounds.train", "--config", str(config),
+                   f"run.run_dir={tmp_path / 'two'}"])
 
     one = read_checkpoint(single.checkpoint)
     two = read_checkpoint(tmp_path / "two" / "checkpoints" / "epoch_0002.pt")
