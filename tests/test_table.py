@@ -73,3 +73,41 @@ def test_collect_concatenates_runs(tmp_path):
     assert sorted(df["run"]) == ["a", "b"]
     with pytest.raises(IJCKDError, match="no bounds.csv found"):
         table.collect([tmp_path / "a" / "nothing"])
+
+
+def _margin_block(checkpoint, n, value=0.5, run="r"):
+    return pd.DataFrame({"run": run, "method": "kd", "epoch": int(checkpoint[6:10]),
+                         "checkpoint": checkpoint, "teacher_margin": value,
+                         "feat_dist": [0.1 * i for i in range(n)],
+                         "disagree": [i % 2 == 0 for i in range(n)]})
+
+
+def test_margin_blocks_append_and_a_retracked_checkpoint_replaces_its_whole_block(tmp_path):
+    path = tmp_path / "margins.csv"
+    table.append_margins(path, _margin_block("epoch_0001.pt", 5))
+    table.append_margins(path, _margin_block("epoch_0002.pt", 4))
+    table.append_margins(path, _margin_block("epoch_0002.pt", 4, run="other"))
+    written = pd.read_csv(path)
+    assert list(written.columns) == list(table.MARGIN_COLUMNS) + ["sample"]
+    assert written.groupby(["run", "checkpoint"]).size().to_dict() == {
+        ("other", "epoch_0002.pt"): 4, ("r", "epoch_0001.pt"): 5, ("r", "epoch_0002.pt"): 4}
+    # the appended rows read back as the rows given
+    pd.testing.assert_frame_equal(
+        written.iloc[5:9].reset_index(drop=True),
+        _margin_block("epoch_0002.pt", 4).assign(sample=range(4)), check_dtype=False)
+    # tracked again with fewer samples: no row of the old block survives
+    table.append_margins(path, _margin_block("epoch_0001.pt", 3, value=0.9))
+    written = pd.read_csv(path)
+    block = written[(written["run"] == "r") & (written["checkpoint"] == "epoch_0001.pt")]
+    assert len(block) == 3 and (block["teacher_margin"] == 0.9).all()
+    assert len(written) == 3 + 4 + 4
+
+
+def test_a_table_with_other_column_order_is_rewritten_in_the_standard_one(tmp_path):
+    path = tmp_path / "margins.csv"
+    first = _margin_block("epoch_0001.pt", 3).assign(sample=range(3))
+    first[list(reversed(first.columns))].to_csv(path, index=False)
+    table.append_margins(path, _margin_block("epoch_0002.pt", 2))
+    written = pd.read_csv(path)
+    assert list(written.columns) == list(table.MARGIN_COLUMNS) + ["sample"]
+    assert written["checkpoint"].tolist() == ["epoch_0001.pt"] * 3 + ["epoch_0002.pt"] * 2

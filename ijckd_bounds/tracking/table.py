@@ -4,15 +4,17 @@
 ``per_class.csv``: one row per run x checkpoint x class.
 ``margins.csv``: one row per evaluation sample x checkpoint (margin figure).
 
-Appending rewrites the whole file through a temporary file and a rename (the tables are
-small), inside an exclusive ``fcntl`` lock on ``<table>.lock``, so a killed process leaves
-the old or the new table and two trackers on one run directory never interleave rows.
-A row whose key (run, checkpoint, split) is already present is replaced, not duplicated.
+Appending writes the new file through a temporary file and a rename, inside an
+exclusive ``fcntl`` lock on ``<table>.lock``, so a killed process leaves the old or the
+new table and two trackers on one run directory never interleave rows. A row whose key
+(run, checkpoint, split) is already present is replaced, not duplicated; the per-class
+and margin rows of a checkpoint are replaced as one block.
 """
 
 import contextlib
 import fcntl
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -124,16 +126,47 @@ def append_bounds(path, rows):
     return upsert(path, df, columns=schema.TABLE_COLUMNS, key=ROW_KEY, check=check_bounds_table)
 
 
+def upsert_block(path, new_rows, *, columns, block=("run", "checkpoint")):
+    """Add ``new_rows`` to the CSV at ``path``, replacing every row whose ``block``
+    columns equal those of a new row (a checkpoint's rows are replaced as a whole).
+
+    For tables that grow by a block per checkpoint (``margins.csv``: one row per
+    evaluation sample): when no block is replaced, which is every checkpoint of a normal
+    run, only the key columns are parsed and the file's bytes are copied with the new
+    rows appended, instead of parsing and rewriting every row. Under the table's lock;
+    atomic. Returns nothing.
+    """
+    path = Path(path)
+    new_rows = _check_columns(pd.DataFrame(new_rows), columns, path.stem)
+    block = list(block)
+    with locked(path):
+        if not (path.is_file() and path.stat().st_size > 0):
+            _write_csv(new_rows.reset_index(drop=True), path)
+            return
+        with open(path, newline="") as fh:
+            header = fh.readline().rstrip("\r\n").split(",")
+        new_keys = set(map(tuple, new_rows[block].astype(str).to_numpy()))
+        present = pd.read_csv(path, usecols=block, dtype=str)
+        replaced = [tuple(k) in new_keys for k in present[block].drop_duplicates().to_numpy()]
+        if header == list(columns) and not any(replaced):
+            with atomic_path(path) as tmp:
+                shutil.copyfile(path, tmp)
+                new_rows.to_csv(tmp, mode="a", header=False, index=False)
+            return
+        old = pd.read_csv(path, dtype={k: str for k in block})
+        keep = [tuple(k) not in new_keys for k in old[block].astype(str).to_numpy()]
+        table = pd.concat([old[keep], new_rows], ignore_index=True)
+        _write_csv(table[list(columns)], path)
+
+
 def append_per_class(path, df):
-    return upsert(path, df, columns=PER_CLASS_COLUMNS, key=("run", "checkpoint", "class"))
+    upsert_block(path, df, columns=PER_CLASS_COLUMNS)
 
 
 def append_margins(path, df):
-    # margins of a checkpoint are replaced as a block: key on (run, checkpoint) + sample index
     df = df.copy()
     df["sample"] = range(len(df)) if "sample" not in df else df["sample"]
-    return upsert(path, df, columns=MARGIN_COLUMNS + ("sample",),
-                  key=("run", "checkpoint", "sample"))
+    upsert_block(path, df, columns=MARGIN_COLUMNS + ("sample",))
 
 
 def drop_incomplete_checkpoints(bounds_path, companion_paths):
