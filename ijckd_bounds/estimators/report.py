@@ -378,9 +378,17 @@ class _Inputs:
     notes: list
 
     def to(self, device):
-        moved = {name: (value.to(device) if torch.is_tensor(value) and name != "sample_index"
-                        else value) for name, value in self.__dict__.items()}
-        return _Inputs(**moved)
+        # the internal split's fit and eval arrays are one tensor: move it once
+        done = {}
+
+        def move(name, value):
+            if not torch.is_tensor(value) or name == "sample_index":
+                return value
+            if id(value) not in done:
+                done[id(value)] = value.to(device)
+            return done[id(value)]
+
+        return _Inputs(**{name: move(name, value) for name, value in self.__dict__.items()})
 
 
 def _prepare(z_t, z_s, y, weight, bias, *, fit, s, s_fit, student_logits, seed,
