@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from ijckd_bounds.models import MODELS
 from ijckd_bounds.models.base import ZooModel
 from ijckd_bounds.models.common import check_input_shape, check_num_classes, he_init
-from ijckd_bounds.models.resnet import BasicBlock
+from ijckd_bounds.models.resnet import BasicBlock, projection_shortcut
 
 
 class Bottleneck(nn.Module):
@@ -52,12 +52,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
-        self.downsample = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
+        self.downsample = projection_shortcut(in_channels, out_channels, stride)
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
