@@ -248,19 +248,27 @@ def test_track_killed_at_random_moments_resumes_to_identical_tables(untracked_ru
                                                                     tmp_path):
     run_dir = fresh_copy(untracked_run, tmp_path)
     rng = random.Random(20240611)
-    kills = 0
-    for _ in range(3):
+    kills = attempts = 0
+    latest = 0.9 * reference["writing_s"]
+    while attempts < 3 or (kills == 0 and attempts < 8):
+        attempts += 1
         launched = time.time()
         process = track_process(run_dir)
         _wait_for_first_write(process, run_dir, launched - 1.0)
         # anywhere in the writing phase (estimates, table rewrites, renames)
-        time.sleep(rng.uniform(0.0, 0.9 * reference["writing_s"]))
+        time.sleep(rng.uniform(0.0, latest))
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             kills += 1
         process.communicate(timeout=300)
         assert process.returncode in (0, -signal.SIGKILL)
         assert_every_file_parses(run_dir)
+        if process.returncode == 0 and kills == 0:
+            # the machine wrote faster than when the reference was timed: start again
+            # from the untracked run with kills drawn earlier
+            shutil.rmtree(run_dir)
+            run_dir = fresh_copy(untracked_run, tmp_path)
+            latest /= 2
     assert kills >= 1, "no kill landed while the tracker was running"
     track_to_completion(run_dir)
     assert_same_tables(run_dir, reference["tables"])
