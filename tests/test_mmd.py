@@ -14,6 +14,7 @@ from ijckd_bounds.estimators.mmd import (
     centre_pair,
     median_bandwidth,
     mmd2,
+    run_mmd_pass,
     sign_vectors,
 )
 
@@ -263,3 +264,36 @@ def test_feat_cka_interval():
     assert est.value == pytest.approx(debiased_cka(x.double(), y.double()), abs=1e-9)
     # different widths are fine for CKA
     assert feat_cka(x, y[:, :3], n_bootstrap=20).lo <= 1
+
+
+# ----------------------------------------------------------------------------------------
+# order=: the rows of an index, without gathering them first
+
+
+def test_cka_and_mmd_pass_on_an_order_equal_them_on_the_gathered_rows():
+    generator = torch.Generator().manual_seed(8)
+    z_t = torch.randn(90, 6, generator=generator) + 4.0
+    z_s = z_t + 0.7 * torch.randn(90, 6, generator=generator)
+    order = torch.randperm(90, generator=generator)[:70]
+    gathered_t, gathered_s = z_t[order], z_s[order]
+    for got, want in zip(hsic_terms(z_t, z_s, order), hsic_terms(gathered_t, gathered_s)):
+        assert got == pytest.approx(want, rel=1e-6)
+    boot = PairedBootstrap(70, 40, seed=2)
+    on_order = run_mmd_pass(z_t, z_s, n_permutations=30, seed=5, bootstrap=boot,
+                            cka_bootstrap=10, order=order)
+    on_gathered = run_mmd_pass(gathered_t, gathered_s, n_permutations=30, seed=5,
+                               bootstrap=boot, cka_bootstrap=10)
+    assert on_order[0].mmd2.value == pytest.approx(on_gathered[0].mmd2.value, rel=1e-6)
+    assert on_order[0].p_value == on_gathered[0].p_value
+    assert on_order[0].bandwidth == pytest.approx(on_gathered[0].bandwidth, rel=1e-6)
+    torch.testing.assert_close(on_order[1], on_gathered[1], rtol=1e-6, atol=1e-9)
+    # with a subsample of the ordered pairs too
+    sub_order = run_mmd_pass(z_t, z_s, n_permutations=30, seed=5, bootstrap=boot,
+                             max_n=50, order=order)
+    sub_gathered = run_mmd_pass(gathered_t, gathered_s, n_permutations=30, seed=5,
+                                bootstrap=boot, max_n=50)
+    assert sub_order[3] == sub_gathered[3] == 50
+    assert sub_order[0].mmd2.value == pytest.approx(sub_gathered[0].mmd2.value, rel=1e-6)
+    # the bandwidth's seeded subsample of pooled points, drawn in the given order
+    assert median_bandwidth(z_t, z_s, max_points=40, seed=3, order=order) == pytest.approx(
+        median_bandwidth(gathered_t, gathered_s, max_points=40, seed=3), rel=1e-9)

@@ -166,17 +166,20 @@ def feat_cka(z_t, z_s, *, level=0.95, bootstrap=None, n_bootstrap=1000, seed=0,
     if math.isnan(value):
         return Estimate.missing(n, bootstrap.level, "a feature set is constant")
     count = cka_replicate_count(bootstrap.n_bootstrap, max_bootstrap)
-    x = z_t.to(torch.float64) - z_t.to(torch.float64).mean(dim=0)
-    y = z_s.to(torch.float64) - z_s.to(torch.float64).mean(dim=0)
     dtype = torch.float64 if z_t.dtype == torch.float64 else torch.float32
-    if x.shape[1] != y.shape[1]:
-        # the pass pairs rows of equal width; CKA itself does not need it: pad with zeros
-        width = max(x.shape[1], y.shape[1])
-        x = torch.nn.functional.pad(x, (0, width - x.shape[1]))
-        y = torch.nn.functional.pad(y, (0, width - y.shape[1]))
+    # centred copies in the pass's dtype (the means in float64); the pass pairs rows of
+    # equal width, which CKA itself does not need: the narrower side is padded with zeros
+    width = max(z_t.shape[1], z_s.shape[1])
+
+    def centred(z):
+        out = torch.zeros(n, width, dtype=dtype, device=z.device)
+        out[:, :z.shape[1]] = z
+        return out.sub_(torch.nn.functional.pad(column_mean64(z), (0, width - z.shape[1]))
+                        .to(dtype))
+
+    x, y = centred(z_t), centred(z_s)
     weights = bootstrap.weights[:count]
-    sums = paired_block_pass(x.to(dtype), y.to(dtype), cka_weights=weights.T,
-                             block_rows=block_rows)
+    sums = paired_block_pass(x, y, cka_weights=weights.T, block_rows=block_rows)
     replicates = cka_replicates(x, y, weights, sums.cka_quad)
     return bootstrap.estimate(value, replicates, method=cka_method(bootstrap, count))
 
