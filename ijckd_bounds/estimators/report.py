@@ -31,7 +31,6 @@ from ijckd_bounds.estimators.intervals import (
     proportion,
 )
 from ijckd_bounds.estimators.mmd import run_mmd_pass
-from ijckd_bounds.estimators.rowwise import project64
 from ijckd_bounds.estimators.probes import (
     DomainClassifier,
     LogisticProbe,
@@ -40,6 +39,7 @@ from ijckd_bounds.estimators.probes import (
     proxy_a_distance,
     stratified_split,
 )
+from ijckd_bounds.estimators.rowwise import project64
 
 __all__ = ["BoundsReport", "estimate_bounds", "estimate_bounds_from_file",
            "MIN_EVAL", "MIN_FIT"]
