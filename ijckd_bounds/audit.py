@@ -94,8 +94,6 @@ def _resolve_teacher(teacher, loaded, student_path):
     """The ``LoadedTeacher`` to audit against: ``--teacher`` when given (a teacher
     checkpoint, or the weights file the student was distilled from), else the teacher the
     student's checkpoint records (a checkpoint or a weights file, sha256-checked)."""
-    from pathlib import Path
-
     from ijckd_bounds.checkpoint import load_teacher, load_teacher_from
 
     source = loaded.meta.get("teacher_source") or {}

@@ -33,6 +33,7 @@ from ijckd_bounds.estimators.intervals import Estimate, PairedBootstrap
 from ijckd_bounds.estimators.rowwise import (
     centred_sq_norms64,
     column_mean64,
+    linear64,
     project64,
     row_blocks,
     weighted_sum64,
@@ -118,7 +119,6 @@ def cka_replicates(x, y, weights, quad, *, chunk=128):
     Float64 sums over blocks of rows (no float64 copy of x or y).
     Returns (C,) float64 (NaN where undefined).
     """
-    n = x.shape[0]
     zero = torch.zeros((), dtype=torch.float64, device=x.device)
     nx, ny = centred_sq_norms64(x, zero), centred_sq_norms64(y, zero)
     out = []
@@ -128,13 +128,9 @@ def cka_replicates(x, y, weights, quad, *, chunk=128):
         m = w.sum(dim=1)
         sx, sy = weighted_sum64(w, x), weighted_sum64(w, y)  # (c, d): Xᵀw per replicate
         # (c, n): (K̃1) for a copy of sample i
-        row_k = torch.empty(w.shape[0], n, dtype=torch.float64, device=x.device)
-        row_l = torch.empty_like(row_k)
-        for rows in row_blocks(n):
-            row_k[:, rows] = sx @ x[rows].to(torch.float64).T
-            row_l[:, rows] = sy @ y[rows].to(torch.float64).T
-        row_k -= nx
-        row_l -= ny
+        no_bias = torch.zeros(w.shape[0], dtype=torch.float64, device=x.device)
+        row_k = linear64(x, sx, no_bias).T - nx
+        row_l = linear64(y, sy, no_bias).T - ny
         sum_k = (sx * sx).sum(dim=1) - w @ nx
         sum_l = (sy * sy).sum(dim=1) - w @ ny
         hsic_kl = _hsic(q[0] - w @ (nx * ny), sum_k, sum_l, (w * row_k * row_l).sum(dim=1), m)

@@ -405,9 +405,9 @@ class LogisticProbe:
         without gathering ``x[rows]`` beside the copies the fit makes anyway.
         Returns ``self``.
         """
-        return self._fit(x, y, num_classes, groups, rows, overwrite=False)
+        return self._fit(x, y, num_classes, groups, rows=rows)
 
-    def _fit(self, x, y, num_classes, groups, rows, *, overwrite):
+    def _fit(self, x, y, num_classes, groups, rows=None, *, overwrite=False):
         """``fit``; ``overwrite=True`` lets it standardise ``x`` in place (a copy the
         caller made and drops afterwards), which saves one copy of the features."""
         grid = sorted(_check_penalty_grid(self.l2_grid, "l2_grid"), reverse=True)
@@ -620,7 +620,7 @@ def fit_joint_classifier(z_t_fit, z_s_fit, y_fit, weight, bias, *, seed=0, holdo
     union_labels = torch.cat([y_fit[part_idx], y_fit[part_idx]])
     pair_ids = torch.arange(m, device=device).repeat(2)
     options = {"seed": seed, **(probe_kwargs or {})}
-    probe = LogisticProbe(**options)._fit(union, union_labels, num_classes, pair_ids, None,
+    probe = LogisticProbe(**options)._fit(union, union_labels, num_classes, pair_ids,
                                           overwrite=True)
     del union
 
@@ -743,7 +743,7 @@ class DomainClassifier:
             # l2 = 0 is allowed here but not in the probe's grid: use a vanishing penalty
             probe = LogisticProbe(l2_grid=(max(self.l2, 1e-12),), max_iter=max_iter,
                                   tol=self.tol, seed=self.seed)._fit(x, domain, 2, None,
-                                                                     None, overwrite=True)
+                                                                     overwrite=True)
             self.weight_, self.bias_ = probe.weight_, probe.bias_
         else:
             self._fit_mlp(x, domain.to(x.dtype), max_iter)

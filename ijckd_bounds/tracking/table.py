@@ -94,6 +94,22 @@ def _write_csv(df, path):
         df.to_csv(tmp, index=False)
 
 
+def _keys_of(rows, key):
+    """The ``key`` column values of each row, as tuples of strings."""
+    return map(tuple, rows[list(key)].astype(str).to_numpy())
+
+
+def _replace_rows(path, new_rows, key):
+    """The table at ``path`` with its rows whose ``key`` equals a new row's dropped and
+    ``new_rows`` appended (call under the table's lock)."""
+    # keys as written: read as numbers, a run named "007" would become 7 and its rows
+    # would be added again instead of replaced
+    old = pd.read_csv(path, dtype={k: str for k in key})
+    keys = set(_keys_of(new_rows, key))
+    keep = [k not in keys for k in _keys_of(old, key)]
+    return pd.concat([old[keep], new_rows], ignore_index=True)
+
+
 def upsert(path, new_rows, *, columns, key, check=None):
     """Add ``new_rows`` (DataFrame) to the CSV at ``path``, replacing rows with equal ``key``.
 
@@ -103,12 +119,7 @@ def upsert(path, new_rows, *, columns, key, check=None):
     new_rows = _check_columns(pd.DataFrame(new_rows), columns, path.stem)
     with locked(path):
         if path.is_file() and path.stat().st_size > 0:
-            # keys as written: read as numbers, a run named "007" would become 7 and its
-            # rows would be added again instead of replaced
-            old = pd.read_csv(path, dtype={k: str for k in key})
-            keys = set(map(tuple, new_rows[list(key)].astype(str).to_numpy()))
-            keep = [tuple(k) not in keys for k in old[list(key)].astype(str).to_numpy()]
-            table = pd.concat([old[keep], new_rows], ignore_index=True)
+            table = _replace_rows(path, new_rows, key)
         else:
             table = new_rows.reset_index(drop=True)
         if check is not None:
@@ -145,18 +156,14 @@ def upsert_block(path, new_rows, *, columns, block=("run", "checkpoint")):
             return
         with open(path, newline="") as fh:
             header = fh.readline().rstrip("\r\n").split(",")
-        new_keys = set(map(tuple, new_rows[block].astype(str).to_numpy()))
-        present = pd.read_csv(path, usecols=block, dtype=str)
-        replaced = [tuple(k) in new_keys for k in present[block].drop_duplicates().to_numpy()]
-        if header == list(columns) and not any(replaced):
+        new_keys = set(_keys_of(new_rows, block))
+        present = pd.read_csv(path, usecols=block, dtype=str).drop_duplicates()
+        if header == list(columns) and not any(k in new_keys for k in _keys_of(present, block)):
             with atomic_path(path) as tmp:
                 shutil.copyfile(path, tmp)
                 new_rows.to_csv(tmp, mode="a", header=False, index=False)
             return
-        old = pd.read_csv(path, dtype={k: str for k in block})
-        keep = [tuple(k) not in new_keys for k in old[block].astype(str).to_numpy()]
-        table = pd.concat([old[keep], new_rows], ignore_index=True)
-        _write_csv(table[list(columns)], path)
+        _write_csv(_replace_rows(path, new_rows, block)[list(columns)], path)
 
 
 def append_per_class(path, df):

@@ -39,6 +39,7 @@ from ijckd_bounds.io import load_torch, save_torch
 from ijckd_bounds.tracking import table
 from ijckd_bounds.tracking.extract import (barrier, extract_features, rank_and_world,
                                            split_fingerprint)
+from ijckd_bounds.train.distributed import resolve_device as resolve_run_device
 
 BOUNDS_CSV = "bounds.csv"
 PER_CLASS_CSV = "per_class.csv"
@@ -111,18 +112,11 @@ class EstimatorSettings:
 
 
 def resolve_device(spec):
-    """``"auto"`` -> cuda:LOCAL_RANK when CUDA is available, else cpu."""
-    if spec in (None, "auto"):
-        local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise IJCKDError(f"tracking device must be 'auto', 'cpu', 'cuda' or 'cuda:N', "
-                         f"got {spec!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise IJCKDError(f"tracking device is {spec!r} but CUDA is not available here")
-    return device
+    """The trainer's ``resolve_device`` for tracking: None or ``"auto"`` -> cuda:LOCAL_RANK
+    when CUDA is available, else cpu."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    return resolve_run_device("auto" if spec is None else spec, local_rank,
+                              what="tracking device", fix="")
 
 
 def in_memory(split):

@@ -53,19 +53,20 @@ def _env_int(name, default):
         raise IJCKDError(f"environment variable {name} must be an integer, got {raw!r}") from None
 
 
-def resolve_device(spec, local_rank=0):
-    """``"auto"`` -> cuda:LOCAL_RANK when CUDA is available, else cpu."""
+def resolve_device(spec, local_rank=0, *, what="run.device",
+                   fix="; use run.device=cpu or auto"):
+    """``"auto"`` -> cuda:LOCAL_RANK when CUDA is available, else cpu; ``"cuda"`` ->
+    cuda:LOCAL_RANK. ``what`` names the setting in errors, ``fix`` ends the CUDA one."""
     if spec == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(spec)
     except RuntimeError:
-        raise IJCKDError(f"run.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', "
+        raise IJCKDError(f"{what} must be 'auto', 'cpu', 'cuda' or 'cuda:N', "
                          f"got {spec!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise IJCKDError(f"run.device is {spec!r} but CUDA is not available here; use "
-                             f"run.device=cpu or auto")
+            raise IJCKDError(f"{what} is {spec!r} but CUDA is not available here{fix}")
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
     return device
