@@ -12,6 +12,7 @@ from pathlib import Path
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.audit import error_budget
 from ijckd_bounds.io import atomic_write_text, check_writable_dir
+from ijckd_bounds.reporting import Subject, audit_markdown
 
 
 def _json_default(value):
@@ -32,13 +33,21 @@ def _clean(obj):
     return obj
 
 
-def budgets_from_report(report, *, own_features, n_bootstrap, seed):
+def budgets_from_report(report, *, own_features=True):
     """Primary budget (what the student predicts with) first, then the h_T budget for
-    own-head students ("would this student work with the teacher's classifier")."""
-    ind = report.indicators()
+    own-head students ("would this student work with the teacher's classifier").
+
+    The indicators are taken in the report's canonical order and the intervals from the
+    report's own ``PairedBootstrap``, so every budget interval comes from the resamples of
+    the report's intervals. ``own_features``: whether the student probe saw the student's
+    own features ``s``; False merges capacity and connector into one representation piece.
+    """
+    ind = report.indicators(canonical=True)
     common = dict(teacher_wrong=ind["teacher_wrong"], student_wrong=ind["student_wrong"],
-                  joint_s_wrong=ind["joint_s_wrong"], probe_wrong=ind["probe_wrong"],
-                  own_features=own_features, n_bootstrap=n_bootstrap, seed=seed)
+                  teacher_probe_wrong=ind["teacher_probe_wrong"],
+                  connected_probe_wrong=ind["connected_probe_wrong"],
+                  student_probe_wrong=ind["student_probe_wrong"] if own_features else None,
+                  bootstrap=report.paired_bootstrap(), n_fit=report.scalars.get("n_fit"))
     if ind.get("own_wrong") is None:
         return [error_budget(**common)]
     return [error_budget(own_wrong=ind["own_wrong"], **common), error_budget(**common)]
@@ -72,7 +81,26 @@ def _checkpoint_inputs(teacher, student, dataset, data_dir, out, n_bootstrap, se
         notes.append("this student predicts with its own head: its features were mapped into "
                      "the teacher's space by the post-hoc ridge connector of THEORY.md, fitted "
                      "on the fit split")
-    return report, True, title, notes
+    subject = Subject(title, teacher=_describe_teacher(teacher),
+                      student=_describe_student(loaded, student))
+    return report, True, subject, notes
+
+
+def _describe_teacher(teacher):
+    """One line naming a ``LoadedTeacher``: its file, architecture and epoch."""
+    if teacher.source == "checkpoint":
+        return (f"`{teacher.path}` ({teacher.meta.get('model_name')}, epoch "
+                f"{teacher.meta.get('epoch')}, sha256 {teacher.sha256[:12]}...)")
+    return (f"weights file `{teacher.path}` ({teacher.meta.get('model_name')}, torchvision "
+            f"layout, no epoch recorded, sha256 {teacher.sha256[:12]}...)")
+
+
+def _describe_student(loaded, path):
+    """One line naming a ``LoadedStudent``: its file, method, architecture and epoch."""
+    predicts = ("the teacher's classifier through its trained connector"
+                if loaded.predicts_with == "teacher_classifier" else "its own head")
+    return (f"`{path}` ({loaded.meta.get('method')} student, {loaded.meta.get('model_name')}, "
+            f"epoch {loaded.meta.get('epoch')}; predicts with {predicts})")
 
 
 def _check_fits(dataset_meta, what, splits, name):
@@ -142,7 +170,19 @@ def _feature_inputs(features, n_bootstrap, seed):
 
     report = estimate_bounds_from_file(features, n_bootstrap=n_bootstrap, seed=seed)
     own = report.details.get("probe_features") == "s"
-    return report, own, f"features from {Path(features).name}", []
+    return report, own, _feature_subject(features, report, own), []
+
+
+def _feature_subject(features, report, own_features):
+    """The ``Subject`` of an audit of a feature file: which of its arrays were read."""
+    name = Path(features).name
+    student = ["z_s"] + (["s"] if own_features else [])
+    if not math.isnan(report.terms["student_own_err"].value):
+        student.append("student_logits")
+    return Subject(f"features from {name}",
+                   teacher=f"arrays `z_t`, `weight`, `bias` of `{features}` (a feature file "
+                           f"records no architecture or epoch)",
+                   student=f"arrays {', '.join(f'`{a}`' for a in student)} of `{features}`")
 
 
 def run_audit(*, teacher=None, student=None, dataset=None, data_dir=None, features=None,
@@ -157,27 +197,30 @@ def run_audit(*, teacher=None, student=None, dataset=None, data_dir=None, featur
     else:
         report, own_features, title, notes = _checkpoint_inputs(
             teacher, student, dataset, data_dir, out, n_bootstrap, seed)
-    return write_audit(report, out, own_features=own_features, title=title, notes=notes,
-                       n_bootstrap=n_bootstrap, seed=seed)
+    return write_audit(report, out, own_features=own_features, title=title, notes=notes)
 
 
-def write_audit(report, out, *, own_features, title, notes=(), n_bootstrap=1000, seed=0):
-    """Error budget + ``report.md`` + ``bounds.json`` + figures for one ``BoundsReport``."""
+def write_audit(report, out, *, own_features, title, notes=(), sections=()):
+    """Error budget + ``report.md`` + ``bounds.json`` + figures for one ``BoundsReport``.
+
+    ``title``: the heading, or a ``Subject`` naming the teacher and student read;
+    ``sections``: further markdown sections for ``report.md`` (see
+    ``reporting.audit_markdown``); the budgets' intervals come from the report's own
+    paired bootstrap."""
     out = Path(out)
     notes = list(notes) + list(getattr(report, "notes", []))
-    budgets = budgets_from_report(report, own_features=own_features,
-                                  n_bootstrap=n_bootstrap, seed=seed)
+    budgets = budgets_from_report(report, own_features=own_features)
     row = report.row()
     per_class = report.per_class()
     figures = _figures(report, per_class, out)
-
-    from ijckd_bounds.reporting import audit_markdown
-
     budget_dicts = [b.as_dict() for b in budgets]
-    text = audit_markdown(title=title, row=row, budgets=[dict(b) for b in budget_dicts],
-                          per_class=per_class, figures=figures, notes=notes)
+    text = audit_markdown(title=title, row=row, budgets=budget_dicts, per_class=per_class,
+                          figures=figures, notes=notes, details=report.details,
+                          sections=sections)
     atomic_write_text(out / "report.md", text)
-    payload = {"title": title, "terms": row, "budgets": budget_dicts,
+    subject = title if isinstance(title, Subject) else Subject(str(title))
+    payload = {"title": subject.title, "teacher": subject.teacher, "student": subject.student,
+               "terms": row, "budgets": budget_dicts,
                "per_class": per_class.to_dict(orient="records"), "notes": notes}
     atomic_write_text(out / "bounds.json",
                       json.dumps(_clean(payload), indent=2, default=_json_default) + "\n")
@@ -241,9 +284,13 @@ def audit_models(teacher, student, splits, out, *, connector=None, n_bootstrap=1
         notes.append("the student predicts with its own head: its features were mapped into "
                      "the teacher's space by the post-hoc ridge connector of THEORY.md, "
                      "fitted on the fit split")
-    return write_audit(report, out, own_features=True, notes=notes, n_bootstrap=n_bootstrap,
-                       seed=seed, title=title or f"{type(student).__name__} student on "
-                                                 f"{splits.name}")
+    predicts = ("the teacher's classifier through the given connector"
+                if connector is not None else "its own head")
+    subject = Subject(title or f"{type(student).__name__} student on {splits.name}",
+                      teacher=f"in-memory {type(teacher).__name__} (state sha256 "
+                              f"{loaded_teacher.sha256[:12]}...)",
+                      student=f"in-memory {type(student).__name__}; predicts with {predicts}")
+    return write_audit(report, out, own_features=True, notes=notes, title=subject)
 
 
 def _figures(report, per_class, out):
