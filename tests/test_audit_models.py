@@ -26,7 +26,7 @@ def test_audit_of_feature_models_with_their_own_heads(tmp_path):
     payload = json.loads((tmp_path / "bounds.json").read_text())
     primary, with_h_t = payload["budgets"]
     assert primary["target"] == "student_own_err"
-    assert set(primary["pieces"]) == {"teacher", "capacity", "head"}
+    assert set(primary["pieces"]) == {"teacher", "fit", "capacity", "head"}
     total = sum(p["value"] for p in primary["pieces"].values())
     assert abs(total - payload["terms"]["student_own_err"]) < 1e-9
     assert with_h_t["target"] == "student_err"

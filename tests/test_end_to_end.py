@@ -78,7 +78,7 @@ def test_track_plot_audit_end_to_end(tiny_runs, tmp_path):
     payload = json.loads((audit / "bounds.json").read_text())
     primary = payload["budgets"][0]
     assert primary["target"] == "student_own_err"
-    assert set(primary["pieces"]) == {"teacher", "capacity", "head"}
+    assert set(primary["pieces"]) == {"teacher", "fit", "capacity", "head"}
     assert (audit / "margins.png").read_bytes()[:8] == PNG_MAGIC
 
 

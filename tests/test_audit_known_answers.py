@@ -1,0 +1,135 @@
+"""The audit on students whose defect is known by construction (THEORY.md, "Audit"):
+a perfect student, a destroyed connector, a student misaligned with h_T, and the audit of a
+feature file through the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ijckd_bounds.audit import budgets_from_report
+from ijckd_bounds.cli import main
+from ijckd_bounds.estimators import estimate_bounds
+from ijckd_bounds.estimators.audit import UNDETERMINED
+
+D, K = 50, 10
+
+
+def _teacher(rng, n, d=D, k=K, scale=0.5):
+    """Teacher features of k isotropic Gaussian classes and h_T their Bayes classifier
+    (equal priors, identity covariance): w_k = mu_k, b_k = -||mu_k||²/2."""
+    means = rng.normal(size=(k, d)) * scale
+    y = rng.integers(0, k, size=n)
+    z_t = means[y] + rng.normal(size=(n, d))
+    return z_t, y, means, -0.5 * (means ** 2).sum(axis=1)
+
+
+def _rotation(rng, d=D):
+    q, r = np.linalg.qr(rng.normal(size=(d, d)))
+    return q * np.sign(np.diag(r))
+
+
+def _student(kind, z_t, rng, rotation):
+    """(z_s, s) of a student of the given kind for teacher features z_t (n, d)."""
+    if kind == "perfect":
+        return z_t.copy(), z_t.copy()
+    if kind == "perfect_rotated_s":  # the same information in other coordinates
+        return z_t.copy(), z_t @ rotation
+    if kind == "connector_destroyed":  # s holds everything, the connector keeps 1 direction
+        s = z_t @ rotation
+        direction = rng.normal(size=(D, 1))
+        return (s @ direction) @ direction.T / D, s
+    if kind == "misaligned":  # separable in the teacher's space, not by h_T
+        z_s = z_t @ rotation
+        return z_s, z_s.copy()
+    raise ValueError(kind)
+
+
+def _arrays(kind, seed, n_eval=600, n_fit=300):
+    rng = np.random.default_rng(seed)
+    z_t, y, weight, bias = _teacher(rng, n_eval + n_fit)
+    rotation = _rotation(np.random.default_rng(1000 + seed))
+    z_s, s = _student(kind, z_t, rng, rotation)
+    e, f = slice(0, n_eval), slice(n_eval, None)
+    return {"z_t": z_t[e], "z_s": z_s[e], "y": y[e], "s": s[e], "z_t_fit": z_t[f],
+            "z_s_fit": z_s[f], "y_fit": y[f], "s_fit": s[f], "weight": weight, "bias": bias}
+
+
+def _budget(kind, seed, **sizes):
+    a = _arrays(kind, seed, **sizes)
+    report = estimate_bounds(a["z_t"], a["z_s"], a["y"], a["weight"], a["bias"],
+                             fit=(a["z_t_fit"], a["z_s_fit"], a["y_fit"]), s=a["s"],
+                             s_fit=a["s_fit"], n_bootstrap=200, n_permutations=10, seed=seed)
+    (budget,) = budgets_from_report(report)
+    return budget, report
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["perfect", "perfect_rotated_s"])
+def test_a_perfect_student_is_never_capacity_limited(kind):
+    # A wrong name needs the 95% interval of (piece − runner-up) to lie above 0 for a piece
+    # that is not the largest in the population: at most 2.5% per run. With 20 runs,
+    # P(Binomial(20, 0.025) >= 4) < 0.2%, so a correct implementation fails with p < 1%.
+    runs = 20
+    wrong = []
+    for seed in range(runs):
+        budget, report = _budget(kind, seed)
+        assert report.scalars["n_fit"] == 300 and report.scalars["dim"] == D
+        assert abs(budget.piece("capacity").value) <= 0.05
+        if budget.diagnosis not in ("teacher", UNDETERMINED):
+            wrong.append((seed, budget.diagnosis))
+    assert len(wrong) <= 3, wrong
+
+
+def test_the_fit_piece_carries_the_probes_cost_not_the_capacity_piece():
+    budget, report = _budget("perfect", 0)
+    # the probes fitted on 300 samples in 50 dimensions lose against the Bayes h_T ...
+    assert budget.piece("fit").value > 0.02
+    # ... and that cost cancels between same-recipe probes on the same features
+    assert budget.piece("capacity").value == 0 and budget.piece("connector").value == 0
+    assert budget.piece("alignment").value == -budget.piece("fit").value
+    assert budget.diagnosis in ("teacher", UNDETERMINED)
+
+
+def test_a_destroyed_connector_is_connector_limited():
+    budget, _ = _budget("connector_destroyed", 1)
+    assert budget.diagnosis == "connector" and not budget.tie
+    assert budget.named == ("connector",) and budget.advice == ("connector",)
+    assert budget.piece("connector").lo > 0.3
+    assert abs(budget.piece("capacity").value) < 0.05
+
+
+def test_a_student_misaligned_with_the_teacher_classifier_is_alignment_limited():
+    budget, _ = _budget("misaligned", 2)
+    assert budget.diagnosis == "alignment" and not budget.tie
+    assert budget.piece("alignment").lo > 0.3
+    assert abs(budget.piece("capacity").value) < 0.05
+    assert budget.piece("connector").value == 0
+
+
+def _cli(*argv):
+    code = main([str(a) for a in argv])
+    assert code == 0, f"ijckd-bounds {' '.join(map(str, argv))} exited {code}"
+
+
+@pytest.mark.slow
+def test_cli_audit_of_a_perfect_student_at_small_n_fit(tmp_path):
+    path = tmp_path / "perfect.npz"
+    np.savez(path, **_arrays("perfect", 3, n_eval=500, n_fit=150))
+    out = tmp_path / "audit"
+    _cli("audit", "--features", path, "--out", out, "--n-bootstrap", 200)
+    payload = json.loads((out / "bounds.json").read_text())
+    budget = payload["budgets"][0]
+    assert budget["diagnosis"] in ("teacher", UNDETERMINED)
+    assert budget["diagnosis"] != "capacity" and "capacity" not in budget["advice"]
+    text = (out / "report.md").read_text()
+    assert "capacity-limited" not in text.split("## Error budget")[0]
+    # what was read and the sizes behind every number
+    assert "## What was read" in text and str(path) in text
+    assert "n_eval = 500" in text and "n_fit = 150" in text and f"dim = {D}" in text
+    # every piece defined in one line beside its value
+    for name, piece in budget["pieces"].items():
+        line = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+        assert piece["formula"] in line and piece["meaning"] in line
+    if budget["diagnosis"] == UNDETERMINED:
+        assert "more fit samples" in text and "(the probes had 150)" in text
