@@ -250,3 +250,34 @@ def test_seed_reproduces_and_bad_indicators_fail_with_one_line():
     counts = dict(ind, connected_probe_wrong=ind["connected_probe_wrong"].long() * 2)
     with pytest.raises(IJCKDError, match="0/1"):
         _budget(counts)
+
+
+def test_report_sections_from_the_extension_point_are_appended_in_order(monkeypatch):
+    import pandas as pd
+
+    from ijckd_bounds import reporting
+
+    gen = torch.Generator().manual_seed(8)
+    budget = _budget(_random_indicators(120, (0.1, 0.2, 0.2, 0.2, 0.3, 0.3), gen),
+                     n_bootstrap=50)
+    row = {"n_eval": 120, "n_fit": 60, "dim": 8, "n_classes": 3}
+    per_class = pd.DataFrame({"class": [0], "n": [120], "student_err": [0.3],
+                              "teacher_err": [0.1], "disagreement": [0.2]})
+    seen = []
+
+    def layers(row, details):
+        seen.append((row["n_eval"], details["seed"]))
+        return "## Layers\n\nstage 3 falls behind\n"
+
+    monkeypatch.setattr(reporting, "EXTRA_SECTIONS", [layers, lambda row, details: None])
+    text = audit_markdown(title=reporting.Subject("x", teacher="`t.pt` (cnn, epoch 3)",
+                                                  student="`s.pt` (kd, epoch 2)"),
+                          row=row, budgets=[budget.as_dict()], per_class=per_class,
+                          figures=["margins.png"], details={"seed": 4},
+                          sections=["## Fidelity and calibration\n\nclose to the teacher"])
+    assert seen == [(120, 4)]
+    order = [text.index(h) for h in ("## What was read", "## Diagnosis", "## Error budget",
+                                     "## Classes that carry the gap", "## Layers",
+                                     "## Fidelity and calibration", "## Figures")]
+    assert order == sorted(order)
+    assert "- teacher: `t.pt` (cnn, epoch 3)" in text and "- student: `s.pt` (kd, epoch 2)" in text

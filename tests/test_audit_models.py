@@ -34,6 +34,8 @@ def test_audit_of_feature_models_with_their_own_heads(tmp_path):
                - payload["terms"]["student_err"]) < 1e-9
     text = report.read_text()
     assert "post-hoc ridge connector" in text and "## Diagnosis" in text
+    assert "- teacher: in-memory FeatureModel" in text
+    assert "- student: in-memory FeatureModel; predicts with its own head" in text
     # the student was only evaluated: its weights are untouched and it is in eval mode
     assert not student.training
 

@@ -79,6 +79,12 @@ def test_track_plot_audit_end_to_end(tiny_runs, tmp_path):
     primary = payload["budgets"][0]
     assert primary["target"] == "student_own_err"
     assert set(primary["pieces"]) == {"teacher", "fit", "capacity", "head"}
+    # the report names the teacher and the student it read: file, architecture, epoch
+    student = runs[0] / "checkpoints" / "epoch_0002.pt"
+    assert f"- teacher: `{root / 'teacher' / 'teacher.pt'}` (mlp_large, epoch 2" in text
+    assert f"- student: `{student}` (kd student, mlp_small, epoch 2; predicts with its own head)" \
+        in text
+    assert f"n_eval = {payload['terms']['n_eval']}" in text
     assert (audit / "margins.png").read_bytes()[:8] == PNG_MAGIC
 
 
