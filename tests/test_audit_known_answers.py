@@ -1,68 +1,15 @@
-"""The audit on students whose defect is known by construction (THEORY.md, "Audit"):
-a perfect student, a destroyed connector, a student misaligned with h_T, and the audit of a
-feature file through the CLI."""
+"""The audit on students whose defect is known by construction (THEORY.md, "Audit"; the
+students of experiments/audit_known_answers.py): a perfect student, a destroyed connector,
+a student misaligned with h_T, and the audit of a feature file through the CLI."""
 
 import json
 
 import numpy as np
 import pytest
 
-from ijckd_bounds.audit import budgets_from_report
+from experiments.audit_known_answers import D, audit_budget, feature_arrays
 from ijckd_bounds.cli import main
-from ijckd_bounds.estimators import estimate_bounds
 from ijckd_bounds.estimators.audit import UNDETERMINED
-
-D, K = 50, 10
-
-
-def _teacher(rng, n, d=D, k=K, scale=0.5):
-    """Teacher features of k isotropic Gaussian classes and h_T their Bayes classifier
-    (equal priors, identity covariance): w_k = mu_k, b_k = -||mu_k||²/2."""
-    means = rng.normal(size=(k, d)) * scale
-    y = rng.integers(0, k, size=n)
-    z_t = means[y] + rng.normal(size=(n, d))
-    return z_t, y, means, -0.5 * (means ** 2).sum(axis=1)
-
-
-def _rotation(rng, d=D):
-    q, r = np.linalg.qr(rng.normal(size=(d, d)))
-    return q * np.sign(np.diag(r))
-
-
-def _student(kind, z_t, rng, rotation):
-    """(z_s, s) of a student of the given kind for teacher features z_t (n, d)."""
-    if kind == "perfect":
-        return z_t.copy(), z_t.copy()
-    if kind == "perfect_rotated_s":  # the same information in other coordinates
-        return z_t.copy(), z_t @ rotation
-    if kind == "connector_destroyed":  # s holds everything, the connector keeps 1 direction
-        s = z_t @ rotation
-        direction = rng.normal(size=(D, 1))
-        return (s @ direction) @ direction.T / D, s
-    if kind == "misaligned":  # separable in the teacher's space, not by h_T
-        z_s = z_t @ rotation
-        return z_s, z_s.copy()
-    raise ValueError(kind)
-
-
-def _arrays(kind, seed, n_eval=600, n_fit=300):
-    rng = np.random.default_rng(seed)
-    z_t, y, weight, bias = _teacher(rng, n_eval + n_fit)
-    rotation = _rotation(np.random.default_rng(1000 + seed))
-    z_s, s = _student(kind, z_t, rng, rotation)
-    e, f = slice(0, n_eval), slice(n_eval, None)
-    return {"z_t": z_t[e], "z_s": z_s[e], "y": y[e], "s": s[e], "z_t_fit": z_t[f],
-            "z_s_fit": z_s[f], "y_fit": y[f], "s_fit": s[f], "weight": weight, "bias": bias}
-
-
-def _budget(kind, seed, **sizes):
-    a = _arrays(kind, seed, **sizes)
-    report = estimate_bounds(a["z_t"], a["z_s"], a["y"], a["weight"], a["bias"],
-                             fit=(a["z_t_fit"], a["z_s_fit"], a["y_fit"]), s=a["s"],
-                             s_fit=a["s_fit"], n_bootstrap=200, n_permutations=10, seed=seed)
-    (budget,) = budgets_from_report(report)
-    return budget, report
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["perfect", "perfect_rotated_s"])
@@ -73,7 +20,7 @@ def test_a_perfect_student_is_never_capacity_limited(kind):
     runs = 20
     wrong = []
     for seed in range(runs):
-        budget, report = _budget(kind, seed)
+        budget, report = audit_budget(kind, seed)
         assert report.scalars["n_fit"] == 300 and report.scalars["dim"] == D
         assert abs(budget.piece("capacity").value) <= 0.05
         if budget.diagnosis not in ("teacher", UNDETERMINED):
@@ -82,7 +29,7 @@ def test_a_perfect_student_is_never_capacity_limited(kind):
 
 
 def test_the_fit_piece_carries_the_probes_cost_not_the_capacity_piece():
-    budget, report = _budget("perfect", 0)
+    budget, report = audit_budget("perfect", 0)
     # the probes fitted on 300 samples in 50 dimensions lose against the Bayes h_T ...
     assert budget.piece("fit").value > 0.02
     # ... and that cost cancels between same-recipe probes on the same features
@@ -92,7 +39,7 @@ def test_the_fit_piece_carries_the_probes_cost_not_the_capacity_piece():
 
 
 def test_a_destroyed_connector_is_connector_limited():
-    budget, _ = _budget("connector_destroyed", 1)
+    budget, _ = audit_budget("connector_destroyed", 1)
     assert budget.diagnosis == "connector" and not budget.tie
     assert budget.named == ("connector",) and budget.advice == ("connector",)
     assert budget.piece("connector").lo > 0.3
@@ -100,7 +47,7 @@ def test_a_destroyed_connector_is_connector_limited():
 
 
 def test_a_student_misaligned_with_the_teacher_classifier_is_alignment_limited():
-    budget, _ = _budget("misaligned", 2)
+    budget, _ = audit_budget("misaligned", 2)
     assert budget.diagnosis == "alignment" and not budget.tie
     assert budget.piece("alignment").lo > 0.3
     assert abs(budget.piece("capacity").value) < 0.05
@@ -115,7 +62,7 @@ def _cli(*argv):
 @pytest.mark.slow
 def test_cli_audit_of_a_perfect_student_at_small_n_fit(tmp_path):
     path = tmp_path / "perfect.npz"
-    np.savez(path, **_arrays("perfect", 3, n_eval=500, n_fit=150))
+    np.savez(path, **feature_arrays("perfect", 3, n_eval=500, n_fit=150))
     out = tmp_path / "audit"
     _cli("audit", "--features", path, "--out", out, "--n-bootstrap", 200)
     payload = json.loads((out / "bounds.json").read_text())
