@@ -80,3 +80,26 @@ def test_cli_audit_of_a_perfect_student_at_small_n_fit(tmp_path):
         assert piece["formula"] in line and piece["meaning"] in line
     if budget["diagnosis"] == UNDETERMINED:
         assert "more fit samples" in text and "(the probes had 150)" in text
+
+
+def test_the_budget_uses_the_reports_own_resamples():
+    import torch
+
+    from ijckd_bounds.estimators.intervals import percentile_interval
+
+    budget, report = audit_budget("misaligned", 4, n_eval=300, n_fit=200)
+    ind = report.indicators(canonical=True)
+    weights = report.paired_bootstrap().weights.double()
+    tw = torch.as_tensor(ind["teacher_wrong"]).double()
+    sw = torch.as_tensor(ind["student_wrong"]).double()
+    n = tw.numel()
+    # the report's own ijc_lambda interval comes from these resamples of these rows ...
+    lam = report.terms["ijc_lambda"]
+    assert (lam.lo, lam.hi) == pytest.approx(
+        percentile_interval(weights @ (tw + sw) / n, lam.value, 0.95), abs=1e-12)
+    # ... and so do the budget's: the teacher piece and the alignment piece
+    cpw = torch.as_tensor(ind["connected_probe_wrong"]).double()
+    for name, column in (("teacher", tw), ("alignment", sw - cpw)):
+        piece = budget.piece(name)
+        assert (piece.lo, piece.hi) == pytest.approx(
+            percentile_interval(weights @ column / n, piece.value, 0.95), abs=1e-12)
