@@ -72,7 +72,9 @@ def _checkpoint_inputs(teacher, student, dataset, data_dir, out, n_bootstrap, se
         notes.append("this student predicts with its own head: its features were mapped into "
                      "the teacher's space by the post-hoc ridge connector of THEORY.md, fitted "
                      "on the fit split")
-    return report, True, title, notes
+    who = {"method": loaded.meta.get("method"), "epoch": loaded.meta.get("epoch"),
+           "run": Path(student).name}
+    return report, True, title, notes, who
 
 
 def _check_fits(dataset_meta, what, splits, name):
@@ -142,7 +144,8 @@ def _feature_inputs(features, n_bootstrap, seed):
 
     report = estimate_bounds_from_file(features, n_bootstrap=n_bootstrap, seed=seed)
     own = report.details.get("probe_features") == "s"
-    return report, own, f"features from {Path(features).name}", []
+    return report, own, f"features from {Path(features).name}", [], {
+        "run": Path(features).name}
 
 
 def run_audit(*, teacher=None, student=None, dataset=None, data_dir=None, features=None,
@@ -153,23 +156,28 @@ def run_audit(*, teacher=None, student=None, dataset=None, data_dir=None, featur
     if features is not None:
         if student is not None:
             raise IJCKDError("pass either --features or --student, not both")
-        report, own_features, title, notes = _feature_inputs(features, n_bootstrap, seed)
+        report, own_features, title, notes, who = _feature_inputs(features, n_bootstrap, seed)
     else:
-        report, own_features, title, notes = _checkpoint_inputs(
+        report, own_features, title, notes, who = _checkpoint_inputs(
             teacher, student, dataset, data_dir, out, n_bootstrap, seed)
     return write_audit(report, out, own_features=own_features, title=title, notes=notes,
-                       n_bootstrap=n_bootstrap, seed=seed)
+                       n_bootstrap=n_bootstrap, seed=seed, student=who)
 
 
-def write_audit(report, out, *, own_features, title, notes=(), n_bootstrap=1000, seed=0):
-    """Error budget + ``report.md`` + ``bounds.json`` + figures for one ``BoundsReport``."""
+def write_audit(report, out, *, own_features, title, notes=(), n_bootstrap=1000, seed=0,
+                student=None):
+    """Error budget + ``report.md`` + ``bounds.json`` + figures for one ``BoundsReport``.
+
+    ``student``: ``{"method", "run", "epoch"}`` of the student audited (any may be
+    missing), which the margin figure's title names.
+    """
     out = Path(out)
     notes = list(notes) + list(getattr(report, "notes", []))
     budgets = budgets_from_report(report, own_features=own_features,
                                   n_bootstrap=n_bootstrap, seed=seed)
     row = report.row()
     per_class = report.per_class()
-    figures = _figures(report, per_class, out)
+    figures = _figures(report, per_class, out, student)
 
     from ijckd_bounds.reporting import audit_markdown
 
@@ -243,17 +251,22 @@ def audit_models(teacher, student, splits, out, *, connector=None, n_bootstrap=1
                      "fitted on the fit split")
     return write_audit(report, out, own_features=True, notes=notes, n_bootstrap=n_bootstrap,
                        seed=seed, title=title or f"{type(student).__name__} student on "
-                                                 f"{splits.name}")
+                                                 f"{splits.name}",
+                       student={"method": type(student).__name__, "run": "in memory"})
 
 
-def _figures(report, per_class, out):
+def _figures(report, per_class, out, student=None):
     import pandas as pd
 
     from ijckd_bounds.plotting import plot_margins, save_figure
 
     margins = pd.DataFrame(report.margins())
     margins = margins.rename(columns={"gamma": "teacher_margin", "distance": "feat_dist"})
-    margins["run"], margins["method"], margins["epoch"] = "audit", "student", 0
+    # the title names the student the caller read: method, file or name, epoch
+    who = dict(student or {})
+    margins["run"] = who.get("run") or "audit"
+    margins["method"] = who.get("method") or "student"
+    margins["epoch"] = float(who["epoch"]) if who.get("epoch") is not None else float("nan")
     fig = plot_margins(margins)
     save_figure(fig, out / "margins")
     return ["margins.png"]
