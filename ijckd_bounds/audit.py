@@ -83,7 +83,9 @@ def _checkpoint_inputs(teacher, student, dataset, data_dir, out, n_bootstrap, se
                      "on the fit split")
     subject = Subject(title, teacher=_describe_teacher(teacher),
                       student=_describe_student(loaded, student))
-    return report, True, subject, notes
+    who = {"method": loaded.meta.get("method"), "epoch": loaded.meta.get("epoch"),
+           "run": Path(student).name}
+    return report, True, subject, notes, who
 
 
 def _describe_teacher(teacher):
@@ -170,7 +172,8 @@ def _feature_inputs(features, n_bootstrap, seed):
 
     report = estimate_bounds_from_file(features, n_bootstrap=n_bootstrap, seed=seed)
     own = report.details.get("probe_features") == "s"
-    return report, own, _feature_subject(features, report, own), []
+    return report, own, _feature_subject(features, report, own), [], {
+        "run": Path(features).name}
 
 
 def _feature_subject(features, report, own_features):
@@ -193,26 +196,28 @@ def run_audit(*, teacher=None, student=None, dataset=None, data_dir=None, featur
     if features is not None:
         if student is not None:
             raise IJCKDError("pass either --features or --student, not both")
-        report, own_features, title, notes = _feature_inputs(features, n_bootstrap, seed)
+        report, own_features, title, notes, who = _feature_inputs(features, n_bootstrap, seed)
     else:
-        report, own_features, title, notes = _checkpoint_inputs(
+        report, own_features, title, notes, who = _checkpoint_inputs(
             teacher, student, dataset, data_dir, out, n_bootstrap, seed)
-    return write_audit(report, out, own_features=own_features, title=title, notes=notes)
+    return write_audit(report, out, own_features=own_features, title=title, notes=notes,
+                       student=who)
 
 
-def write_audit(report, out, *, own_features, title, notes=(), sections=()):
+def write_audit(report, out, *, own_features, title, notes=(), sections=(), student=None):
     """Error budget + ``report.md`` + ``bounds.json`` + figures for one ``BoundsReport``.
 
     ``title``: the heading, or a ``Subject`` naming the teacher and student read;
     ``sections``: further markdown sections for ``report.md`` (see
     ``reporting.audit_markdown``); the budgets' intervals come from the report's own
-    paired bootstrap."""
+    paired bootstrap; ``student``: ``{"method", "run", "epoch"}`` of the student
+    audited (any may be missing), which the margin figure's title names."""
     out = Path(out)
     notes = list(notes) + list(getattr(report, "notes", []))
     budgets = budgets_from_report(report, own_features=own_features)
     row = report.row()
     per_class = report.per_class()
-    figures = _figures(report, per_class, out)
+    figures = _figures(report, per_class, out, student)
     budget_dicts = [b.as_dict() for b in budgets]
     text = audit_markdown(title=title, row=row, budgets=budget_dicts, per_class=per_class,
                           figures=figures, notes=notes, details=report.details,
@@ -290,17 +295,22 @@ def audit_models(teacher, student, splits, out, *, connector=None, n_bootstrap=1
                       teacher=f"in-memory {type(teacher).__name__} (state sha256 "
                               f"{loaded_teacher.sha256[:12]}...)",
                       student=f"in-memory {type(student).__name__}; predicts with {predicts}")
-    return write_audit(report, out, own_features=True, notes=notes, title=subject)
+    return write_audit(report, out, own_features=True, notes=notes, title=subject,
+                       student={"method": type(student).__name__, "run": "in memory"})
 
 
-def _figures(report, per_class, out):
+def _figures(report, per_class, out, student=None):
     import pandas as pd
 
     from ijckd_bounds.plotting import plot_margins, save_figure
 
     margins = pd.DataFrame(report.margins())
     margins = margins.rename(columns={"gamma": "teacher_margin", "distance": "feat_dist"})
-    margins["run"], margins["method"], margins["epoch"] = "audit", "student", 0
+    # the title names the student the caller read: method, file or name, epoch
+    who = dict(student or {})
+    margins["run"] = who.get("run") or "audit"
+    margins["method"] = who.get("method") or "student"
+    margins["epoch"] = float(who["epoch"]) if who.get("epoch") is not None else float("nan")
     fig = plot_margins(margins)
     save_figure(fig, out / "margins")
     return ["margins.png"]

@@ -131,3 +131,23 @@ def test_audit_names_a_known_defect(tmp_path, kind, diagnosis):
     expected = {"alignment": "alignment-limited (IJC violated)",
                 "capacity": "capacity-limited"}[diagnosis]
     assert f"**{expected}**" in text
+
+
+@pytest.mark.slow
+def test_the_audit_margin_figure_names_the_student_it_read(tiny_runs, tmp_path, monkeypatch):
+    """It was titled "student: audit, epoch 0" whatever the checkpoint."""
+    import ijckd_bounds.plotting as plotting
+
+    _root, runs = tiny_runs
+    titles = []
+    save = plotting.save_figure
+
+    def recording_save(fig, path, **kwargs):
+        titles.append(fig.get_suptitle())
+        return save(fig, path, **kwargs)
+
+    monkeypatch.setattr(plotting, "save_figure", recording_save)
+    cli("audit", "--student", runs[0] / "checkpoints" / "epoch_0001.pt", "--out",
+        tmp_path / "audit", "--n-bootstrap", 50)
+    assert len(titles) == 1
+    assert titles[0].startswith("KD: epoch_0001.pt, epoch 1 (")
