@@ -1,6 +1,7 @@
 """Implementations of the ``ijckd-bounds`` subcommands (argument parsing is in cli.py)."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -50,15 +51,24 @@ def cmd_distill(args):
 
         callbacks.append(BoundTracker(cfg.run.run_dir))
     result = distill(cfg, resume=args.resume, callbacks=callbacks)
+    if args.track and os.environ.get("RANK", "0") == "0":
+        from ijckd_bounds.tracking.track import track_run
+
+        # a checkpoint written just before an interrupt (and so never tracked online) is
+        # tracked now: bounds.csv ends with one row per checkpoint
+        track_run(cfg.run.run_dir, None, data_dir=cfg.data.data_dir,
+                  progress=cfg.run.progress is not False)
     _echo(f"student run in {result.run_dir} (last checkpoint {result.checkpoint})")
 
 
 def _settings(args):
+    """The tracking settings the flags give; a flag not given (None) follows the run's
+    config (its ``track`` section), then the defaults."""
     from ijckd_bounds.tracking.track import EstimatorSettings
 
-    return EstimatorSettings(n_bootstrap=getattr(args, "n_bootstrap", 1000),
-                             n_permutations=getattr(args, "n_permutations", 200),
-                             seed=getattr(args, "seed", 0))
+    return EstimatorSettings(n_bootstrap=getattr(args, "n_bootstrap", None),
+                             n_permutations=getattr(args, "n_permutations", None),
+                             seed=getattr(args, "seed", None))
 
 
 # what tracking one run may write (tables, the teacher feature cache): fail before any
@@ -148,7 +158,8 @@ def cmd_audit(args):
 
     path = run_audit(teacher=args.teacher, student=args.student, dataset=args.dataset,
                      data_dir=args.data_dir, features=args.features, out=args.out,
-                     n_bootstrap=args.n_bootstrap, seed=args.seed)
+                     n_bootstrap=args.n_bootstrap, n_permutations=args.n_permutations,
+                     seed=args.seed, allow_other_teacher=args.allow_other_teacher)
     _echo(f"audit written to {path}")
 
 

@@ -56,7 +56,10 @@ class EstimatorSettings:
     """How the terms are estimated and the features extracted.
 
     The fields left at None are taken from the run (``resolved``): its config's ``track``
-    section, then its ``data`` section, then the defaults below.
+    section, then its ``data`` section, then the defaults below. ``n_bootstrap``,
+    ``n_permutations`` and ``seed`` given as None follow the run's ``track`` section
+    (defaults 1000, 200, 0): ``ijckd-bounds track`` without those flags estimates a run
+    with the settings it was tracked with online.
 
     - ``batch_size``: extraction batch (``track.batch_size``, ``data.eval_batch_size``,
       512);
@@ -70,9 +73,9 @@ class EstimatorSettings:
       evaluation pairs; 0 for all pairs (``track.mmd_max_n``, all).
     """
 
-    n_bootstrap: int = 1000
-    n_permutations: int = 200
-    seed: int = 0
+    n_bootstrap: int | None = 1000
+    n_permutations: int | None = 200
+    seed: int | None = 0
     batch_size: int | None = None
     mmd_max_n: int | None = None
     device: str | None = None
@@ -101,7 +104,9 @@ class EstimatorSettings:
 
         mmd_max_n = pick("mmd_max_n", track.get("mmd_max_n"), 0)
         return EstimatorSettings(
-            n_bootstrap=self.n_bootstrap, n_permutations=self.n_permutations, seed=self.seed,
+            n_bootstrap=int(pick("n_bootstrap", track.get("n_bootstrap"), 1000)),
+            n_permutations=int(pick("n_permutations", track.get("n_permutations"), 200)),
+            seed=int(pick("seed", track.get("seed"), 0)),
             batch_size=int(pick("batch_size", track.get("batch_size"),
                                 data.get("eval_batch_size"), 512)),
             mmd_max_n=int(mmd_max_n) or None,
