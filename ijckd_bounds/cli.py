@@ -3,6 +3,7 @@ plotting and the audit together. The only module that imports all of them."""
 
 import argparse
 import sys
+import warnings
 
 from ijckd_bounds import __version__
 from ijckd_bounds.errors import IJCKDError
@@ -110,6 +111,14 @@ def _subparser(parser, command):
     return parser
 
 
+def _one_line_warning(command):
+    """``warnings.showwarning`` for the command line: one line, no source location."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"ijckd-bounds {command}: warning: {message}", file=sys.stderr, flush=True)
+
+    return show
+
+
 def _how_to_continue(args, argv):
     """The interrupt line's hint: the command that continues what was interrupted."""
     import shlex
@@ -141,7 +150,9 @@ def main(argv=None):
     try:
         from ijckd_bounds import commands
 
-        return getattr(commands, "cmd_" + args.command.replace("-", "_"))(args) or 0
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(args.command)
+            return getattr(commands, "cmd_" + args.command.replace("-", "_"))(args) or 0
     except IJCKDError as exc:
         print(f"ijckd-bounds {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -104,28 +104,33 @@ def run_experiment(dataset="digits", out="demo_out", *, seeds=(0,), epochs=None,
     check_writable_dir(out, need_bytes=200 << 20)
     started = time.perf_counter()
     timings = {"train": 0.0, "track": 0.0}
-
     teacher_dir = out / "teacher"
-    print(f"[{dataset}] teacher {settings.teacher} -> {teacher_dir}", flush=True)
-    t0 = time.perf_counter()
+    teacher_ckpt = teacher_dir / "teacher.pt"
     teacher_cfg = _config(dataset, settings, run_dir=teacher_dir, seed=seeds[0],
                           teacher_mode=True, data_dir=data_dir)
-    if not (teacher_dir / "teacher.pt").is_file():
+    jobs = [(seed, method) for seed in seeds for method in methods]
+    student_cfgs = {job: _config(dataset, settings, seed=job[0], method=job[1],
+                                 run_dir=out / "students" / f"{job[1]}-s{job[0]}",
+                                 teacher_mode=False, teacher_ckpt=teacher_ckpt, epochs=epochs,
+                                 data_dir=data_dir) for job in jobs}
+    # a folder of another demo's runs would show that demo's results as this one's
+    _check_existing_runs(out, {teacher_dir: teacher_cfg,
+                               **{Path(c.run.run_dir): c for c in student_cfgs.values()}})
+
+    print(f"[{dataset}] teacher {settings.teacher} -> {teacher_dir}", flush=True)
+    t0 = time.perf_counter()
+    if not teacher_ckpt.is_file():
         train_teacher(teacher_cfg, resume=latest_checkpoint(teacher_dir) is not None)
     timings["train"] += time.perf_counter() - t0
-    teacher_ckpt = teacher_dir / "teacher.pt"
 
     run_dirs = []
-    jobs = [(seed, method) for seed in seeds for method in methods]
     for i, (seed, method) in enumerate(jobs, 1):
         estimator = EstimatorSettings(seed=seed)
         run_dir = out / "students" / f"{method}-s{seed}"
         run_dirs.append(run_dir)
         print(f"[{dataset}] student {i}/{len(jobs)}: {method} ({settings.student}, seed {seed})"
               f" -> {run_dir}", flush=True)
-        cfg = _config(dataset, settings, run_dir=run_dir, seed=seed, teacher_mode=False,
-                      method=method, teacher_ckpt=teacher_ckpt, epochs=epochs,
-                      data_dir=data_dir)
+        cfg = student_cfgs[(seed, method)]
         tracker = _TimedTracker(BoundTracker(run_dir, estimator, data_dir=data_dir))
         t0 = time.perf_counter()
         last = latest_checkpoint(run_dir)
@@ -178,6 +183,38 @@ def run_demo(dataset="digits", out="demo_out", epochs=None, seed=0):
         raise IJCKDError(f"the demo runs on {', '.join(DEMO)}, got {dataset!r}; for larger "
                          f"data use experiments/bound_tracking.py")
     return run_experiment(dataset, out, seeds=(seed,), epochs=epochs)
+
+
+# a setting that differs from an earlier demo's in the same folder, and the flag giving it
+_DEMO_FLAGS = {"optim.epochs": "--epochs"}
+
+
+def _check_existing_runs(out, configs):
+    """Refuse (before any work) a folder holding runs made with other settings: their old
+    results would otherwise be shown as this command's. ``configs``: run dir -> the
+    TrainConfig this command would train there."""
+    import yaml
+
+    from ijckd_bounds.config import to_dict
+    from ijckd_bounds.train.runner import CONFIG_FILE, absolute_data_paths, config_difference
+
+    for run_dir, cfg in configs.items():
+        saved_path = Path(run_dir) / CONFIG_FILE
+        if not saved_path.is_file():
+            continue
+        try:
+            saved = yaml.safe_load(saved_path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue  # training reports what is wrong with it
+        difference = config_difference(saved, to_dict(absolute_data_paths(cfg)))
+        if difference is None:
+            continue
+        key, old, new = difference
+        flag = _DEMO_FLAGS.get(key)
+        again = f"pass {flag} {old} to show it" if flag else "repeat its options to show it"
+        raise IJCKDError(f"{str(out)!r} holds a demo made with {key}={old!r} "
+                         f"({str(run_dir)!r}), this command asks for {new!r}; {again}, or "
+                         f"choose another --out (or delete {str(out)!r}) to start over")
 
 
 def _epoch_of(path):
