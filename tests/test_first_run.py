@@ -408,3 +408,102 @@ def test_list_shows_model_options_and_config_keys(capsys):
     for key in ("data.options = {}", "optim.epochs = 10", "track.n_bootstrap = 1000",
                 "run.progress = None", "model.teacher_weights = None"):
         assert f"  {key}\n" in out
+
+
+# ------------------------------------------------------------------ progress and logging
+
+
+@pytest.fixture(scope="module")
+def logged_run(runs, tmp_path_factory):
+    """A KD student distilled and tracked with run.progress left to the output (stdout is
+    captured, so not a terminal) and run.tensorboard=true when the package is there."""
+    import contextlib
+    import io
+
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    run = tmp_path_factory.mktemp("logged") / "kd"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["distill", "method.name=kd", "model.student=mlp_small", "optim.epochs=2",
+                     "data.name=tensors", f"data.options.path={runs / 'blobs.npz'}",
+                     f"model.teacher_checkpoint={runs / 'teacher' / 'teacher.pt'}",
+                     "track.n_bootstrap=20", "track.n_permutations=10", "data.batch_size=64",
+                     "optim.lr=0.05", "run.device=cpu", "run.tensorboard=true",
+                     f"run.run_dir={run}", "--track"])
+    assert code == 0
+    return run, out.getvalue()
+
+
+@pytest.mark.slow
+def test_one_line_per_epoch_and_tracked_checkpoint_when_stdout_is_no_terminal(logged_run):
+    _, out = logged_run
+    lines = out.splitlines()
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert len(epochs) == 2
+    assert re.fullmatch(r"epoch 1/2: loss [\d.e+-]+, ce [\d.e+-]+, kl [\d.e+-]+, train acc "
+                        r"0\.\d{4}, eval acc [01]\.\d{4}, \d+\.\d s", epochs[0]), epochs[0]
+    tracked = [line for line in lines if line.startswith("tracked ")]
+    assert [t.split(":")[0] for t in tracked] == ["tracked epoch_0001.pt",
+                                                 "tracked epoch_0002.pt"]
+    assert re.search(r"student_err \d+\.\d%, teacher_err \d+\.\d%, bound_coupled \d+\.\d% "
+                     r"\(\d+\.\d s\)$", tracked[0]), tracked[0]
+    # an epoch's line comes before its checkpoint's
+    assert lines.index(epochs[1]) < lines.index(tracked[1])
+
+
+@pytest.mark.slow
+def test_resolved_config_and_parameter_counts_are_printed_and_written(logged_run):
+    from ijckd_bounds.checkpoint import load_student
+
+    run, out = logged_run
+    params = json.loads((run / "params.json").read_text())
+    student = load_student(run / "checkpoints" / "epoch_0001.pt")
+    expected = sum(p.numel() for p in student.model.parameters())
+    assert params == {"model": "mlp_small", "model_trainable": expected, "connector": None,
+                      "connector_trainable": 0, "teacher": "mlp_large",
+                      "teacher_frozen": params["teacher_frozen"]}
+    assert params["teacher_frozen"] > expected
+    assert f"{run}: kd student mlp_small, {expected:,} trainable parameters; teacher " \
+           f"mlp_large {params['teacher_frozen']:,} (frozen)" in out
+    assert f"resolved config (all of it in {run / 'config.yaml'}):" in out
+    assert re.search(r"^  optim: name=sgd lr=0\.05 .*epochs=2", out, re.M)
+
+
+@pytest.mark.slow
+def test_tensorboard_logs_every_loss_and_bound_term_per_epoch(logged_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ijckd_bounds import schema
+
+    run, _ = logged_run
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    history = pd.read_csv(run / "history.csv")
+    for column in ("train_loss", "train_ce", "train_kl", "train_acc"):
+        got = events.Scalars(f"train/{column[6:]}")
+        assert [e.step for e in got] == history["epoch"].tolist()
+        assert [e.value for e in got] == pytest.approx(history[column].tolist(), rel=1e-6)
+    bounds = pd.read_csv(run / "bounds.csv").sort_values("epoch")
+    for term in schema.INTERVAL_TERMS + schema.BOUNDS:
+        if bounds[term].notna().all():
+            got = events.Scalars(f"bounds/{term}")
+            assert [e.step for e in got] == bounds["epoch"].tolist()
+            assert [e.value for e in got] == pytest.approx(bounds[term].tolist(), rel=1e-6)
+
+
+def test_tensorboard_missing_is_one_line(runs, tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard") or name.startswith("tensorboard"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    err = fails(capsys, "train-teacher", "model.teacher=mlp_large", "method.name=ce",
+                "optim.epochs=1", "data.name=tensors", f"data.options.path={runs / 'blobs.npz'}",
+                "run.tensorboard=true", f"run.run_dir={tmp_path / 't'}", *COMMON)
+    assert err.endswith("run.tensorboard=true needs the tensorboard package: pip install "
+                        "'ijckd_bounds[tensorboard]' (or tensorboard)")
