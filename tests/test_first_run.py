@@ -507,3 +507,69 @@ def test_tensorboard_missing_is_one_line(runs, tmp_path, capsys, monkeypatch):
                 "run.tensorboard=true", f"run.run_dir={tmp_path / 't'}", *COMMON)
     assert err.endswith("run.tensorboard=true needs the tensorboard package: pip install "
                         "'ijckd_bounds[tensorboard]' (or tensorboard)")
+
+
+def test_the_demo_index_lists_every_figure_and_table_written(tmp_path):
+    from ijckd_bounds.demo import write_index
+
+    out = tmp_path / "demo_out"
+    files = ["figures/final_comparison.png", "figures/final_comparison.pdf",
+             "figures/terms.png", "figures/per_class_kd-s0.png", "figures/margins_ce-s0.png",
+             "figures/final_table.md", "figures/final_table.tex", "figures/layers.png",
+             "students/kd-s0/bounds.csv", "students/kd-s0/checkpoints/epoch_0001.pt",
+             "students/kd-s0/.bounds.csv.h0-1.x.tmp", "audit/report.md", "audit/margins.png",
+             "audit/.cache/teacher_features.pt"]
+    for name in files:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(b"x")
+    text = write_index(out).read_text()
+    entries = [line for line in text.splitlines() if line.startswith("- ")]
+    listed = [re.match(r"- \[`([^`]+)`\]", line).group(1) for line in entries]
+    assert sorted(listed) == sorted(["figures/final_comparison.png", "figures/terms.png",
+                                     "figures/per_class_kd-s0.png", "figures/margins_ce-s0.png",
+                                     "figures/final_table.md", "figures/layers.png",
+                                     "students/kd-s0/bounds.csv", "audit/report.md",
+                                     "audit/margins.png"])
+    line = dict(zip(listed, entries))
+    assert line["figures/final_comparison.png"].startswith(
+        "- [`figures/final_comparison.png`](figures/final_comparison.png) (and .pdf): final "
+        "student error per method")
+    assert "(and .tex)" in line["figures/final_table.md"]
+    assert "disagreement per class" in line["figures/per_class_kd-s0.png"]
+    assert "teacher margin" in line["figures/margins_ce-s0.png"]
+    # a figure without a description (another version's) is listed by its name alone
+    assert line["figures/layers.png"] == "- [`figures/layers.png`](figures/layers.png)"
+    assert text.index("## Figures") < text.index("## Tables") < text.index("## Audit")
+
+
+@pytest.mark.slow
+def test_the_demo_says_what_to_open_first_and_writes_its_index(tmp_path, capsys,
+                                                               monkeypatch):
+    from ijckd_bounds import demo
+
+    tiny = demo.ExperimentSettings(teacher="mlp_large", student="mlp_small", teacher_epochs=1,
+                                   student_epochs=1, batch_size=64, lr=0.05)
+    monkeypatch.setitem(demo.EXPERIMENTS, "digits", tiny)
+    import dataclasses
+
+    import ijckd_bounds.tracking.track as track
+
+    @dataclasses.dataclass(frozen=True)
+    class FewResamples(track.EstimatorSettings):  # the demo's 1000 resamples take minutes
+        n_bootstrap: int = 20
+        n_permutations: int = 10
+
+    monkeypatch.setattr(track, "EstimatorSettings", FewResamples)
+    result = demo.run_experiment("digits", tmp_path / "out", methods=("ce", "kd"),
+                                 audit=False)  # audited in test_audit_* above
+    out = capsys.readouterr().out
+    index = tmp_path / "out" / "index.md"
+    assert result["index"] == index
+    closing = out.strip().splitlines()[-1]
+    assert closing == (f"open first: {index} (every figure and table, one line each), then "
+                       f"{tmp_path / 'out' / 'figures' / 'final_comparison.png'}")
+    text = index.read_text()
+    for figure in result["figures"]:
+        if figure.suffix == ".png":
+            assert f"[`{figure.relative_to(tmp_path / 'out').as_posix()}`]" in text
+    assert "students/kd-s0/bounds.csv" in text and "students/ce-s0/history.csv" in text
