@@ -53,7 +53,8 @@ def budgets_from_report(report, *, own_features=True):
     return [error_budget(own_wrong=ind["own_wrong"], **common), error_budget(**common)]
 
 
-def _checkpoint_inputs(teacher, student, dataset, data_dir, out, n_bootstrap, seed):
+def _checkpoint_inputs(teacher, student, dataset, data_dir, out, n_bootstrap, seed, *,
+                       n_permutations=200, allow_other_teacher=False):
     from ijckd_bounds.checkpoint import load_student
     from ijckd_bounds.data import build_dataset
     from ijckd_bounds.tracking.track import EstimatorSettings, estimate_checkpoint, teacher_features
@@ -70,13 +71,14 @@ def _checkpoint_inputs(teacher, student, dataset, data_dir, out, n_bootstrap, se
     splits = build_dataset(name, seed=meta.get("seed", 0),
                            data_dir=data_dir or meta.get("data_dir"), **options)
     _check_pair(loaded, student, teacher, splits, name, explicit_dataset=dataset is not None)
+    notes = _check_teacher_identity(loaded, student, teacher, allow_other=allow_other_teacher)
     # the teacher's features are cached beside the report so a re-run audit skips them
     cache = teacher_features(teacher, splits, Path(out) / ".cache" / "teacher_features.pt")
-    settings = EstimatorSettings(n_bootstrap=n_bootstrap, seed=seed)
+    settings = EstimatorSettings(n_bootstrap=n_bootstrap, n_permutations=n_permutations,
+                                 seed=seed)
     report, connector = estimate_checkpoint(loaded, cache, settings)
     title = (f"{loaded.meta.get('method')} student ({loaded.meta.get('model_name')}) at epoch "
              f"{loaded.meta.get('epoch')}, on {name}")
-    notes = []
     if connector == "post-hoc ridge":
         notes.append("this student predicts with its own head: its features were mapped into "
                      "the teacher's space by the post-hoc ridge connector of THEORY.md, fitted "
@@ -167,10 +169,36 @@ def _check_pair(loaded, student_path, teacher, splits, name, *, explicit_dataset
                              f"connector maps into the other teacher's feature space")
 
 
-def _feature_inputs(features, n_bootstrap, seed):
+def _check_teacher_identity(loaded, student_path, teacher, *, allow_other):
+    """A ``--teacher`` that is itself a student checkpoint, or another file than the one the
+    student records as its teacher, is refused unless ``allow_other``; allowed, it is a
+    warning line of the report. Returns the report's notes (a list)."""
+    problems = []
+    if teacher.source == "checkpoint" and teacher.meta.get("kind") == "student":
+        problems.append(f"--teacher {str(teacher.path)!r} is a {teacher.meta.get('method')} "
+                        f"student checkpoint, not a teacher")
+    recorded = loaded.meta.get("teacher_sha256")
+    if recorded and teacher.sha256 != recorded:
+        problems.append(f"--teacher {str(teacher.path)!r} is not the teacher student "
+                        f"checkpoint {str(student_path)!r} was distilled from (sha256 "
+                        f"{teacher.sha256[:12]}..., recorded {recorded[:12]}...)")
+    if not problems:
+        return []
+    if not allow_other:
+        hint = ("omit --teacher to use the recorded teacher" if recorded
+                else "pass a teacher run's teacher.pt")
+        raise IJCKDError(f"{problems[0]}; {hint}, or pass --allow-other-teacher to audit "
+                         f"against it anyway")
+    return [f"WARNING: {problem}; audited against it as asked (--allow-other-teacher), so "
+            f"the teacher terms describe that model, not the student's teacher"
+            for problem in problems]
+
+
+def _feature_inputs(features, n_bootstrap, seed, n_permutations=200):
     from ijckd_bounds.estimators import estimate_bounds_from_file
 
-    report = estimate_bounds_from_file(features, n_bootstrap=n_bootstrap, seed=seed)
+    report = estimate_bounds_from_file(features, n_bootstrap=n_bootstrap,
+                                       n_permutations=n_permutations, seed=seed)
     own = report.details.get("probe_features") == "s"
     return report, own, _feature_subject(features, report, own), [], {
         "run": Path(features).name}
@@ -189,17 +217,22 @@ def _feature_subject(features, report, own_features):
 
 
 def run_audit(*, teacher=None, student=None, dataset=None, data_dir=None, features=None,
-              out, n_bootstrap=1000, seed=0):
-    """Write ``report.md``, ``bounds.json`` and figures to ``out``; returns report.md's path."""
+              out, n_bootstrap=1000, seed=0, n_permutations=200, allow_other_teacher=False):
+    """Write ``report.md``, ``bounds.json`` and figures to ``out``; returns report.md's path.
+
+    ``allow_other_teacher``: accept a ``teacher`` that is not the student's recorded one (or
+    a student checkpoint); the report then carries a warning line saying so."""
     out = Path(out)
     check_writable_dir(out)
     if features is not None:
         if student is not None:
             raise IJCKDError("pass either --features or --student, not both")
-        report, own_features, title, notes, who = _feature_inputs(features, n_bootstrap, seed)
+        report, own_features, title, notes, who = _feature_inputs(features, n_bootstrap, seed,
+                                                                   n_permutations)
     else:
         report, own_features, title, notes, who = _checkpoint_inputs(
-            teacher, student, dataset, data_dir, out, n_bootstrap, seed)
+            teacher, student, dataset, data_dir, out, n_bootstrap, seed,
+            n_permutations=n_permutations, allow_other_teacher=allow_other_teacher)
     return write_audit(report, out, own_features=own_features, title=title, notes=notes,
                        student=who)
 

@@ -1,6 +1,7 @@
 """Implementations of the ``ijckd-bounds`` subcommands (argument parsing is in cli.py)."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,28 @@ def cmd_list(args):
     _echo("datasets: " + ", ".join(dataset_names()))
     _echo("models:   " + ", ".join(model_names()))
     _echo("methods:  " + ", ".join(method_names()))
+    _list_model_options()
+    _list_config_keys()
+
+
+def _list_model_options():
+    from ijckd_bounds.models import model_names, model_options
+
+    _echo("\nmodel options (model.teacher_options.KEY=VALUE / model.student_options.KEY=VALUE):")
+    for name in model_names():
+        options = model_options(name)
+        shown = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "none"
+        _echo(f"  {name:<22} {shown}")
+
+
+def _list_config_keys():
+    from ijckd_bounds.config import to_dict
+    from ijckd_bounds.train import TrainConfig
+
+    _echo("\nconfig keys and defaults (--config FILE.yaml, or KEY=VALUE on the command line):")
+    for section, values in to_dict(TrainConfig()).items():
+        for key, value in values.items():
+            _echo(f"  {section}.{key} = {value!r}")
 
 
 def _train_config(args, *, teacher):
@@ -50,15 +73,24 @@ def cmd_distill(args):
 
         callbacks.append(BoundTracker(cfg.run.run_dir))
     result = distill(cfg, resume=args.resume, callbacks=callbacks)
+    if args.track and os.environ.get("RANK", "0") == "0":
+        from ijckd_bounds.tracking.track import track_run
+
+        # a checkpoint written just before an interrupt (and so never tracked online) is
+        # tracked now: bounds.csv ends with one row per checkpoint
+        track_run(cfg.run.run_dir, None, data_dir=cfg.data.data_dir,
+                  progress=cfg.run.progress is not False)
     _echo(f"student run in {result.run_dir} (last checkpoint {result.checkpoint})")
 
 
 def _settings(args):
+    """The tracking settings the flags give; a flag not given (None) follows the run's
+    config (its ``track`` section), then the defaults."""
     from ijckd_bounds.tracking.track import EstimatorSettings
 
-    return EstimatorSettings(n_bootstrap=getattr(args, "n_bootstrap", 1000),
-                             n_permutations=getattr(args, "n_permutations", 200),
-                             seed=getattr(args, "seed", 0))
+    return EstimatorSettings(n_bootstrap=getattr(args, "n_bootstrap", None),
+                             n_permutations=getattr(args, "n_permutations", None),
+                             seed=getattr(args, "seed", None))
 
 
 # what tracking one run may write (tables, the teacher feature cache): fail before any
@@ -74,6 +106,9 @@ def cmd_track(args):
 
     # every run directory is checked before the first one is tracked
     for run_dir in args.run_dirs:
+        if Path(run_dir).exists() and not Path(run_dir).is_dir():
+            raise IJCKDError(f"{str(run_dir)!r} is a file, expected a run directory (the "
+                             f"run.run_dir of a distill run, holding checkpoints/)")
         if not Path(run_dir).is_dir():
             raise IJCKDError(f"run directory {str(run_dir)!r} does not exist")
         checkpoints_of(run_dir)
@@ -130,9 +165,14 @@ def cmd_estimate(args):
     from ijckd_bounds.io import check_writable_dir
 
     if args.out:
+        if Path(args.out).is_dir():
+            raise IJCKDError(f"--out {args.out!r} is a directory, expected the path of a "
+                             f"JSON file to write (e.g. {str(Path(args.out, 'bounds.json'))!r})")
         check_writable_dir(Path(args.out).parent)
     report = estimate_bounds_from_file(args.features, n_bootstrap=args.n_bootstrap,
                                        n_permutations=args.n_permutations, seed=args.seed)
+    for note in report.notes:  # how the numbers were made: e.g. the file had no fit split
+        print(f"ijckd-bounds estimate: note: {note}", file=sys.stderr, flush=True)
     text = json.dumps(report.to_dict()["row"], indent=2)
     if args.out:
         from ijckd_bounds.io import atomic_write_text
@@ -148,7 +188,8 @@ def cmd_audit(args):
 
     path = run_audit(teacher=args.teacher, student=args.student, dataset=args.dataset,
                      data_dir=args.data_dir, features=args.features, out=args.out,
-                     n_bootstrap=args.n_bootstrap, seed=args.seed)
+                     n_bootstrap=args.n_bootstrap, n_permutations=args.n_permutations,
+                     seed=args.seed, allow_other_teacher=args.allow_other_teacher)
     _echo(f"audit written to {path}")
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ijckd_bounds import schema
-from ijckd_bounds.errors import IJCKDError
+from ijckd_bounds.errors import IJCKDError, closest
 from ijckd_bounds.estimators import composite, terms
 from ijckd_bounds.estimators.cka import CKA_BOOTSTRAP, cka_method, debiased_cka
 from ijckd_bounds.estimators.intervals import (
@@ -776,6 +776,16 @@ def estimate_bounds_from_file(path, **kwargs):
     from ijckd_bounds.io import load_arrays
 
     arrays = load_arrays(path)
+    known = FILE_ARRAYS + FIT_ARRAYS + OPTIONAL_ARRAYS
+    unknown = sorted(set(arrays) - set(known))
+    if unknown:
+        # a misspelled optional array (t_fit, s_fit_) would otherwise change the estimate
+        # silently: without its fit split the file is split in two
+        hint = closest(unknown[0], known)
+        raise IJCKDError(f"feature file {str(path)!r} has unknown array(s) "
+                         f"{', '.join(unknown)}"
+                         + (f" (did you mean {hint!r} for {unknown[0]!r}?)" if hint else "")
+                         + f"; valid: {', '.join(known)}")
     missing = [k for k in FILE_ARRAYS if k not in arrays]
     if missing:
         raise IJCKDError(f"feature file {str(path)!r} is missing array(s) "
@@ -785,8 +795,6 @@ def estimate_bounds_from_file(path, **kwargs):
         absent = [k for k in FIT_ARRAYS if k not in arrays]
         raise IJCKDError(f"feature file {str(path)!r} has {', '.join(present)} but not "
                          f"{', '.join(absent)}: the fit split needs all three")
-    known = set(FILE_ARRAYS + FIT_ARRAYS + OPTIONAL_ARRAYS)
-    unknown = sorted(set(arrays) - known)
 
     def tensor(key):
         array = np.asarray(arrays[key])
@@ -804,6 +812,4 @@ def estimate_bounds_from_file(path, **kwargs):
             kwargs[k] = tensor(k)
     report = estimate_bounds(call["z_t"], call["z_s"], call["y"], call["weight"], call["bias"],
                              **kwargs)
-    if unknown:
-        report.notes.append(f"ignored arrays in {str(path)!r}: {', '.join(unknown)}")
     return report

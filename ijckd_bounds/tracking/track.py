@@ -24,6 +24,7 @@ once per run:
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,10 @@ class EstimatorSettings:
     """How the terms are estimated and the features extracted.
 
     The fields left at None are taken from the run (``resolved``): its config's ``track``
-    section, then its ``data`` section, then the defaults below.
+    section, then its ``data`` section, then the defaults below. ``n_bootstrap``,
+    ``n_permutations`` and ``seed`` given as None follow the run's ``track`` section
+    (defaults 1000, 200, 0): ``ijckd-bounds track`` without those flags estimates a run
+    with the settings it was tracked with online.
 
     - ``batch_size``: extraction batch (``track.batch_size``, ``data.eval_batch_size``,
       512);
@@ -70,9 +74,9 @@ class EstimatorSettings:
       evaluation pairs; 0 for all pairs (``track.mmd_max_n``, all).
     """
 
-    n_bootstrap: int = 1000
-    n_permutations: int = 200
-    seed: int = 0
+    n_bootstrap: int | None = 1000
+    n_permutations: int | None = 200
+    seed: int | None = 0
     batch_size: int | None = None
     mmd_max_n: int | None = None
     device: str | None = None
@@ -101,7 +105,9 @@ class EstimatorSettings:
 
         mmd_max_n = pick("mmd_max_n", track.get("mmd_max_n"), 0)
         return EstimatorSettings(
-            n_bootstrap=self.n_bootstrap, n_permutations=self.n_permutations, seed=self.seed,
+            n_bootstrap=int(pick("n_bootstrap", track.get("n_bootstrap"), 1000)),
+            n_permutations=int(pick("n_permutations", track.get("n_permutations"), 200)),
+            seed=int(pick("seed", track.get("seed"), 0)),
             batch_size=int(pick("batch_size", track.get("batch_size"),
                                 data.get("eval_batch_size"), 512)),
             mmd_max_n=int(mmd_max_n) or None,
@@ -409,13 +415,44 @@ def _teacher_cache(student, splits, run_dir, settings, group=None, progress=Fals
                             group=group, progress=progress)
 
 
+class _CheckpointProgress:
+    """Progress of tracking: a tqdm bar over checkpoints on a terminal, one line per
+    tracked checkpoint on stdout when stdout is not a terminal (``run.progress``
+    semantics: ``setting`` False shows neither)."""
+
+    def __init__(self, setting, *, total, initial=0, desc):
+        from tqdm.auto import tqdm
+
+        from ijckd_bounds.train.callbacks import progress_modes
+
+        bars, self.lines = progress_modes(setting)
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="ckpt",
+                        disable=not bars, dynamic_ncols=True, leave=False)
+        self.started = time.perf_counter()
+
+    def done(self, checkpoint, row):
+        self.bar.update(1)
+        if self.bar.total and self.bar.n >= self.bar.total:
+            self.bar.close()
+        if self.lines:
+            def pct(term):
+                return f"{100 * row[term]:.1f}%" if math.isfinite(row[term]) else "n/a"
+
+            print(f"tracked {checkpoint}: student_err {pct('student_err')}, teacher_err "
+                  f"{pct('teacher_err')}, bound_coupled {pct('bound_coupled')} "
+                  f"({time.perf_counter() - self.started:.1f} s)", flush=True)
+        self.started = time.perf_counter()
+
+    def close(self):
+        self.bar.close()
+
+
 def track_run(run_dir, settings=None, *, data_dir=None, progress=True):
     """Estimate the bound terms at every checkpoint of ``run_dir`` not yet in its table.
 
-    ``settings`` None: the run's own (its config's ``track`` section).
+    ``settings`` None: the run's own (its config's ``track`` section). ``progress``: a bar
+    on a terminal, a line per checkpoint otherwise (``run.progress=None``); False: quiet.
     """
-    from tqdm.auto import tqdm
-
     run_dir = Path(run_dir)
     table.remove_stale_temp_files(run_dir)
     # rows a tracker of an older write order left without their companions
@@ -426,15 +463,21 @@ def track_run(run_dir, settings=None, *, data_dir=None, progress=True):
         done = set(table.read_table(run_dir / BOUNDS_CSV)["checkpoint"].astype(str))
     todo = [p for p in checkpoints_of(run_dir) if p.name not in done]
     cache = None
-    for path in tqdm(todo, desc=f"track {run_dir.name}", disable=not progress or None,
-                     unit="ckpt"):
-        student = load_student(path)
-        run_settings = settings or EstimatorSettings.from_config(student.meta.get("config"))
-        if cache is None:
-            cache = _teacher_cache(student, _dataset_for(student, data_dir), run_dir,
-                                   run_settings, progress=progress)
-        report, _ = estimate_checkpoint(student, cache, run_settings)
-        write_rows(run_dir, *rows_for(report, _keys(student, run_dir.name, path.name)))
+    shown = _CheckpointProgress(None if progress else False, total=len(todo),
+                                desc=f"track {run_dir.name}")
+    try:
+        for path in todo:
+            student = load_student(path)
+            run_settings = settings or EstimatorSettings.from_config(student.meta.get("config"))
+            if cache is None:
+                cache = _teacher_cache(student, _dataset_for(student, data_dir), run_dir,
+                                       run_settings, progress=progress)
+            report, _ = estimate_checkpoint(student, cache, run_settings)
+            rows = rows_for(report, _keys(student, run_dir.name, path.name))
+            write_rows(run_dir, *rows)
+            shown.done(path.name, rows[0])
+    finally:
+        shown.close()
     return table.read_table(run_dir / BOUNDS_CSV)
 
 
@@ -457,6 +500,7 @@ class BoundTracker:
         self._cache = None
         self._group = None
         self._idle = False  # a rank other than 0 with in-memory splits: nothing to do
+        self._progress = None  # rank 0: the run's bar / lines of tracked checkpoints
 
     def _process_group(self):
         import datetime
@@ -482,6 +526,7 @@ class BoundTracker:
             restore_rng(rng)
 
     def _track(self, path, group):
+        self._started = time.perf_counter()
         rank, _ = rank_and_world(group)
         if self._idle:
             return
@@ -495,8 +540,21 @@ class BoundTracker:
             self._cache = _teacher_cache(student, splits, self.run_dir, settings, group)
         report, _ = estimate_checkpoint(student, self._cache, settings, group=group)
         if rank == 0:
-            write_rows(self.run_dir, *rows_for(report, _keys(student, self.run_dir.name,
-                                                             Path(path).name)))
+            rows = rows_for(report, _keys(student, self.run_dir.name, Path(path).name))
+            write_rows(self.run_dir, *rows)
+            self._shown(student).done(Path(path).name, rows[0])
+
+    def _shown(self, student):
+        if self._progress is None:
+            config = student.meta.get("config") or {}
+            run, optim = config.get("run") or {}, config.get("optim") or {}
+            epochs, every = int(optim.get("epochs") or 0), int(run.get("ckpt_every") or 1)
+            total = epochs // every + (1 if epochs % every else 0)
+            done = (int(student.meta.get("epoch") or 1) - 1) // every
+            self._progress = _CheckpointProgress(run.get("progress"), total=total,
+                                                 initial=done, desc="tracked")
+        self._progress.started = self._started
+        return self._progress
 
     def on_epoch_end(self, epoch, metrics):
         pass

@@ -139,7 +139,10 @@ class RunConfig:
     amp: Literal["none", "bf16", "fp16"] = "none"  # CUDA only
     channels_last: bool = False  # CUDA only, 2-d image models
     sync_bn: bool = False  # CUDA DDP only: SyncBatchNorm across ranks
-    progress: Optional[bool] = None  # tqdm bars; None = only on a terminal
+    # tqdm bars on a terminal and one line per epoch on stdout when it is not one (a log
+    # file, a pipe); True: bars always; False: neither
+    progress: Optional[bool] = None
+    tensorboard: bool = False  # also log loss and bound terms to RUN_DIR/tensorboard
 
     def __post_init__(self):
         if self.ckpt_every < 1:
