@@ -231,6 +231,10 @@ def reference_terms(method, weights, student, teacher, connector, x, y):
     if method == "simkd":
         terms["loss"] = weights["beta"] * terms["feat_mse"]
         return terms, logits
+    if method == "ce_connector":
+        terms = {"ce": cross_entropy(logits, y)}
+        terms["loss"] = weights["ce_weight"] * terms["ce"]
+        return terms, logits
     terms["ce"] = cross_entropy(logits, y)
     terms["logit_mse"] = mse(logits, t_logits)
     terms["loss"] = (weights["ce_weight"] * terms["ce"] + weights["alpha"] * terms["logit_mse"]
@@ -255,7 +259,7 @@ def _batch(seed=1, n=6):
     return x, y
 
 
-METHOD_NAMES = ["ce", "kd", "fitnet", "srrl", "simkd", "ijckd"]
+METHOD_NAMES = ["ce", "kd", "fitnet", "srrl", "simkd", "ijckd", "ce_connector"]
 
 
 @pytest.mark.parametrize("kind", ["conv", "vector"])
@@ -287,6 +291,7 @@ def test_reference_defaults_of_each_method():
         "srrl": {"ce_weight": 1.0, "kl_weight": 1.0, "beta": 1.0, "temperature": 4.0},
         "simkd": {"beta": 1.0, "reduction": 2},
         "ijckd": {"ce_weight": 1.0, "alpha": 1.0, "beta": 1.0, "reduction": 2},
+        "ce_connector": {"ce_weight": 1.0, "reduction": 2},
     }
     for name, weights in expect.items():
         assert method_weights(MethodConfig(name=name)) == weights, name
@@ -307,7 +312,7 @@ def test_unknown_method_and_unused_weight_fail_with_one_line():
     student, teacher = _models("conv")
     x, _ = _batch()
     with pytest.raises(IJCKDError, match=r"unknown method 'ijkd'.*did you mean 'ijckd'.*valid: ce, "
-                                         r"fitnet, ijckd, kd, simkd, srrl"):
+                                         r"ce_connector, fitnet, ijckd, kd, simkd, srrl"):
         build_objective(MethodConfig(name="ijkd"), student, teacher, x[:2])
     with pytest.raises(IJCKDError, match=r"method.alpha is not used by method 'kd'; it uses "
                                          r"ce_weight, kl_weight, temperature"):
@@ -318,7 +323,7 @@ def test_unknown_method_and_unused_weight_fail_with_one_line():
         build_objective(MethodConfig(name="kd", temperature=0.0), student, teacher, x[:2])
 
 
-@pytest.mark.parametrize("method", ["kd", "fitnet", "srrl", "simkd", "ijckd"])
+@pytest.mark.parametrize("method", ["kd", "fitnet", "srrl", "simkd", "ijckd", "ce_connector"])
 def test_teacher_is_frozen_in_eval_mode_and_gets_no_gradient(method):
     student, teacher = _models("conv")
     x, y = _batch()
@@ -344,7 +349,7 @@ def test_teacher_is_frozen_in_eval_mode_and_gets_no_gradient(method):
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.parametrize("method", ["simkd", "ijckd"])
+@pytest.mark.parametrize("method", ["simkd", "ijckd", "ce_connector"])
 def test_teacher_classifier_students_never_train_their_own_head(method):
     student, teacher = _models("conv")
     x, y = _batch()
@@ -356,6 +361,30 @@ def test_teacher_classifier_students_never_train_their_own_head(method):
     predicted = objective.predict(x)
     manual = teacher.classifier(objective.connector.pooled(student.forward_map(x)))
     torch.testing.assert_close(predicted, manual)
+
+
+@pytest.mark.parametrize("kind", ["conv", "vector"])
+def test_ce_connector_control_trains_only_the_student_and_the_connector(kind):
+    """The control's gradients reach the student body and the connector, every one of
+    their parameters; the teacher (h_T included) and the student's unused head get none.
+    It has the same trainable parameters as IJCKD at the same reduction."""
+    student, teacher = _models(kind)
+    x, y = _batch()
+    control = build_objective(MethodConfig(name="ce_connector", reduction=1), student, teacher,
+                              x[:2])
+    control.train()
+    terms, _ = control(x, y)
+    terms["loss"].backward()
+    body = [p for name, p in student.named_parameters() if not name.startswith("classifier")]
+    for param in body + list(control.connector.parameters()):
+        assert param.grad is not None and param.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())  # h_T: teacher.classifier
+    assert all(p.grad is None for p in student.classifier.parameters())
+    # the same parameter shapes train as in IJCKD with the same reduction
+    s2, t2 = _models(kind)
+    ijckd = build_objective(MethodConfig(name="ijckd", reduction=1), s2, t2, x[:2])
+    assert ([tuple(p.shape) for p in control.trainable_parameters()]
+            == [tuple(p.shape) for p in ijckd.trainable_parameters()])
 
 
 def test_simkd_projector_matches_the_reference_layout():
