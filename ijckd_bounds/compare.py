@@ -96,17 +96,19 @@ def _read_history(run_dir):
 
 
 def _method_setting(method_cfg):
-    """``(method, weights, setting)``: the weights set in the config, resolved against the
-    method's defaults, and the text of those that differ from the defaults."""
+    """``(method, weights, setting, predicts_with)``: the weights set in the config,
+    resolved against the method's defaults, the text of those that differ from the
+    defaults, and what the method predicts with (None for a method not registered)."""
     from ijckd_bounds.train.objectives import METHODS
 
     name = str(method_cfg.get("name"))
+    known = name in METHODS.names()
     given = {k: v for k, v in method_cfg.items() if k != "name" and v is not None}
-    defaults = dict(METHODS.get(name).defaults) if name in METHODS.names() else {}
+    defaults = dict(METHODS.get(name).defaults) if known else {}
     weights = {**defaults, **given}
     changed = {k: v for k, v in given.items() if k not in defaults or defaults[k] != v}
     setting = ", ".join(f"{k}={_number(v)}" for k, v in sorted(changed.items()))
-    return name, weights, setting
+    return name, weights, setting, METHODS.get(name).predicts_with if known else None
 
 
 def _number(value):
@@ -187,7 +189,7 @@ def read_run(run_dir, columns=()):
             raise IJCKDError(f"{str(run_dir)!r} is not a training run: it has no {name}")
     config = _read_config(run_dir)
     history = _read_history(run_dir)
-    method, weights, setting = _method_setting(config.get("method") or {})
+    method, weights, setting, predicts_with = _method_setting(config.get("method") or {})
     epochs = int(config["optim"].get("epochs"))
     checkpoint = latest_checkpoint(run_dir)
     teacher_file = run_dir / TEACHER_FILE
@@ -228,7 +230,8 @@ def read_run(run_dir, columns=()):
     return {
         "dataset": str((config.get("data") or {}).get("name")), **group,
         "run_dir": str(run_dir), "seed": int((config.get("run") or {}).get("seed", 0)),
-        "kind": kind, "predicts_with": meta.get("predicts_with") or "own_head",
+        "kind": kind,
+        "predicts_with": meta.get("predicts_with") or predicts_with or "own_head",
         "reduction": weights.get("reduction"),
         "epochs": epochs, "last_epoch": last_epoch, "complete": complete,
         "final_acc": 100 * float(final["eval_acc"].iloc[-1]) if complete else math.nan,
