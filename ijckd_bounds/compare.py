@@ -89,6 +89,8 @@ def _read_history(run_dir):
     if missing and len(history.columns):
         raise IJCKDError(f"{str(path)!r} has no column {sorted(missing)[0]!r}: not a "
                          f"history.csv written by the trainer")
+    if not len(history.columns):  # a run killed before its first epoch ended
+        return pd.DataFrame({"epoch": pd.Series(dtype=int), "eval_acc": pd.Series(dtype=float)})
     if len(history):
         history = history.dropna(subset=["epoch", "eval_acc"])
         history = history.astype({"epoch": int, "eval_acc": float}).sort_values("epoch")
@@ -557,10 +559,12 @@ def control_differences(groups, runs):
             sentence = (f"{what} {_verb(what)} {_fmt(est.value, 1, sign=True)} points "
                         f"[{_fmt(est.lo, 1, sign=True)}, {_fmt(est.hi, 1, sign=True)}] over "
                         f"{alone} ({group['group']} vs {control['group']}, final epoch, "
-                        f"Welch 95%: {where})")
+                        f"Welch {group['level']:.0%}: {where}; trained parameters "
+                        f"{_count(group['trained_params'])} vs "
+                        f"{_count(control['trained_params'])})")
         else:
-            sentence = (f"{what} {_verb(what)} {_fmt(est.value, 1, sign=True)} points over {alone} "
-                        f"({group['group']} vs {control['group']}, final epoch); "
+            sentence = (f"{what} {_verb(what)} {_fmt(est.value, 1, sign=True)} points over "
+                        f"{alone} ({group['group']} vs {control['group']}, final epoch); "
                         f"{est.method}")
         row["sentence"] = sentence[0].upper() + sentence[1:]
         rows.append(row)

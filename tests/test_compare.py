@@ -114,14 +114,17 @@ def test_one_seed_gives_no_interval_and_says_why(tmp_path):
 def test_run_missing_its_last_epoch_is_reported_not_averaged_in(tmp_path):
     runs = seeded_runs(tmp_path, "kd", [0.90, 0.92, 0.94])
     cut = fake_run(tmp_path, "kd_cut", seed=3, accs=[0.5, 0.6], epochs=3)
-    comparison = compare_runs([*runs, cut])
+    killed = fake_run(tmp_path, "kd_killed", seed=4, accs=[0.5], epochs=3)
+    (killed / "history.csv").write_text("")  # killed before its first epoch ended
+    comparison = compare_runs([*runs, cut, killed])
     group = by_method(comparison.groups, "kd")
-    assert group["n_seeds"] == 3 and group["n_incomplete"] == 1
+    assert group["n_seeds"] == 3 and group["n_incomplete"] == 2
     assert group["final_mean"] == pytest.approx(92.0)  # 0.6 of the cut run not in it
     assert group["best_mean"] == pytest.approx(92.0)
     text = markdown(comparison)
     assert "Runs left out (missing their last epoch)" in text
     assert f"`{cut}`" in text and "history ends at epoch 2 of 3; not averaged in" in text
+    assert f"`{killed}` (kd, seed 4): history ends at epoch 0 of 3" in text
 
 
 # ---------------------------------------------------------------------------- verdicts
@@ -232,6 +235,41 @@ def test_control_difference_is_welchs_interval_at_the_same_reduction(tmp_path):
     assert rows.loc["simkd (reduction=16)"]["control"] == "ce_connector (reduction=16)"
     assert rows.loc["simkd (reduction=16)"]["diff"] == pytest.approx(11.0)
     assert "ce_connector" not in rows.index  # a control has no control
+
+
+@pytest.mark.parametrize("student_name", ["cnn_small", "mlp_small"])
+def test_control_gradients_reach_only_the_student_and_the_connector(student_name):
+    """ce_connector: every parameter of the student body and of the connector gets a
+    gradient; the teacher (its classifier h_T included) and the student's unused own head
+    get none, and the trainable parameters are IJCKD's at the same reduction."""
+    import torch
+
+    from ijckd_bounds.models import build_model
+    from ijckd_bounds.train.config import MethodConfig
+    from ijckd_bounds.train.objectives import build_objective
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    built = {}
+    for method in ("ce_connector", "ijckd"):
+        student = build_model(student_name, 10, (1, 8, 8))
+        teacher = build_model("cnn_large", 10, (1, 8, 8))
+        built[method] = (build_objective(MethodConfig(name=method, reduction=4), student,
+                                         teacher, x[:2]), student, teacher)
+    control, student, teacher = built["ce_connector"]
+    control.train()
+    terms, logits = control(x, y)
+    assert set(terms) == {"loss", "ce"} and logits.shape == (8, 10)
+    terms["loss"].backward()
+    body = [p for name, p in student.named_parameters() if not name.startswith("classifier")]
+    trained = body + list(control.connector.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
+    assert {id(p) for p in control.trainable_parameters()} == {id(p) for p in trained}
+    assert all(p.grad is None for p in teacher.parameters())  # teacher.classifier is h_T
+    assert all(p.grad is None for p in student.classifier.parameters())
+    ijckd = built["ijckd"][0]
+    assert ([tuple(p.shape) for p in control.trainable_parameters()]
+            == [tuple(p.shape) for p in ijckd.trainable_parameters()])
 
 
 # -------------------------------------------------------------------------- the figure
