@@ -627,7 +627,9 @@ def compare_markdown(runs, groups, verdict_df, controls, *, columns=(), unused=(
         if present:
             lines += [f"Tracked at the final epoch (eval split, from each run's "
                       f"`{BOUNDS_CSV}`), mean ± std over seeds:", ""]
-            rows = [[g["group"], *(_mean_std(g, c) for c in present)]
+            rows = [[g["group"], *(_mean_std(g, c) + (f" (n={g[f'{c}_n']})"
+                                                       if 0 < g[f"{c}_n"] < g["n_seeds"] else "")
+                                   for c in present)]
                     for _, g in block.iterrows()]
             lines += _table(["method", *present], rows)
             lines.append("")

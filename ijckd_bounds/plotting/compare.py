@@ -61,9 +61,11 @@ def plot_compare(df, *, ax=None):
             seeds = mine[mine["kind"] == "seed"]
             offsets = (np.linspace(-SEED_SPREAD / 2, SEED_SPREAD / 2, len(seeds))
                        if len(seeds) > 1 else np.zeros(len(seeds)))
-            ax.scatter(seeds["best_acc"], y + offsets, s=14, facecolors="none",
-                       edgecolors=colour, linewidths=0.7, zorder=3)
-            ax.scatter(seeds["final_acc"], y + offsets, s=12, color=colour, linewidths=0,
+            # the best-epoch ring is larger than the final-epoch dot, so a run whose last
+            # epoch was its best shows a dot inside a ring
+            ax.scatter(seeds["best_acc"], y + offsets, s=28, facecolors="none",
+                       edgecolors=colour, linewidths=0.6, zorder=3)
+            ax.scatter(seeds["final_acc"], y + offsets, s=9, color=colour, linewidths=0,
                        zorder=4)
             if np.isfinite(group["final_lo"]):
                 ax.plot([group["final_lo"], group["final_hi"]], [y, y], color=colour,
@@ -91,10 +93,11 @@ def plot_compare(df, *, ax=None):
         ax.set_axisbelow(True)
         ax.tick_params(axis="y", length=0)
         handles = [
-            Line2D([], [], marker="o", linestyle="none", color="#555555", markersize=3.5,
+            Line2D([], [], marker="o", linestyle="none", color="#555555", markersize=3.0,
                    label="seed, final epoch"),
             Line2D([], [], marker="o", linestyle="none", markerfacecolor="none",
-                   markeredgecolor="#555555", markersize=3.5, label="seed, best epoch"),
+                   markeredgecolor="#555555", markersize=5.3, markeredgewidth=0.6,
+                   label="seed, best epoch"),
             Line2D([], [], color="#555555", linewidth=1.2, label="95% t-interval (final)"),
             Line2D([], [], color="#000000", marker="|", linestyle="none", markersize=6,
                    label="mean (final)"),
