@@ -206,7 +206,7 @@ def track_final_checkpoints(records, n_bootstrap):
 
 
 def _relative(path):
-    path = Path(path).resolve()
+    path = Path(path).absolute()  # symlinks kept: the path the table was asked for
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
