@@ -200,3 +200,14 @@ def cmd_demo(args):
 
 
 __all__ = [name for name in dir(sys.modules[__name__]) if name.startswith("cmd_")]
+
+
+# ------------------------------------------------------------------------------ compare
+
+
+def cmd_compare(args):
+    from ijckd_bounds.compare import run_compare
+
+    written = run_compare(args.run_dirs, args.out, published=args.published or (),
+                          published_file=args.published_file, columns=args.columns or ())
+    _echo(f"wrote {', '.join(str(p) for p in written)}")
