@@ -127,6 +127,9 @@ PERCENT_TERMS = frozenset({
     "ijc_gap", "pair_disc", "transfer_gap", *schema.BOUNDS,
 })
 
+# fidelity and calibration: agreement and ECE are shares of samples too
+PERCENT_TERMS = PERCENT_TERMS | {"top1_agreement", "teacher_ece", "student_ece"}
+
 # Discrepancy estimates that need n >> d (THEORY: flagged when n_eval < 10 * dim).
 DISCREPANCY_TERMS = frozenset({"proxy_a_linear", "proxy_a_mlp", "feat_cka", "mmd2"})
 
@@ -143,6 +146,13 @@ UNITS = {
     "proxy_a_linear": "distance (0 to 2)", "proxy_a_mlp": "distance (0 to 2)",
     **{bound: _ERROR_UNIT for bound in schema.BOUNDS},
 }
+
+# fidelity and calibration
+UNITS.update({
+    "top1_agreement": "agreement (%)", "pred_kl": "nats", "teacher_nll": "nats",
+    "student_nll": "nats", "teacher_brier": "Brier score", "student_brier": "Brier score",
+    "teacher_ece": "ECE (%)", "student_ece": "ECE (%)",
+})
 
 TERM_LABELS = {**schema.LABELS, "transfer_gap": "transfer gap $\\epsilon_S - \\epsilon_T$"}
 
