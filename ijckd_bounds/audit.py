@@ -175,9 +175,11 @@ def write_audit(report, out, *, own_features, title, notes=(), n_bootstrap=1000,
 
     budget_dicts = [b.as_dict() for b in budgets]
     text = audit_markdown(title=title, row=row, budgets=[dict(b) for b in budget_dicts],
-                          per_class=per_class, figures=figures, notes=notes)
+                          per_class=per_class, figures=figures, notes=notes,
+                          ece_gap=report.details.get("ece_gap"))
     atomic_write_text(out / "report.md", text)
-    payload = {"title": title, "terms": row, "budgets": budget_dicts,
+    payload = {"title": title, "terms": row, "ece_gap": report.details.get("ece_gap"),
+               "budgets": budget_dicts,
                "per_class": per_class.to_dict(orient="records"), "notes": notes}
     atomic_write_text(out / "bounds.json",
                       json.dumps(_clean(payload), indent=2, default=_json_default) + "\n")

@@ -5,6 +5,7 @@ import math
 
 from ijckd_bounds import schema
 from ijckd_bounds.estimators.audit import ADVICE, DIAGNOSES
+from ijckd_bounds.reporting_fidelity import fidelity_section
 
 RATE_TERMS = ("teacher_err", "student_err", "student_own_err", "disagreement", "delta_gamma",
               "joint_err_T", "joint_err_S", "ideal_joint", "student_probe_err", "ijc_lambda",
@@ -99,8 +100,9 @@ def classes_table(per_class, top=5):
     return "\n".join(lines)
 
 
-def audit_markdown(*, title, row, budgets, per_class, figures=(), notes=()):
-    """Markdown text of an audit. ``budgets``: list of ErrorBudget.as_dict(), primary first."""
+def audit_markdown(*, title, row, budgets, per_class, figures=(), notes=(), ece_gap=None):
+    """Markdown text of an audit. ``budgets``: list of ErrorBudget.as_dict(), primary first.
+    ``ece_gap``: the report's ``details["ece_gap"]`` (the fidelity section's ECE sentence)."""
     primary = budgets[0]
     for b in budgets:
         b["pieces_ranked"] = _ranked(b)
@@ -121,6 +123,7 @@ def audit_markdown(*, title, row, budgets, per_class, figures=(), notes=()):
     if _small_n(row):
         parts += ["Discrepancy terms marked (n < 10·d) were measured with fewer than ten "
                   "samples per feature dimension; read them as rough.", ""]
+    parts += fidelity_section(row, ece_gap)
     parts += ["## Classes that carry the gap", "", classes_table(per_class), ""]
     if figures:
         parts += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
