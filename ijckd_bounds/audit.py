@@ -258,7 +258,8 @@ def write_audit(report, out, *, own_features, title, notes=(), sections=(), stud
     atomic_write_text(out / "report.md", text)
     subject = title if isinstance(title, Subject) else Subject(str(title))
     payload = {"title": subject.title, "teacher": subject.teacher, "student": subject.student,
-               "terms": row, "budgets": budget_dicts,
+               "terms": row, "ece_gap": report.details.get("ece_gap"),
+               "budgets": budget_dicts,
                "per_class": per_class.to_dict(orient="records"), "notes": notes}
     atomic_write_text(out / "bounds.json",
                       json.dumps(_clean(payload), indent=2, default=_json_default) + "\n")

@@ -147,7 +147,9 @@ def run_experiment(dataset="digits", out="demo_out", *, seeds=(0,), epochs=None,
     bounds = collect(run_dirs)
     per_class = collect(run_dirs, kind="per_class")
     margins = collect(run_dirs, kind="margins")
-    figures = make_all_figures(bounds, per_class, margins, out / "figures")
+    calibration = collect(run_dirs, kind="calibration")
+    figures = make_all_figures(bounds, per_class, margins, out / "figures",
+                               calibration_df=calibration)
 
     errors, last = _final_error(bounds)
     report = None

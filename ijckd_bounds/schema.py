@@ -130,7 +130,7 @@ LABELS = {
 # fidelity and calibration
 LABELS.update({
     "top1_agreement": "top-1 agreement with the teacher",
-    "pred_kl": "predictive KL $KL(p_T\\|p_S)$",
+    "pred_kl": "predictive KL$(p_T\\|p_S)$",
     "teacher_nll": "teacher NLL",
     "student_nll": "student NLL",
     "teacher_brier": "teacher Brier score",

@@ -106,6 +106,14 @@ def synthetic_bounds(methods=("ce", "kd", "simkd", "ijckd"), epochs=range(0, 21,
                                                + values["pair_disc"])
                 values["bound_ben_david"] = (TEACHER_ERR + 0.5 * values["proxy_a_mlp"]
                                              + values["ideal_joint"])
+                # fidelity and calibration
+                values.update({
+                    "top1_agreement": 1.0 - disagreement - (0.01 if own_head else 0.0),
+                    "pred_kl": 0.8 * scale_dist * (1 - 0.7 * progress),
+                    "teacher_nll": 0.3, "student_nll": 0.3 + 1.5 * student,
+                    "teacher_brier": 0.12, "student_brier": 0.12 + 0.8 * (student - TEACHER_ERR),
+                    "teacher_ece": 0.02, "student_ece": 0.02 + 0.2 * (student - TEACHER_ERR),
+                })
                 for term, value in values.items():
                     lo, hi = _interval(value)
                     if term in ("feat_msd", "logit_msd", "mmd2", "feat_cka", "feat_rel",
@@ -592,15 +600,15 @@ def test_make_all_figures_writes_every_figure_and_skips_empty_tables(tmp_path, c
     margins = synthetic_margins(methods=("kd",), n=300)
     paths = make_all_figures(bounds, per_class, margins, tmp_path)
     names = sorted(p.name for p in paths)
-    assert len(names) == 6 * 2 + 2
-    for stem in ("terms", "bounds", "decomposition", "final_comparison",
+    assert len(names) == 7 * 2 + 2
+    for stem in ("terms", "bounds", "decomposition", "final_comparison", "fidelity",
                  "per_class_ijckd-s0", "margins_kd-s0"):
         assert f"{stem}.png" in names and f"{stem}.pdf" in names
     assert "final_table.md" in names and "final_table.tex" in names
     assert all(p.stat().st_size > 0 for p in paths)
     with caplog.at_level(logging.INFO, logger="ijckd_bounds.plotting.output"):
         only_bounds = make_all_figures(bounds, per_class.iloc[:0], None, tmp_path / "b")
-    assert len(only_bounds) == 10  # 4 figures x 2 formats + 2 tables
+    assert len(only_bounds) == 12  # 5 figures x 2 formats + 2 tables
     assert "per_class table is empty" in caplog.text
     assert "no margins table was given" in caplog.text
 
@@ -623,3 +631,103 @@ def test_bad_inputs_raise_one_readable_line(bounds_df):
         plot_bounds(bounds_df, method="dino")
     with pytest.raises(IJCKDError, match="must be a pandas DataFrame"):
         plot_terms(bounds_df.to_dict())
+
+
+# ------------------------------------------------------------- fidelity and calibration
+
+
+def synthetic_calibration(methods=("kd", "ijckd"), epochs=(5, 10), n_bins=15, n=2000):
+    """Reliability bins: a calibrated teacher and an over-confident student."""
+    rows = []
+    edges = np.linspace(0, 1, n_bins + 1)
+    for method in methods:
+        for epoch in epochs:
+            for model, shift in (("teacher", 0.0), ("student", 0.06 * epoch / 10)):
+                weights = np.exp(4 * edges[1:])
+                counts = np.floor(n * weights / weights.sum()).astype(int)
+                counts[: n_bins // 3] = 0  # confidences below 1/K do not occur
+                for b in range(n_bins):
+                    conf = (edges[b] + edges[b + 1]) / 2
+                    acc = max(conf - shift, 0.0)
+                    rows.append({"run": f"{method}-s0", "method": method, "epoch": epoch,
+                                 "checkpoint": f"epoch_{epoch:04d}.pt", "split": "eval",
+                                 "model": model, "bin": b, "bin_lo": edges[b],
+                                 "bin_hi": edges[b + 1], "n": counts[b],
+                                 "confidence": conf if counts[b] else np.nan,
+                                 "accuracy": acc if counts[b] else np.nan})
+    return pd.DataFrame(rows)
+
+
+def test_plot_fidelity_draws_the_tables_agreement_kl_and_ece():
+    from ijckd_bounds.plotting import FIDELITY_CURVES, plot_fidelity
+
+    df = synthetic_bounds(methods=("kd", "ijckd"), epochs=(0, 5, 10))
+    fig = plot_fidelity(df)
+    assert len(fig.axes) == len(FIDELITY_CURVES) == 3
+    for ax, term in zip(fig.axes, FIDELITY_CURVES):
+        assert ax.get_title(loc="left") == schema.LABELS[term]
+        factor = 100.0 if term != "pred_kl" else 1.0
+        lines = [line.get_ydata() for line in ax.get_lines()]
+        for run in ("kd-s0", "ijckd-s0"):
+            want = df.loc[df["run"] == run, term].to_numpy() * factor
+            assert any(np.allclose(y, want) for y in lines), (term, run)
+    assert fig.axes[0].get_ylabel() == "agreement (%)"
+    assert fig.axes[1].get_ylabel() == "nats"
+
+
+def test_plot_reliability_draws_teacher_beside_student_with_bin_counts():
+    from ijckd_bounds.plotting import plot_reliability
+
+    calibration = synthetic_calibration()
+    fig = plot_reliability(calibration, run="kd-s0")
+    top_teacher, counts_teacher, top_student, counts_student = fig.axes
+    last = calibration[(calibration["run"] == "kd-s0") & (calibration["epoch"] == 10)]
+    for model, top, counts in (("teacher", top_teacher, counts_teacher),
+                               ("student", top_student, counts_student)):
+        mine = last[(last["model"] == model) & (last["n"] > 0)].sort_values("bin")
+        bars = top.containers[0]
+        assert np.allclose([b.get_height() for b in bars], mine["accuracy"])
+        gaps = top.containers[1]
+        assert np.allclose([g.get_height() for g in gaps],
+                           (mine["confidence"] - mine["accuracy"]).abs())
+        assert np.allclose([b.get_height() for b in counts.containers[0]], mine["n"])
+        assert counts.get_yscale() == "log"
+        assert f"{int(mine['n'].sum())} samples" in top.get_title(loc="left")
+    assert "student (KD)" in top_student.get_title(loc="left")
+    assert "epoch 10" in fig._suptitle.get_text()
+    # the student's bars sit under the diagonal (over-confident), the teacher's on it
+    assert (last.loc[last["model"] == "student", "accuracy"].dropna()
+            < last.loc[last["model"] == "student", "confidence"].dropna()).all()
+    earlier = plot_reliability(calibration, run="kd-s0", epoch=5)
+    first = calibration[(calibration["run"] == "kd-s0") & (calibration["epoch"] == 5)
+                        & (calibration["model"] == "student") & (calibration["n"] > 0)]
+    assert np.allclose([b.get_height() for b in earlier.axes[2].containers[0]],
+                       first.sort_values("bin")["accuracy"])
+    with pytest.raises(IJCKDError, match="pass run= to pick one"):
+        plot_reliability(calibration)
+    with pytest.raises(IJCKDError, match="no calibration bins at epoch 7"):
+        plot_reliability(calibration, run="kd-s0", epoch=7)
+    with pytest.raises(IJCKDError, match="no student bins"):
+        plot_reliability(calibration[calibration["model"] == "teacher"], run="kd-s0")
+    with pytest.raises(IJCKDError, match="lacks column 'accuracy'"):
+        plot_reliability(calibration.drop(columns="accuracy"), run="kd-s0")
+
+
+def test_make_all_figures_adds_the_fidelity_figure_and_a_reliability_diagram_per_run(
+        tmp_path):
+    bounds = synthetic_bounds(methods=("kd", "ijckd"), epochs=(0, 5, 10))
+    paths = make_all_figures(bounds, None, None, tmp_path,
+                             calibration_df=synthetic_calibration())
+    names = {p.name for p in paths}
+    assert {"fidelity.png", "reliability_kd-s0.png", "reliability_ijckd-s0.png",
+            "reliability_kd-s0.pdf"} <= names
+
+
+def test_final_table_has_agreement_and_ece_columns():
+    df = synthetic_bounds(methods=("kd", "ijckd"), epochs=(0, 10))
+    table = final_table(df)
+    for column in ("top1_agreement", "teacher_ece", "student_ece"):
+        assert column in table.columns
+    kd = df[(df["method"] == "kd") & (df["epoch"] == 10)].iloc[0]
+    assert table.loc[0, "student_ece"].startswith(f"{100 * kd['student_ece']:.1f} [")
+    assert "| top1_agreement (%) |" in to_markdown(table)

@@ -434,28 +434,8 @@ def _share_y_range(axes):
 
 
 def _select_margin_checkpoint(margins_df, run, method, epoch):
-    select.require_columns(margins_df, select.MARGIN_COLUMNS, "margins_df")
-    rows = margins_df
-    if method is not None:
-        rows = select.select_one(rows, "method", method, "margins_df")
-    if run is not None:
-        rows = select.select_one(rows, "run", run, "margins_df")
-    runs = sorted(rows["run"].astype(str).unique())
-    if len(runs) > 1:
-        raise IJCKDError(f"`margins_df` holds {len(runs)} runs ({', '.join(runs[:6])}"
-                         f"{', ...' if len(runs) > 6 else ''}): pass run= to pick one")
-    if epoch is None:
-        epochs = rows["epoch"].dropna()
-        if not epochs.empty:
-            rows = rows[rows["epoch"] == epochs.max()]
-    else:
-        rows = rows[pd.to_numeric(rows["epoch"], errors="coerce") == float(epoch)]
-        if rows.empty:
-            present = sorted(margins_df[margins_df["run"].astype(str) == runs[0]]["epoch"]
-                             .dropna().unique())
-            raise IJCKDError(f"run {runs[0]!r} has no margins at epoch {epoch}; epochs "
-                             f"present: {', '.join(map(select.format_number, present))}")
-    return rows
+    return select.select_checkpoint(margins_df, select.MARGIN_COLUMNS, "margins_df", run=run,
+                                    method=method, epoch=epoch, rows_name="margins")
 
 
 def plot_margins(margins_df, *, run=None, method=None, epoch=None, palette=None):

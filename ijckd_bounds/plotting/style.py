@@ -147,6 +147,9 @@ PERCENT_TERMS = frozenset({
     "teacher_probe_err", "connected_probe_err",
 })
 
+# fidelity and calibration: agreement and ECE are shares of samples too
+PERCENT_TERMS = PERCENT_TERMS | {"top1_agreement", "teacher_ece", "student_ece"}
+
 # Discrepancy estimates that need n >> d (THEORY: flagged when n_eval < 10 * dim).
 DISCREPANCY_TERMS = frozenset({"proxy_a_linear", "proxy_a_mlp", "feat_cka", "mmd2"})
 
@@ -164,6 +167,13 @@ UNITS = {
     **{bound: _ERROR_UNIT for bound in schema.BOUNDS},
     "teacher_probe_err": _ERROR_UNIT, "connected_probe_err": _ERROR_UNIT,
 }
+
+# fidelity and calibration
+UNITS.update({
+    "top1_agreement": "agreement (%)", "pred_kl": "nats", "teacher_nll": "nats",
+    "student_nll": "nats", "teacher_brier": "Brier score", "student_brier": "Brier score",
+    "teacher_ece": "ECE (%)", "student_ece": "ECE (%)",
+})
 
 TERM_LABELS = {**schema.LABELS, "transfer_gap": "transfer gap $\\epsilon_S - \\epsilon_T$"}
 

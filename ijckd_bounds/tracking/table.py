@@ -3,6 +3,8 @@
 ``bounds.csv``: one row per run x checkpoint x split, columns ``schema.TABLE_COLUMNS``.
 ``per_class.csv``: one row per run x checkpoint x class.
 ``margins.csv``: one row per evaluation sample x checkpoint (margin figure).
+``calibration.csv``: one row per checkpoint x model (teacher, student) x confidence bin
+(reliability diagram).
 
 Appending writes the new file through a temporary file and a rename, inside an
 exclusive ``fcntl`` lock on ``<table>.lock``, so a killed process leaves the old or the
@@ -30,6 +32,12 @@ PER_CLASS_COLUMNS = ("run", "method", "epoch", "checkpoint", "class", "n",
                      "disagreement", "disagreement_lo", "disagreement_hi")
 MARGIN_COLUMNS = ("run", "method", "epoch", "checkpoint", "teacher_margin", "feat_dist",
                   "disagree")
+
+# fidelity and calibration (THEORY): per-class agreement, reliability-diagram bins
+PER_CLASS_COLUMNS = PER_CLASS_COLUMNS + ("top1_agreement", "top1_agreement_lo",
+                                         "top1_agreement_hi")
+CALIBRATION_COLUMNS = ("run", "method", "epoch", "checkpoint", "split", "model", "bin",
+                       "bin_lo", "bin_hi", "n", "confidence", "accuracy")
 
 
 @contextlib.contextmanager
@@ -176,6 +184,10 @@ def append_per_class(path, df):
     upsert_block(path, df, columns=PER_CLASS_COLUMNS)
 
 
+def append_calibration(path, df):
+    upsert_block(path, df, columns=CALIBRATION_COLUMNS)
+
+
 def append_margins(path, df):
     df = df.copy()
     df["sample"] = range(len(df)) if "sample" not in df else df["sample"]
@@ -185,10 +197,10 @@ def append_margins(path, df):
 def drop_incomplete_checkpoints(bounds_path, companion_paths):
     """Remove from ``bounds_path`` the rows of checkpoints that a companion table lacks.
 
-    A checkpoint is tracked once its rows are in ``bounds.csv``, ``per_class.csv`` and
-    ``margins.csv``; the three files are written one after the other, so a tracker killed
-    in between leaves a checkpoint that ``bounds.csv`` lists (and a re-run would skip)
-    without its per-class or margin rows. Dropping its bounds row makes the re-run
+    A checkpoint is tracked once its rows are in ``bounds.csv`` and every companion
+    (``per_class.csv``, ``margins.csv``, ``calibration.csv``); the files are written one
+    after the other, so a tracker killed in between leaves a checkpoint that
+    ``bounds.csv`` lists (and a re-run would skip) without its companion rows. Dropping its bounds row makes the re-run
     estimate it again; the companions are upserted, so nothing is duplicated. Returns the
     ``(run, checkpoint)`` pairs dropped.
     """
@@ -217,7 +229,8 @@ def drop_incomplete_checkpoints(bounds_path, companion_paths):
 def collect(paths, *, kind="bounds"):
     """Concatenate the tables of several runs (files or run directories)."""
     frames = []
-    name = {"bounds": "bounds.csv", "per_class": "per_class.csv", "margins": "margins.csv"}[kind]
+    name = {"bounds": "bounds.csv", "per_class": "per_class.csv", "margins": "margins.csv",
+            "calibration": "calibration.csv"}[kind]
     for item in paths:
         item = Path(item)
         files = [item] if item.is_file() else sorted(item.rglob(name))

@@ -45,6 +45,9 @@ from ijckd_bounds.train.distributed import resolve_device as resolve_run_device
 BOUNDS_CSV = "bounds.csv"
 PER_CLASS_CSV = "per_class.csv"
 MARGINS_CSV = "margins.csv"
+CALIBRATION_CSV = "calibration.csv"
+# the tables written beside bounds.csv for each checkpoint (bounds.csv last)
+COMPANION_CSVS = (PER_CLASS_CSV, MARGINS_CSV, CALIBRATION_CSV)
 TEACHER_CACHE = "teacher_features.pt"
 STUDENT_FEATURES = "student_features"
 # Rank 0 estimates while the other ranks wait; a barrier of its own with a long timeout
@@ -368,7 +371,7 @@ def _keys(student, run, checkpoint):
 
 
 def rows_for(report, keys):
-    """The bounds row, per-class rows and margin rows of one report."""
+    """The bounds row, per-class rows, margin rows and calibration rows of one report."""
     row = dict(keys)
     row.update(report.row())
     per_class = report.per_class().copy()
@@ -378,16 +381,20 @@ def rows_for(report, keys):
     margins = margins.rename(columns={"gamma": "teacher_margin", "distance": "feat_dist"})
     for name in ("run", "method", "epoch", "checkpoint"):
         margins[name] = keys[name]
-    return row, per_class, margins
+    calibration = report.calibration()
+    for name in ("run", "method", "epoch", "checkpoint", "split"):
+        calibration[name] = keys[name]
+    return row, per_class, margins, calibration
 
 
-def write_rows(run_dir, row, per_class, margins):
-    """Companion tables first, ``bounds.csv`` last: a checkpoint listed in ``bounds.csv``
-    is complete, so a tracker killed in between (which re-runs skip by ``bounds.csv``)
-    leaves only upserted companion rows that the re-run replaces."""
+def write_rows(run_dir, row, per_class, margins, calibration):
+    """Companion tables (``COMPANION_CSVS``) first, ``bounds.csv`` last: a checkpoint
+    listed in ``bounds.csv`` is complete, so a tracker killed in between (which re-runs
+    skip by ``bounds.csv``) leaves only upserted companion rows that the re-run replaces."""
     run_dir = Path(run_dir)
     table.append_per_class(run_dir / PER_CLASS_CSV, per_class)
     table.append_margins(run_dir / MARGINS_CSV, margins)
+    table.append_calibration(run_dir / CALIBRATION_CSV, calibration)
     table.append_bounds(run_dir / BOUNDS_CSV, [row])
 
 
@@ -457,7 +464,7 @@ def track_run(run_dir, settings=None, *, data_dir=None, progress=True):
     table.remove_stale_temp_files(run_dir)
     # rows a tracker of an older write order left without their companions
     table.drop_incomplete_checkpoints(run_dir / BOUNDS_CSV,
-                                      [run_dir / PER_CLASS_CSV, run_dir / MARGINS_CSV])
+                                      [run_dir / name for name in COMPANION_CSVS])
     done = set()
     if (run_dir / BOUNDS_CSV).is_file():
         done = set(table.read_table(run_dir / BOUNDS_CSV)["checkpoint"].astype(str))
