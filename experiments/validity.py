@@ -70,7 +70,7 @@ import torch
 from scipy import optimize, stats
 
 from ijckd_bounds import schema
-from ijckd_bounds.estimators import estimate_bounds, mmd2
+from ijckd_bounds.estimators import estimate_bounds, feat_cka, mmd2
 from ijckd_bounds.io import atomic_write_text
 
 N_CLASSES = 3
@@ -445,9 +445,7 @@ def run_replicate(scenario, n, d, rep, *, n_bootstrap, this_fit=True):
     """One report on fresh data: list of dicts (one per interval term) with value, lo,
     hi and the ``this fit`` target (NaN for terms without a fitted part), plus a dict
     of per-replicate extras (mmd_p, which joint classifier was chosen)."""
-    model = Model(d, SHIFTS[scenario])
-    rng = np.random.default_rng(_seed(scenario, n, d, rep))
-    fit, evaluation = model.sample(n, rng), model.sample(n, rng)
+    model, fit, evaluation, rng = _draws(scenario, n, d, rep)
     weight, bias = model.classifier()
     fit_split = (fit["z_t"], fit["z_s"], fit["y"])
 
@@ -479,6 +477,27 @@ def run_replicate(scenario, n, d, rep, *, n_bootstrap, this_fit=True):
     return records, extras
 
 
+def _draws(scenario, n, d, rep):
+    """The model, fit split, evaluation split and the generator (for more draws) of one
+    replicate."""
+    model = Model(d, SHIFTS[scenario])
+    rng = np.random.default_rng(_seed(scenario, n, d, rep))
+    return model, model.sample(n, rng), model.sample(n, rng), rng
+
+
+def run_cka_replicate(scenario, n, d, rep, *, n_bootstrap):
+    """``feat_cka`` (the report's CKA term function) on the evaluation split of replicate
+    ``rep``: the same draws as ``run_replicate``, every bootstrap replicate."""
+    _, _, evaluation, _ = _draws(scenario, n, d, rep)
+    accepted = inspect.signature(feat_cka).parameters
+    extra = {"max_bootstrap": None} if "max_bootstrap" in accepted else {}
+    estimate = feat_cka(evaluation["z_t"], evaluation["z_s"], n_bootstrap=n_bootstrap,
+                        seed=rep, **extra)
+    return {"scenario": scenario, "n": n, "d": d, "rep": rep, "term": "feat_cka",
+            "value": estimate.value, "lo": estimate.lo, "hi": estimate.hi,
+            "this_fit": math.nan}
+
+
 def run_mmd_replicate(n, d, shift, rep):
     """The permutation test alone on n exchangeable pairs moved by ``shift`` (0: the null
     holds exactly): 1 when it rejects at ALPHA."""
@@ -494,15 +513,17 @@ def run_mmd_replicate(n, d, shift, rep):
 # Blocks of replicates: the unit of work and of resumption
 
 
-def code_tag(n_bootstrap):
+def code_tag(n_bootstrap, *, with_cka=False):
     """Hash of the estimators' sources and the settings: results of other code are not
-    reused."""
+    reused. The report's blocks leave cka.py out (their feat_cka column is replaced by the
+    CKA blocks, whose tag includes it)."""
     root = Path(__file__).resolve().parents[1] / "ijckd_bounds"
     design = (N_CLASSES, RADIUS, RHO, SHIFTS, TRUTH_SAMPLES, BIG_FACTOR, N_PERMUTATIONS,
               MMD_SHIFTS, BLOCK, n_bootstrap)
     digest = hashlib.sha256(repr(design).encode())
     for path in sorted((root / "estimators").glob("*.py")) + [root / "schema.py"]:
-        digest.update(path.read_bytes())
+        if with_cka or path.name != "cka.py":
+            digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
 
@@ -510,9 +531,14 @@ def _blocks(total):
     return [(start, min(start + BLOCK, total)) for start in range(0, total, BLOCK)]
 
 
-def plan(cells, mmd_cells, work):
+def plan(cells, cka_cells, mmd_cells, work, cka_work):
     """Every block of work with its result file, ``(kind, key, path)``."""
     tasks = []
+    for (n, d), reps in cka_cells.items():
+        for scenario in SHIFTS:
+            for start, stop in _blocks(reps):
+                path = cka_work / "cka" / f"{scenario}_n{n}_d{d}_r{start:04d}-{stop:04d}.csv"
+                tasks.append(("cka", (scenario, n, d, start, stop), path))
     for (n, d), reps in cells.items():
         for scenario in SHIFTS:
             for start, stop in _blocks(reps):
@@ -545,6 +571,11 @@ def run_task(kind, key, path, n_bootstrap):
             extras.append(extra)
         _write_csv(pd.DataFrame(extras), path.with_suffix(".extras.csv"))
         _write_csv(pd.DataFrame(records), path)
+    elif kind == "cka":
+        scenario, n, d, start, stop = key
+        _write_csv(pd.DataFrame([run_cka_replicate(scenario, n, d, rep,
+                                                   n_bootstrap=n_bootstrap)
+                                 for rep in range(start, stop)]), path)
     else:
         n, d, shift, start, stop = key
         _write_csv(pd.DataFrame([run_mmd_replicate(n, d, shift, rep)
@@ -688,7 +719,8 @@ def main(argv=None):
                         help="where the tables go (default experiments/validity, "
                              "or runs/validity-quick with --quick)")
     parser.add_argument("--work", default=None,
-                        help="per-block results (default runs/validity[-quick]/<code tag>)")
+                        help="per-block results go to <work>/<code tag> "
+                             "(default runs/validity[-quick])")
     parser.add_argument("--n-bootstrap", type=int, default=500)
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--force", action="store_true", help="recompute every block")
@@ -698,12 +730,15 @@ def main(argv=None):
     cells, mmd_cells = (QUICK_CELLS, QUICK_MMD) if args.quick else (FULL_CELLS, FULL_MMD)
     suffix = "-quick" if args.quick else ""
     out = Path(args.out or (f"runs/validity{suffix}" if args.quick else "experiments/validity"))
-    work = Path(args.work or f"runs/validity{suffix}/{code_tag(args.n_bootstrap)}")
-    tasks = plan(cells, mmd_cells, work)
+    base = Path(args.work or f"runs/validity{suffix}")
+    work = base / code_tag(args.n_bootstrap)
+    cka_work = base / f"cka-{code_tag(args.n_bootstrap, with_cka=True)}"
+    cka_cells = {cell: 2 * reps for cell, reps in cells.items()}
+    tasks = plan(cells, cka_cells, mmd_cells, work, cka_work)
     todo = [t for t in tasks if args.force or not t[2].exists()]
     if args.tables_only:
         todo = []
-    print(f"validity: {len(tasks) - len(todo)} of {len(tasks)} blocks done in {work}",
+    print(f"validity: {len(tasks) - len(todo)} of {len(tasks)} blocks done in {base}",
           file=sys.stderr)
     truth = truths(cells, work)
     cpu_path = work / "cpu_seconds.json"
@@ -725,6 +760,10 @@ def main(argv=None):
                 bar.update()
     cell_paths = [t[2] for t in tasks if t[0] == "cell"]
     records = _read_all(cell_paths)
+    cka_records = _read_all([t[2] for t in tasks if t[0] == "cka"])
+    if not records.empty and not cka_records.empty:
+        records = pd.concat([records[records["term"] != "feat_cka"], cka_records],
+                            ignore_index=True)
     if records.empty:
         print("validity: no finished blocks yet", file=sys.stderr)
         return 0
