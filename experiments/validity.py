@@ -78,6 +78,7 @@ RADIUS = 1.75
 RHO = 0.8
 SHIFTS = {"aligned": 0.0, "shifted": 1.5}
 TRUTH_SAMPLES = 2_000_000
+QUICK_TRUTH_SAMPLES = 200_000
 BIG_FACTOR = 20
 LEVEL = 0.95
 ALPHA = 0.05
@@ -87,13 +88,13 @@ BLOCK = 10  # replicates per result file (the unit of resumption)
 # (n, d) -> replicates per scenario of the published run: d from 5 to 2n, fewer
 # replicates where one report costs more; "this fit" targets need a second report on 20·n
 # pairs, left out where that costs most (n = 1000, d >= 500)
-FULL_CELLS = {(50, 5): 200, (50, 100): 200, (200, 5): 100, (200, 100): 100,
-              (200, 400): 60, (1000, 5): 50, (1000, 500): 30, (1000, 2000): 16}
+FULL_CELLS = {(50, 5): 100, (50, 100): 100, (200, 5): 60, (200, 100): 40,
+              (200, 400): 40, (1000, 5): 20, (1000, 500): 10, (1000, 2000): 10}
 QUICK_CELLS = {(50, 5): 10, (50, 100): 10}
 NO_THIS_FIT = {(1000, 500), (1000, 2000)}
 # the permutation test alone: (n, d) -> replicates per mean shift
-FULL_MMD = {(50, 5): 400, (50, 100): 400, (200, 5): 200, (200, 400): 200,
-            (1000, 5): 60, (1000, 2000): 30}
+FULL_MMD = {(50, 5): 300, (50, 100): 200, (200, 5): 100, (200, 400): 100,
+            (1000, 5): 40, (1000, 2000): 20}
 QUICK_MMD = {(50, 5): 20}
 MMD_SHIFTS = (0.0, 0.25, 0.5)
 # the term -> which target its coverage is measured against, first the primary one
@@ -339,13 +340,13 @@ def _fidelity_values(logits_t, logits_own, y, n_bins=15):
     return out
 
 
-def plane_values(model, seed=12345):
+def plane_values(model, seed=12345, samples=None):
     """The population values that do not depend on d (the logits live in the plane of
     the means): error rates, disagreement, λ* and h*, the domain-classifier targets and
-    the fidelity terms. dict term -> float."""
+    the fidelity terms, on ``samples`` draws. dict term -> float."""
     weight_full, bias_t = model.classifier()
     weight, bias = weight_full.numpy()[:, :2], bias_t.numpy()
-    plane = model.plane_sample(TRUTH_SAMPLES, np.random.default_rng(seed))
+    plane = model.plane_sample(samples or TRUTH_SAMPLES, np.random.default_rng(seed))
     y = plane["y"]
     logits_t = _plane_logits(plane["u_t"], weight, bias)
     logits_s = _plane_logits(plane["u_s"], weight, bias)
@@ -388,13 +389,14 @@ def plane_values(model, seed=12345):
     return out
 
 
-def population_values(model, plane=None, seed=12345):
+def population_values(model, plane=None, seed=12345, samples=None):
     """Every population value of the module docstring: dict term -> float. ``plane``:
     the result of ``plane_values`` for this model's scenario (computed when None)."""
-    out = dict(plane if plane is not None else plane_values(model, seed))
+    out = dict(plane if plane is not None else plane_values(model, seed, samples))
     weight_full, bias_t = model.classifier()
     weight, bias = weight_full.numpy()[:, :2], bias_t.numpy()
-    sample = model.plane_sample(TRUTH_SAMPLES // 2, np.random.default_rng(seed + 1))
+    sample = model.plane_sample((samples or TRUTH_SAMPLES) // 2,
+                                np.random.default_rng(seed + 1))
     logits_t = _plane_logits(sample["u_t"], weight, bias)
     pred_t = logits_t.argmax(1)
     pred_s = _plane_logits(sample["u_s"], weight, bias).argmax(1)
@@ -559,7 +561,6 @@ def _write_csv(frame, path):
 
 def run_task(kind, key, path, n_bootstrap):
     """Compute one block and write its file (atomically: a killed run leaves none)."""
-    torch.set_num_threads(1)
     t0 = time.process_time()
     if kind == "cell":
         scenario, n, d, start, stop = key
@@ -583,22 +584,23 @@ def run_task(kind, key, path, n_bootstrap):
     return time.process_time() - t0
 
 
-def truths(cells, work):
-    """Population values per (scenario, d), cached as JSON under ``work``."""
+def truths(cells, work, samples=None):
+    """Population values per (scenario, d) on ``samples`` draws (default
+    ``TRUTH_SAMPLES``), cached as JSON under ``work``."""
     out = {}
     for scenario, shift in SHIFTS.items():
         plane_path = work / "truth" / f"{scenario}_plane.json"
         if plane_path.exists():
             plane = json.loads(plane_path.read_text())
         else:
-            plane = plane_values(Model(2, shift))
+            plane = plane_values(Model(2, shift), samples=samples)
             atomic_write_text(plane_path, json.dumps(plane, indent=1))
         for d in sorted({d for _, d in cells}):
             path = work / "truth" / f"{scenario}_d{d}.json"
             if path.exists():
                 values = json.loads(path.read_text())
             else:
-                values = population_values(Model(d, shift), plane)
+                values = population_values(Model(d, shift), plane, samples=samples)
                 atomic_write_text(path, json.dumps(values, indent=1))
             out[scenario, d] = values
     return out
@@ -740,14 +742,15 @@ def main(argv=None):
         todo = []
     print(f"validity: {len(tasks) - len(todo)} of {len(tasks)} blocks done in {base}",
           file=sys.stderr)
-    truth = truths(cells, work)
+    truth = truths(cells, work, QUICK_TRUTH_SAMPLES if args.quick else None)
     cpu_path = work / "cpu_seconds.json"
     spent = json.loads(cpu_path.read_text()) if cpu_path.exists() else {}
     from tqdm import tqdm
 
     with tqdm(total=len(todo), desc="blocks", file=sys.stderr) as bar:
         if args.jobs > 1:
-            with ProcessPoolExecutor(args.jobs) as pool:
+            with ProcessPoolExecutor(args.jobs, initializer=torch.set_num_threads,
+                                     initargs=(1,)) as pool:
                 futures = {pool.submit(run_task, *t, args.n_bootstrap): t for t in todo}
                 for future in as_completed(futures):
                     spent[str(futures[future][2].name)] = future.result()
