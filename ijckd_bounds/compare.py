@@ -153,7 +153,10 @@ def _bounds_values(run_dir, epoch, columns):
     if not path.is_file():
         return values, [f"no {BOUNDS_CSV} (run `ijckd-bounds track` on it for "
                         f"{', '.join(columns)})"]
-    table = pd.read_csv(path)
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        return values, [f"{BOUNDS_CSV} is unreadable ({str(exc).splitlines()[0]})"]
     rows = table
     if "split" in table.columns:
         rows = rows[rows["split"].astype(str) == "eval"]
@@ -192,7 +195,10 @@ def read_run(run_dir, columns=()):
     config = _read_config(run_dir)
     history = _read_history(run_dir)
     method, weights, setting, predicts_with = _method_setting(config.get("method") or {})
-    epochs = int(config["optim"].get("epochs"))
+    epochs = config["optim"].get("epochs")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise IJCKDError(f"{str(run_dir / CONFIG_YAML)!r}: optim.epochs must be a positive "
+                         f"integer, got {epochs!r}")
     checkpoint = latest_checkpoint(run_dir)
     teacher_file = run_dir / TEACHER_FILE
     meta = {}
