@@ -278,7 +278,7 @@ def _module_digest(module):
 
 
 def audit_models(teacher, student, splits, out, *, connector=None, n_bootstrap=1000, seed=0,
-                 title=None):
+                 title=None, n_permutations=200):
     """Audit any two models of the zoo interface, e.g. user modules wrapped in
     ``FeatureModel``: ``model(x) -> (logits, features)``, ``.classifier`` an ``nn.Linear``,
     and ``forward_with_map(x)``.
@@ -317,7 +317,9 @@ def audit_models(teacher, student, splits, out, *, connector=None, n_bootstrap=1
         meta={"method": "student", "dataset": {"name": splits.name}})
     cache = teacher_features(loaded_teacher, splits, out / ".cache" / "teacher_features.pt")
     report, kind = estimate_checkpoint(loaded_student, cache,
-                                       EstimatorSettings(n_bootstrap=n_bootstrap, seed=seed))
+                                       EstimatorSettings(n_bootstrap=n_bootstrap,
+                                                         n_permutations=n_permutations,
+                                                         seed=seed))
     notes = []
     if kind == "post-hoc ridge":
         notes.append("the student predicts with its own head: its features were mapped into "

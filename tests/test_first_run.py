@@ -573,3 +573,22 @@ def test_the_demo_says_what_to_open_first_and_writes_its_index(tmp_path, capsys,
         if figure.suffix == ".png":
             assert f"[`{figure.relative_to(tmp_path / 'out').as_posix()}`]" in text
     assert "students/kd-s0/bounds.csv" in text and "students/ce-s0/history.csv" in text
+
+
+@pytest.mark.parametrize("setting, stderr_tty, stdout_tty, expected", [
+    (None, True, True, (True, False)),     # a terminal: bars, no lines
+    (None, False, False, (False, True)),   # a log file: lines
+    (None, True, False, (True, True)),     # `distill > log`: bars on screen, lines in the log
+    (True, False, False, (True, True)),
+    (False, True, False, (False, False)),  # quiet
+])
+def test_progress_shows_bars_on_a_terminal_and_lines_in_a_log(monkeypatch, setting,
+                                                              stderr_tty, stdout_tty,
+                                                              expected):
+    import sys
+
+    from ijckd_bounds.train.callbacks import progress_modes
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: stderr_tty, raising=False)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: stdout_tty, raising=False)
+    assert progress_modes(setting) == expected
