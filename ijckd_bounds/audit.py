@@ -157,8 +157,12 @@ def run_audit(*, teacher=None, student=None, dataset=None, data_dir=None, featur
     else:
         report, own_features, title, notes = _checkpoint_inputs(
             teacher, student, dataset, data_dir, out, n_bootstrap, seed)
-    return write_audit(report, out, own_features=own_features, title=title, notes=notes,
+    from ijckd_bounds.audit_layers import append_layers_section
+
+    path = write_audit(report, out, own_features=own_features, title=title, notes=notes,
                        n_bootstrap=n_bootstrap, seed=seed)
+    return append_layers_section(path, student=student, teacher=teacher, dataset=dataset,
+                                 data_dir=data_dir, n_bootstrap=n_bootstrap, seed=seed)
 
 
 def write_audit(report, out, *, own_features, title, notes=(), n_bootstrap=1000, seed=0):

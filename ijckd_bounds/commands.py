@@ -121,8 +121,20 @@ def cmd_plot(args):
     bounds, per_class, margins = _tables(args.run_dirs)  # cheap: the figures are the work
     check_writable_dir(args.out, need_bytes=8 << 20)
     paths = make_all_figures(bounds, per_class, margins, args.out)
+    paths += _layer_figures(args.run_dirs, args.out)
     for path in paths:
         _echo(str(path))
+
+
+def _layer_figures(run_dirs, out):
+    """The layer figures of the runs that have a ``layers.csv`` (none: no figures)."""
+    from ijckd_bounds.plotting.layers import make_layer_figures
+    from ijckd_bounds.tracking.table import collect_layers
+
+    found = [d for d in map(Path, run_dirs) if d.is_dir() and any(d.rglob("layers.csv"))]
+    if not found:
+        return []
+    return make_layer_figures(collect_layers(found), out)
 
 
 def cmd_estimate(args):

@@ -4,15 +4,17 @@ CKA matrix against per-pair references, a copy of the teacher and a noise stage.
 import copy
 import math
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ijckd_bounds import schema
+from ijckd_bounds.audit_layers import layer_findings, layers_markdown
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.cka import debiased_cka, feat_cka
-from ijckd_bounds.estimators.intervals import PairedBootstrap
+from ijckd_bounds.estimators.intervals import Estimate, PairedBootstrap
 from ijckd_bounds.estimators.layers import (
     layer_rows,
     stage_cka_matrix,
@@ -21,6 +23,7 @@ from ijckd_bounds.estimators.layers import (
 )
 from ijckd_bounds.models import build_model, model_names
 from ijckd_bounds.models.feature_model import FeatureModel
+from ijckd_bounds.plotting.layers import plot_layer_cka, plot_layer_profile, plot_layer_profiles
 
 # one model per family, with the input it takes and its stages
 FAMILIES = {
@@ -291,3 +294,110 @@ def test_layer_rows_follow_the_schema():
     assert cka_rows[-1]["teacher_stage"] == "pool" and cka_rows[-1]["dim"] == 21
     assert all(math.isnan(r["stage_cka"]) for r in probe_rows)
     assert all(math.isnan(r["stage_probe_err"]) for r in cka_rows)
+
+
+# ---------------------------------------------------------------- audit findings, figures
+
+
+def _table(teacher, student, cka, *, run="r", method="fitnet", epoch=3, checkpoint="c3"):
+    """layers.csv rows from (stage, err, lo, hi) lists and a {(i, j): (v, lo, hi)} dict."""
+    probes_t = [Estimate(e, lo, hi, 100, "cp", 0.95) for _, e, lo, hi in teacher]
+    probes_s = [Estimate(e, lo, hi, 100, "cp", 0.95) for _, e, lo, hi in student]
+    matrix = [[Estimate(*cka[i, j], 100, "bs", 0.95) for j in range(len(student))]
+              for i in range(len(teacher))]
+    rows = layer_rows(probes_t, probes_s, matrix, teacher_stages=[t[0] for t in teacher],
+                      student_stages=[s[0] for s in student], teacher_dims=[4] * len(teacher),
+                      student_dims=[4] * len(student), n_eval=100, n_fit=100)
+    keys = {"run": run, "method": method, "epoch": epoch, "checkpoint": checkpoint,
+            "split": "eval"}
+    return pd.DataFrame([{**keys, **row} for row in rows])
+
+
+TEACHER = [("t1", 0.30, 0.25, 0.35), ("t2", 0.20, 0.15, 0.25), ("t3", 0.10, 0.07, 0.13),
+           ("pool", 0.05, 0.03, 0.08)]
+
+
+def _cka(best_last=3, separated=True):
+    cka = {(i, j): (0.2, 0.1, 0.3) for i in range(4) for j in range(3)}
+    cka[best_last, 2] = (0.9, 0.85, 0.95)
+    cka[(best_last + 3) % 4, 2] = (0.7, 0.6, 0.8) if separated else (0.88, 0.8, 0.93)
+    return cka
+
+
+def test_findings_name_the_first_stage_behind_by_more_than_the_intervals():
+    # depths: student 1/3, 2/3, 1 -> the nearest teacher stages t1 (0.25), t3 (0.75), pool
+    student = [("s1", 0.24, 0.18, 0.30),  # below t1's 0.30: not behind
+               ("s2", 0.25, 0.20, 0.30),  # lo 0.20 > t3's hi 0.13: behind
+               ("pool", 0.30, 0.25, 0.35)]
+    found = layer_findings(_table(TEACHER, student, _cka()))
+    assert [c["teacher"]["stage"] for c in found["comparisons"]] == ["t1", "t3", "pool"]
+    assert [c["behind"] for c in found["comparisons"]] == [False, True, True]
+    assert found["behind"]["student"]["stage"] == "s2"
+    assert found["resembles"]["stage"] == "pool" and found["resembles"]["separated"]
+    assert found["resembles"]["cka"] == pytest.approx(0.9)
+
+
+def test_findings_when_the_student_keeps_up_and_the_best_match_is_tied():
+    student = [("s1", 0.20, 0.14, 0.26), ("pool", 0.06, 0.03, 0.09)]
+    cka = {(i, j): (0.2, 0.1, 0.3) for i in range(4) for j in range(2)}
+    cka[2, 1] = (0.9, 0.85, 0.95)  # t3, the best match of the last stage
+    cka[1, 1] = (0.88, 0.8, 0.93)  # t2, its interval overlaps t3's
+    df = _table(TEACHER, student, cka)
+    found = layer_findings(df)
+    assert found["behind"] is None
+    assert [c["teacher"]["stage"] for c in found["comparisons"]] == ["t2", "pool"]
+    assert found["resembles"]["stage"] == "t3"
+    assert not found["resembles"]["separated"]
+    assert found["resembles"]["runner_up"]["teacher_stage"] == "t2"
+    text = layers_markdown(df)
+    assert "nowhere by more than the intervals" in text
+    assert "not separable from `t2`" in text
+    assert text.count("\n| `") == 2 + 4  # two profile rows, four CKA rows
+
+
+def test_the_section_reads_the_rows_of_a_csv_round_trip(tmp_path):
+    student = [("s1", 0.24, 0.18, 0.30), ("s2", 0.25, 0.20, 0.30), ("pool", 0.3, 0.25, 0.35)]
+    df = _table(TEACHER, student, _cka())
+    df.to_csv(tmp_path / "layers.csv", index=False)
+    back = pd.read_csv(tmp_path / "layers.csv")
+    assert layers_markdown(back) == layers_markdown(df)
+    assert "at stage `s2` (depth 0.67)" in layers_markdown(back)
+
+
+def test_cka_heatmap_annotates_every_cell_with_its_interval():
+    student = [("s1", 0.24, 0.18, 0.30), ("s2", 0.25, 0.20, 0.30), ("pool", 0.3, 0.25, 0.35)]
+    df = pd.concat([_table(TEACHER, student, _cka(), epoch=1, checkpoint="c1"),
+                    _table(TEACHER, student, _cka(best_last=1), epoch=3, checkpoint="c3")])
+    ax = plot_layer_cka(df)
+    texts = [t.get_text() for t in ax.texts]
+    assert len(texts) == 4 * 3
+    assert "0.90\n[0.85, 0.95]" in texts
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["t1", "t2", "t3", "pool"]
+    image = ax.images[0].get_array()
+    assert image[1, 2] == pytest.approx(0.9)  # the last checkpoint: t2 best for pool
+    image = plot_layer_cka(df, checkpoint="c1").images[0].get_array()
+    assert image[3, 2] == pytest.approx(0.9)
+    with pytest.raises(IJCKDError, match="pass run="):
+        plot_layer_cka(pd.concat([df, df.assign(run="other")]))
+
+
+def _profile_lines(ax):
+    """The drawn profiles (not the interval caps, which are markers without a line)."""
+    return [line for line in ax.get_lines() if line.get_linestyle() not in ("None", "")]
+
+
+def test_profile_draws_the_teacher_and_every_checkpoint():
+    student = [("s1", 0.24, 0.18, 0.30), ("pool", 0.3, 0.25, 0.35)]
+    cka = {(i, j): (0.5, 0.4, 0.6) for i in range(4) for j in range(2)}
+    df = pd.concat([_table(TEACHER, student, cka, epoch=e, checkpoint=f"c{e}")
+                    for e in (1, 2, 3)])
+    ax = plot_layer_profile(df)
+    lines = _profile_lines(ax)
+    assert len(lines) == 3 + 1  # one per checkpoint and the teacher
+    teacher = [line for line in lines if line.get_linestyle() == ":"][0]
+    assert list(teacher.get_xdata()) == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert list(teacher.get_ydata()) == pytest.approx([30, 20, 10, 5])
+    several = pd.concat([df, df.assign(run="r2", method="ce")])
+    ax = plot_layer_profiles(several)
+    lines = _profile_lines(ax)
+    assert len(lines) == 2 + 1

@@ -125,3 +125,27 @@ def test_image_folders_stream_the_stages_and_delete_the_students(tmp_path):
         _, want = teacher.eval().forward_stages(images)
     got = np.load(run / "teacher_stages" / "eval" / "stage_001.npy")
     np.testing.assert_allclose(got, want[1].numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_plot_and_audit_show_the_layers(runs, tmp_path):
+    cli("plot", runs["online"], runs["plain"], "--out", tmp_path / "figures")
+    for name in ("layers_cka_online.png", "layers_profile_online.png"):
+        assert (tmp_path / "figures" / name).stat().st_size > 5000
+    assert not (tmp_path / "figures" / "layers_cka_plain.png").exists()
+
+    out = tmp_path / "audit"
+    cli("audit", "--student", runs["online"] / "checkpoints" / "epoch_0002.pt", "--out", out,
+        "--n-bootstrap", 60)
+    text = (out / "report.md").read_text()
+    assert text.index("## Error budget") < text.index("## Layers")
+    assert "**Where the student falls behind:**" in text
+    assert "**What the student's last stage resembles:**" in text
+    assert (out / "layers_cka.png").stat().st_size > 5000
+    audited = pd.read_csv(out / "layers.csv")
+    tracked = pd.read_csv(runs["online"] / "layers.csv")
+    tracked = tracked[tracked["checkpoint"] == "epoch_0002.pt"]
+    # the same student, teacher and seed: the audit's probe rows are the tracker's
+    cols = ["model", "stage", "stage_probe_err"]
+    pd.testing.assert_frame_equal(_sorted(audited)[cols].reset_index(drop=True),
+                                  _sorted(tracked)[cols].reset_index(drop=True))

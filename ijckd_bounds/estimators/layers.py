@@ -270,7 +270,8 @@ def layer_rows(teacher_probe, student_probe, cka, *, teacher_stages, student_sta
     """
     rows = []
     blank = {c: math.nan for c in schema.LAYER_ESTIMATE_COLUMNS}
-    blank.update({"model": "", "stage": "", "teacher_stage": "", "student_stage": ""})
+    # text columns a row does not use are None: empty in the CSV, NaN when read back
+    blank.update({"model": None, "stage": None, "teacher_stage": None, "student_stage": None})
     for model, probes, names, dims in (("teacher", teacher_probe, teacher_stages, teacher_dims),
                                        ("student", student_probe, student_stages, student_dims)):
         if not len(probes) == len(names) == len(dims):

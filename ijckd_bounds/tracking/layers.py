@@ -126,15 +126,16 @@ def _stages(loaded, cache, run_dir, identity, settings, *, group, out_dir):
         loaded.to("cpu")
 
 
-def teacher_stages(student, cache, run_dir, settings, *, group=None):
+def teacher_stages(student, cache, run_dir, settings, *, group=None, teacher=None):
     """The teacher's stage features and names, computed once per run: ``{"names",
-    "eval", "fit"}`` (tensors on rank 0, None elsewhere); kept in ``cache["layers"]``."""
+    "eval", "fit"}`` (tensors on rank 0, None elsewhere); kept in ``cache["layers"]``.
+    ``teacher``: a ``LoadedTeacher`` (default: the one the student records)."""
     from ijckd_bounds.tracking.track import _teacher_of, resolve_teacher
 
     if "layers" in cache:
         return cache["layers"]
     run_dir = Path(run_dir)
-    teacher = resolve_teacher(_teacher_of(student))
+    teacher = teacher if teacher is not None else resolve_teacher(_teacher_of(student))
     key = f"teacher-stages:{cache['key']}"
     path = run_dir / TEACHER_STAGES
     stages = None
@@ -154,13 +155,14 @@ def teacher_stages(student, cache, run_dir, settings, *, group=None):
     return stages
 
 
-def layer_table_rows(student, cache, run_dir, settings, keys, *, group=None):
+def layer_table_rows(student, cache, run_dir, settings, keys, *, group=None, teacher=None):
     """The ``layers.csv`` rows (list of dicts) of one loaded student, or None on ranks
-    other than 0. ``settings``: resolved ``EstimatorSettings``; ``keys``: the row keys."""
+    other than 0. ``settings``: resolved ``EstimatorSettings``; ``keys``: the row keys;
+    ``teacher``: a ``LoadedTeacher`` (default: the one the student records)."""
     from ijckd_bounds.checkpoint import sha256_file
     from ijckd_bounds.tracking.track import _student_feature_dir
 
-    teacher = teacher_stages(student, cache, run_dir, settings, group=group)
+    teacher = teacher_stages(student, cache, run_dir, settings, group=group, teacher=teacher)
     out_dir = identity = None
     if "x_eval" not in cache:  # streamed next to the student's other features
         feature_dir = _student_feature_dir(student, cache)
