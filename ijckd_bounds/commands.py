@@ -131,10 +131,7 @@ def _layer_figures(run_dirs, out):
     from ijckd_bounds.plotting.layers import make_layer_figures
     from ijckd_bounds.tracking.table import collect_layers
 
-    found = [d for d in map(Path, run_dirs) if d.is_dir() and any(d.rglob("layers.csv"))]
-    if not found:
-        return []
-    return make_layer_figures(collect_layers(found), out)
+    return make_layer_figures(collect_layers(run_dirs, missing_ok=True), out)
 
 
 def cmd_estimate(args):

@@ -95,7 +95,8 @@ def stage_probe_errors(stages_eval, y, stages_fit, y_fit, *, num_classes=None, s
     y_fit = as_labels(y_fit, "y_fit", stages_fit[0].shape[0], num_classes=num_classes)
     if num_classes is None:
         num_classes = int(max(int(y.max()), int(y_fit.max()))) + 1
-    probe_seed = derived_seed(seed, "stage-probe") % 2 ** 31
+    # the seed of the report's same-recipe probes (teacher/student/connected_probe_err)
+    probe_seed = derived_seed(seed, "probes") % 2 ** 31
     out = []
     for index, (x_eval, x_fit) in enumerate(zip(stages_eval, stages_fit)):
         if x_eval.shape[1] != x_fit.shape[1]:

@@ -243,10 +243,13 @@ def plot_layer_profiles(layers_df, *, ax=None, palette=None):
 
 def make_layer_figures(layers_df, out_dir, *, palette=None):
     """Per run: ``layers_cka_<run>`` and ``layers_profile_<run>``; with several runs also
-    ``layers_profiles``. PNG and PDF under ``out_dir``; returns the written paths."""
+    ``layers_profiles``. PNG and PDF under ``out_dir``; returns the written paths (none
+    for an empty table)."""
     from ijckd_bounds.plotting.output import _safe_name, save_figure
 
     select.require_columns(layers_df, LAYER_COLUMNS, "layers_df")
+    if layers_df.empty:
+        return []
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     palette = palette or method_palette(layers_df["method"].dropna().astype(str).unique())

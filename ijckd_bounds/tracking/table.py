@@ -263,12 +263,18 @@ def append_layers(path, rows):
     upsert_block(path, df, columns=schema.LAYER_COLUMNS)
 
 
-def collect_layers(paths):
-    """Concatenate the ``layers.csv`` tables of several runs (files or run directories)."""
+def collect_layers(paths, *, missing_ok=False):
+    """Concatenate the ``layers.csv`` tables of several runs (files or run directories).
+    With ``missing_ok``, runs without one are skipped (none at all: an empty table)."""
     files = []
     for item in map(Path, paths):
-        files.extend([item] if item.is_file() else sorted(item.rglob("layers.csv")))
+        if item.is_file():
+            files.extend([item] if item.name == "layers.csv" or not missing_ok else [])
+        else:
+            files.extend(sorted(item.rglob("layers.csv")))
     if not files:
+        if missing_ok:
+            return pd.DataFrame(columns=list(schema.LAYER_COLUMNS))
         raise IJCKDError(f"no layers.csv found under {', '.join(map(str, paths))}")
     return check_layers_table(pd.concat([read_table(f, kind="layers") for f in files],
                                         ignore_index=True))
