@@ -401,3 +401,10 @@ def test_profile_draws_the_teacher_and_every_checkpoint():
     ax = plot_layer_profiles(several)
     lines = _profile_lines(ax)
     assert len(lines) == 2 + 1
+
+
+def test_make_layer_figures_of_an_empty_table_writes_nothing(tmp_path):
+    from ijckd_bounds.plotting.layers import make_layer_figures
+
+    assert make_layer_figures(pd.DataFrame(columns=list(schema.LAYER_COLUMNS)), tmp_path) == []
+    assert not list(tmp_path.iterdir())

@@ -138,12 +138,13 @@ def _profile(ax, rows, *, colour, linestyle="-", marker="o", band=True, label=No
                     elinewidth=0.8, capsize=1.8)
 
 
-def _name_points(ax, rows, *, colour, below=False):
-    """Each stage's name beside its point (above it, or below for ``below``)."""
+def _name_points(ax, rows, *, colour):
+    """Each stage's name above and right of its point (profiles fall with depth, so the
+    line runs below the label)."""
     for _, row in rows.iterrows():
         ax.annotate(str(row["stage"]), (float(row["depth"]), 100.0 * row["stage_probe_err"]),
-                    xytext=(3, -7 if below else 4), textcoords="offset points", ha="left",
-                    va="center", fontsize=5.5, color=colour)
+                    xytext=(3, 5), textcoords="offset points", ha="left", va="center",
+                    fontsize=5.5, color=colour)
 
 
 def _legend_below(ax, handles):
@@ -183,7 +184,7 @@ def plot_layer_profile(layers_df, *, run=None, ax=None, palette=None):
         teacher = probes[(probes["model"] == "teacher")
                          & (probes["checkpoint"].astype(str) == last)]
         _profile(ax, teacher, colour="#000000", linestyle=":", marker="s")
-        _name_points(ax, teacher, colour="#333333", below=True)
+        _name_points(ax, teacher, colour="#333333")
         _name_points(ax, student[student["checkpoint"].astype(str) == last], colour=colour)
         _depth_axis(ax)
         epochs = probes.drop_duplicates("checkpoint")["epoch"].dropna()
@@ -232,7 +233,7 @@ def plot_layer_profiles(layers_df, *, ax=None, palette=None):
                                   + (f" ({len(runs)} seeds)" if len(runs) > 1 else "")))
         teacher = teacher_drawn[teacher_drawn["model"] == "teacher"]
         _profile(ax, teacher, colour="#000000", linestyle=":", marker="s")
-        _name_points(ax, teacher, colour="#333333", below=True)
+        _name_points(ax, teacher, colour="#333333")
         handles.insert(0, Line2D([], [], color="#000000", linestyle=":", marker="s",
                                  markersize=2.8, label="teacher"))
         _depth_axis(ax)
@@ -247,9 +248,9 @@ def make_layer_figures(layers_df, out_dir, *, palette=None):
     for an empty table)."""
     from ijckd_bounds.plotting.output import _safe_name, save_figure
 
-    select.require_columns(layers_df, LAYER_COLUMNS, "layers_df")
-    if layers_df.empty:
+    if getattr(layers_df, "empty", False):
         return []
+    select.require_columns(layers_df, LAYER_COLUMNS, "layers_df")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     palette = palette or method_palette(layers_df["method"].dropna().astype(str).unique())

@@ -172,9 +172,9 @@ def layer_table_rows(student, cache, run_dir, settings, keys, *, group=None, tea
                                         else repr(student.meta))
     features = _stages(student, cache, run_dir, identity, settings, group=group,
                        out_dir=out_dir)
-    if out_dir is not None and rank_and_world(group)[0] == 0:
-        shutil.rmtree(out_dir, ignore_errors=True)
     rank, _ = rank_and_world(group)
+    if out_dir is not None and rank == 0:
+        shutil.rmtree(out_dir, ignore_errors=True)
     if features is None or rank != 0:
         return None
     y, y_fit = cache["y"], cache["y_fit"]
