@@ -233,8 +233,12 @@ def run_audit(*, teacher=None, student=None, dataset=None, data_dir=None, featur
         report, own_features, title, notes, who = _checkpoint_inputs(
             teacher, student, dataset, data_dir, out, n_bootstrap, seed,
             n_permutations=n_permutations, allow_other_teacher=allow_other_teacher)
-    return write_audit(report, out, own_features=own_features, title=title, notes=notes,
+    from ijckd_bounds.audit_layers import append_layers_section
+
+    path = write_audit(report, out, own_features=own_features, title=title, notes=notes,
                        student=who)
+    return append_layers_section(path, student=student, teacher=teacher, dataset=dataset,
+                                 data_dir=data_dir, n_bootstrap=n_bootstrap, seed=seed)
 
 
 def write_audit(report, out, *, own_features, title, notes=(), sections=(), student=None):

@@ -157,8 +157,17 @@ def cmd_plot(args):
     check_writable_dir(args.out, need_bytes=8 << 20)
     paths = make_all_figures(bounds, per_class, margins, args.out,
                              calibration_df=calibration)
+    paths += _layer_figures(args.run_dirs, args.out)
     for path in paths:
         _echo(str(path))
+
+
+def _layer_figures(run_dirs, out):
+    """The layer figures of the runs that have a ``layers.csv`` (none: no figures)."""
+    from ijckd_bounds.plotting.layers import make_layer_figures
+    from ijckd_bounds.tracking.table import collect_layers
+
+    return make_layer_figures(collect_layers(run_dirs, missing_ok=True), out)
 
 
 def cmd_estimate(args):

@@ -138,3 +138,19 @@ LABELS.update({
     "teacher_ece": "teacher ECE (15 bins)",
     "student_ece": "student ECE (15 bins)",
 })
+
+# ---- layers.csv (THEORY "Layers"): one row per stage probe and per stage pair.
+LAYER_TERMS = ("stage_probe_err", "stage_cka")
+LAYER_KEYS = ("run", "method", "epoch", "checkpoint", "split")
+# probe rows fill model, stage, stage_index, depth; CKA rows the teacher_/student_ ones
+LAYER_ESTIMATE_COLUMNS = (
+    "model", "stage", "stage_index", "depth",
+    "teacher_stage", "teacher_index", "student_stage", "student_index",
+    *interval_columns("stage_probe_err"), *interval_columns("stage_cka"),
+    "n_eval", "n_fit", "dim",
+)
+LAYER_COLUMNS = LAYER_KEYS + LAYER_ESTIMATE_COLUMNS
+LABELS.update({
+    "stage_probe_err": "stage probe error",
+    "stage_cka": "stage CKA (debiased)",
+})

@@ -257,3 +257,43 @@ def remove_stale_temp_files(directory):
     a live writer: a second tracker on the same run directory must not pull the file
     from under the first one's rename (see ``io.remove_stale_temp_files``)."""
     return io.remove_stale_temp_files(directory)
+
+
+# ---- layers.csv (THEORY "Layers"): a checkpoint's stage rows form one block
+
+
+def check_layers_table(df):
+    """Check the layer table's schema and intervals; raise IJCKDError naming the problem."""
+    _check_columns(df, schema.LAYER_COLUMNS, "layers")
+    for term in schema.LAYER_TERMS:
+        value, lo, hi = df[term], df[f"{term}_lo"], df[f"{term}_hi"]
+        bad = value.notna() & ((lo > value + 1e-9) | (hi < value - 1e-9))
+        if bad.any():
+            i = bad.idxmax()
+            raise IJCKDError(f"layers table row {i}: {term} = {value[i]} lies outside its "
+                             f"interval [{lo[i]}, {hi[i]}]")
+    return df
+
+
+def append_layers(path, rows):
+    """Upsert one checkpoint's rows (dicts with every ``schema.LAYER_COLUMNS`` key) into
+    ``layers.csv``, replacing that checkpoint's earlier rows as a block."""
+    df = check_layers_table(pd.DataFrame(list(rows)))
+    upsert_block(path, df, columns=schema.LAYER_COLUMNS)
+
+
+def collect_layers(paths, *, missing_ok=False):
+    """Concatenate the ``layers.csv`` tables of several runs (files or run directories).
+    With ``missing_ok``, runs without one are skipped (none at all: an empty table)."""
+    files = []
+    for item in map(Path, paths):
+        if item.is_file():
+            files.extend([item] if item.name == "layers.csv" or not missing_ok else [])
+        else:
+            files.extend(sorted(item.rglob("layers.csv")))
+    if not files:
+        if missing_ok:
+            return pd.DataFrame(columns=list(schema.LAYER_COLUMNS))
+        raise IJCKDError(f"no layers.csv found under {', '.join(map(str, paths))}")
+    return check_layers_table(pd.concat([read_table(f, kind="layers") for f in files],
+                                        ignore_index=True))

@@ -37,7 +37,7 @@ from ijckd_bounds.checkpoint import (LoadedTeacher, capture_rng, load_student, l
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators import estimate_bounds, fit_connector
 from ijckd_bounds.io import load_torch, save_torch
-from ijckd_bounds.tracking import table
+from ijckd_bounds.tracking import layers, table
 from ijckd_bounds.tracking.extract import (barrier, extract_features, rank_and_world,
                                            split_fingerprint)
 from ijckd_bounds.train.distributed import resolve_device as resolve_run_device
@@ -468,7 +468,7 @@ def track_run(run_dir, settings=None, *, data_dir=None, progress=True):
     done = set()
     if (run_dir / BOUNDS_CSV).is_file():
         done = set(table.read_table(run_dir / BOUNDS_CSV)["checkpoint"].astype(str))
-    todo = [p for p in checkpoints_of(run_dir) if p.name not in done]
+    todo = layers.pending(run_dir, checkpoints_of(run_dir), done, settings)
     cache = None
     shown = _CheckpointProgress(None if progress else False, total=len(todo),
                                 desc=f"track {run_dir.name}")
@@ -479,8 +479,15 @@ def track_run(run_dir, settings=None, *, data_dir=None, progress=True):
             if cache is None:
                 cache = _teacher_cache(student, _dataset_for(student, data_dir), run_dir,
                                        run_settings, progress=progress)
+            keys = _keys(student, run_dir.name, path.name)
+            if layers.layers_wanted(student, run_settings):  # before bounds.csv, a companion
+                layers.track_layers(student, cache, run_dir,
+                                    run_settings.resolved(student.meta.get("config")), keys)
+            if path.name in done:
+                shown.bar.update(1)
+                continue  # only its layer rows were missing
             report, _ = estimate_checkpoint(student, cache, run_settings)
-            rows = rows_for(report, _keys(student, run_dir.name, path.name))
+            rows = rows_for(report, keys)
             write_rows(run_dir, *rows)
             shown.done(path.name, rows[0])
     finally:
@@ -545,9 +552,13 @@ class BoundTracker:
                 self._idle = True  # in-memory splits: rank 0 alone, in seconds
                 return
             self._cache = _teacher_cache(student, splits, self.run_dir, settings, group)
+        keys = _keys(student, self.run_dir.name, Path(path).name)
+        if layers.layers_wanted(student, settings):  # every rank: image splits are sharded
+            layers.track_layers(student, self._cache, self.run_dir,
+                                settings.resolved(student.meta.get("config")), keys, group=group)
         report, _ = estimate_checkpoint(student, self._cache, settings, group=group)
         if rank == 0:
-            rows = rows_for(report, _keys(student, self.run_dir.name, Path(path).name))
+            rows = rows_for(report, keys)
             write_rows(self.run_dir, *rows)
             self._shown(student).done(Path(path).name, rows[0])
 
