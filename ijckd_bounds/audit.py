@@ -12,6 +12,7 @@ from pathlib import Path
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.audit import error_budget
 from ijckd_bounds.io import atomic_write_text, check_writable_dir
+from ijckd_bounds.reporting import Subject, audit_markdown
 
 
 def _json_default(value):
@@ -32,13 +33,21 @@ def _clean(obj):
     return obj
 
 
-def budgets_from_report(report, *, own_features, n_bootstrap, seed):
+def budgets_from_report(report, *, own_features=True):
     """Primary budget (what the student predicts with) first, then the h_T budget for
-    own-head students ("would this student work with the teacher's classifier")."""
-    ind = report.indicators()
+    own-head students ("would this student work with the teacher's classifier").
+
+    The indicators are taken in the report's canonical order and the intervals from the
+    report's own ``PairedBootstrap``, so every budget interval comes from the resamples of
+    the report's intervals. ``own_features``: whether the student probe saw the student's
+    own features ``s``; False merges capacity and connector into one representation piece.
+    """
+    ind = report.indicators(canonical=True)
     common = dict(teacher_wrong=ind["teacher_wrong"], student_wrong=ind["student_wrong"],
-                  joint_s_wrong=ind["joint_s_wrong"], probe_wrong=ind["probe_wrong"],
-                  own_features=own_features, n_bootstrap=n_bootstrap, seed=seed)
+                  teacher_probe_wrong=ind["teacher_probe_wrong"],
+                  connected_probe_wrong=ind["connected_probe_wrong"],
+                  student_probe_wrong=ind["student_probe_wrong"] if own_features else None,
+                  bootstrap=report.paired_bootstrap(), n_fit=report.scalars.get("n_fit"))
     if ind.get("own_wrong") is None:
         return [error_budget(**common)]
     return [error_budget(own_wrong=ind["own_wrong"], **common), error_budget(**common)]
@@ -74,7 +83,28 @@ def _checkpoint_inputs(teacher, student, dataset, data_dir, out, n_bootstrap, se
         notes.append("this student predicts with its own head: its features were mapped into "
                      "the teacher's space by the post-hoc ridge connector of THEORY.md, fitted "
                      "on the fit split")
-    return report, True, title, notes
+    subject = Subject(title, teacher=_describe_teacher(teacher),
+                      student=_describe_student(loaded, student))
+    who = {"method": loaded.meta.get("method"), "epoch": loaded.meta.get("epoch"),
+           "run": Path(student).name}
+    return report, True, subject, notes, who
+
+
+def _describe_teacher(teacher):
+    """One line naming a ``LoadedTeacher``: its file, architecture and epoch."""
+    if teacher.source == "checkpoint":
+        return (f"`{teacher.path}` ({teacher.meta.get('model_name')}, epoch "
+                f"{teacher.meta.get('epoch')}, sha256 {teacher.sha256[:12]}...)")
+    return (f"weights file `{teacher.path}` ({teacher.meta.get('model_name')}, torchvision "
+            f"layout, no epoch recorded, sha256 {teacher.sha256[:12]}...)")
+
+
+def _describe_student(loaded, path):
+    """One line naming a ``LoadedStudent``: its file, method, architecture and epoch."""
+    predicts = ("the teacher's classifier through its trained connector"
+                if loaded.predicts_with == "teacher_classifier" else "its own head")
+    return (f"`{path}` ({loaded.meta.get('method')} student, {loaded.meta.get('model_name')}, "
+            f"epoch {loaded.meta.get('epoch')}; predicts with {predicts})")
 
 
 def _check_fits(dataset_meta, what, splits, name):
@@ -170,7 +200,20 @@ def _feature_inputs(features, n_bootstrap, seed, n_permutations=200):
     report = estimate_bounds_from_file(features, n_bootstrap=n_bootstrap,
                                        n_permutations=n_permutations, seed=seed)
     own = report.details.get("probe_features") == "s"
-    return report, own, f"features from {Path(features).name}", []
+    return report, own, _feature_subject(features, report, own), [], {
+        "run": Path(features).name}
+
+
+def _feature_subject(features, report, own_features):
+    """The ``Subject`` of an audit of a feature file: which of its arrays were read."""
+    name = Path(features).name
+    student = ["z_s"] + (["s"] if own_features else [])
+    if not math.isnan(report.terms["student_own_err"].value):
+        student.append("student_logits")
+    return Subject(f"features from {name}",
+                   teacher=f"arrays `z_t`, `weight`, `bias` of `{features}` (a feature file "
+                           f"records no architecture or epoch)",
+                   student=f"arrays {', '.join(f'`{a}`' for a in student)} of `{features}`")
 
 
 def run_audit(*, teacher=None, student=None, dataset=None, data_dir=None, features=None,
@@ -184,33 +227,43 @@ def run_audit(*, teacher=None, student=None, dataset=None, data_dir=None, featur
     if features is not None:
         if student is not None:
             raise IJCKDError("pass either --features or --student, not both")
-        report, own_features, title, notes = _feature_inputs(features, n_bootstrap, seed,
-                                                             n_permutations)
+        report, own_features, title, notes, who = _feature_inputs(features, n_bootstrap, seed,
+                                                                   n_permutations)
     else:
-        report, own_features, title, notes = _checkpoint_inputs(
+        report, own_features, title, notes, who = _checkpoint_inputs(
             teacher, student, dataset, data_dir, out, n_bootstrap, seed,
             n_permutations=n_permutations, allow_other_teacher=allow_other_teacher)
-    return write_audit(report, out, own_features=own_features, title=title, notes=notes,
-                       n_bootstrap=n_bootstrap, seed=seed)
+    from ijckd_bounds.audit_layers import append_layers_section
+
+    path = write_audit(report, out, own_features=own_features, title=title, notes=notes,
+                       student=who)
+    return append_layers_section(path, student=student, teacher=teacher, dataset=dataset,
+                                 data_dir=data_dir, n_bootstrap=n_bootstrap, seed=seed)
 
 
-def write_audit(report, out, *, own_features, title, notes=(), n_bootstrap=1000, seed=0):
-    """Error budget + ``report.md`` + ``bounds.json`` + figures for one ``BoundsReport``."""
+def write_audit(report, out, *, own_features, title, notes=(), sections=(), student=None):
+    """Error budget + ``report.md`` + ``bounds.json`` + figures for one ``BoundsReport``.
+
+    ``title``: the heading, or a ``Subject`` naming the teacher and student read;
+    ``sections``: further markdown sections for ``report.md`` (see
+    ``reporting.audit_markdown``); the budgets' intervals come from the report's own
+    paired bootstrap; ``student``: ``{"method", "run", "epoch"}`` of the student
+    audited (any may be missing), which the margin figure's title names."""
     out = Path(out)
     notes = list(notes) + list(getattr(report, "notes", []))
-    budgets = budgets_from_report(report, own_features=own_features,
-                                  n_bootstrap=n_bootstrap, seed=seed)
+    budgets = budgets_from_report(report, own_features=own_features)
     row = report.row()
     per_class = report.per_class()
-    figures = _figures(report, per_class, out)
-
-    from ijckd_bounds.reporting import audit_markdown
-
+    figures = _figures(report, per_class, out, student)
     budget_dicts = [b.as_dict() for b in budgets]
-    text = audit_markdown(title=title, row=row, budgets=[dict(b) for b in budget_dicts],
-                          per_class=per_class, figures=figures, notes=notes)
+    text = audit_markdown(title=title, row=row, budgets=budget_dicts, per_class=per_class,
+                          figures=figures, notes=notes, details=report.details,
+                          sections=sections)
     atomic_write_text(out / "report.md", text)
-    payload = {"title": title, "terms": row, "budgets": budget_dicts,
+    subject = title if isinstance(title, Subject) else Subject(str(title))
+    payload = {"title": subject.title, "teacher": subject.teacher, "student": subject.student,
+               "terms": row, "ece_gap": report.details.get("ece_gap"),
+               "budgets": budget_dicts,
                "per_class": per_class.to_dict(orient="records"), "notes": notes}
     atomic_write_text(out / "bounds.json",
                       json.dumps(_clean(payload), indent=2, default=_json_default) + "\n")
@@ -276,19 +329,28 @@ def audit_models(teacher, student, splits, out, *, connector=None, n_bootstrap=1
         notes.append("the student predicts with its own head: its features were mapped into "
                      "the teacher's space by the post-hoc ridge connector of THEORY.md, "
                      "fitted on the fit split")
-    return write_audit(report, out, own_features=True, notes=notes, n_bootstrap=n_bootstrap,
-                       seed=seed, title=title or f"{type(student).__name__} student on "
-                                                 f"{splits.name}")
+    predicts = ("the teacher's classifier through the given connector"
+                if connector is not None else "its own head")
+    subject = Subject(title or f"{type(student).__name__} student on {splits.name}",
+                      teacher=f"in-memory {type(teacher).__name__} (state sha256 "
+                              f"{loaded_teacher.sha256[:12]}...)",
+                      student=f"in-memory {type(student).__name__}; predicts with {predicts}")
+    return write_audit(report, out, own_features=True, notes=notes, title=subject,
+                       student={"method": type(student).__name__, "run": "in memory"})
 
 
-def _figures(report, per_class, out):
+def _figures(report, per_class, out, student=None):
     import pandas as pd
 
     from ijckd_bounds.plotting import plot_margins, save_figure
 
     margins = pd.DataFrame(report.margins())
     margins = margins.rename(columns={"gamma": "teacher_margin", "distance": "feat_dist"})
-    margins["run"], margins["method"], margins["epoch"] = "audit", "student", 0
+    # the title names the student the caller read: method, file or name, epoch
+    who = dict(student or {})
+    margins["run"] = who.get("run") or "audit"
+    margins["method"] = who.get("method") or "student"
+    margins["epoch"] = float(who["epoch"]) if who.get("epoch") is not None else float("nan")
     fig = plot_margins(margins)
     save_figure(fig, out / "margins")
     return ["margins.png"]

@@ -100,6 +100,21 @@ def build_parser():
 
     p = sub.add_parser("list", help="list registered datasets, models (with their options), "
                                     "methods and every config key")
+
+    # compare: seeds, controls and published numbers
+    p = sub.add_parser("compare", help="is the gain real? group runs by method over seeds; "
+                       "intervals, controls and published numbers")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--published", nargs="+", metavar="METHOD=VALUE",
+                   help="a published top-1 accuracy in percent, e.g. kd=71.03")
+    p.add_argument("--published-file", metavar="F.yaml",
+                   help="published numbers with their sources (e.g. "
+                        "experiments/imagenet/published.yaml)")
+    p.add_argument("--columns", nargs="+", metavar="COLUMN",
+                   help="tracked bounds.csv columns to aggregate at the final epoch, e.g. "
+                        "top1_agreement student_ece")
+    p.add_argument("--out", required=True, help="output directory for compare.md, "
+                   "compare.csv and the figures")
     return parser
 
 

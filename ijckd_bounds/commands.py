@@ -101,8 +101,8 @@ TRACK_NEED_BYTES = 32 << 20
 def cmd_track(args):
     from ijckd_bounds.io import check_writable_dir
     from ijckd_bounds.tracking import table
-    from ijckd_bounds.tracking.track import (BOUNDS_CSV, MARGINS_CSV, PER_CLASS_CSV,
-                                             checkpoints_of, track_run)
+    from ijckd_bounds.tracking.track import (BOUNDS_CSV, COMPANION_CSVS, checkpoints_of,
+                                             track_run)
 
     # every run directory is checked before the first one is tracked
     for run_dir in args.run_dirs:
@@ -117,8 +117,7 @@ def cmd_track(args):
         # a tracker killed between writing bounds.csv and its companions left checkpoints
         # that look tracked: estimate those again
         table.drop_incomplete_checkpoints(Path(run_dir, BOUNDS_CSV),
-                                          [Path(run_dir, PER_CLASS_CSV),
-                                           Path(run_dir, MARGINS_CSV)])
+                                          [Path(run_dir, name) for name in COMPANION_CSVS])
         df = track_run(run_dir, _settings(args))
         _echo(f"{run_dir}: {len(df)} checkpoint rows in {Path(run_dir, BOUNDS_CSV)}")
 
@@ -141,23 +140,34 @@ def _tables(run_dirs):
 
     bounds = collect(run_dirs, kind="bounds")
     frames = {}
-    for kind in ("per_class", "margins"):
+    for kind in ("per_class", "margins", "calibration"):
         try:
             frames[kind] = collect(run_dirs, kind=kind)
         except IJCKDError:
             frames[kind] = pd.DataFrame()
-    return bounds, frames["per_class"], frames["margins"]
+    return bounds, frames["per_class"], frames["margins"], frames["calibration"]
 
 
 def cmd_plot(args):
     from ijckd_bounds.io import check_writable_dir
     from ijckd_bounds.plotting import make_all_figures
 
-    bounds, per_class, margins = _tables(args.run_dirs)  # cheap: the figures are the work
+    # cheap: the figures are the work
+    bounds, per_class, margins, calibration = _tables(args.run_dirs)
     check_writable_dir(args.out, need_bytes=8 << 20)
-    paths = make_all_figures(bounds, per_class, margins, args.out)
+    paths = make_all_figures(bounds, per_class, margins, args.out,
+                             calibration_df=calibration)
+    paths += _layer_figures(args.run_dirs, args.out)
     for path in paths:
         _echo(str(path))
+
+
+def _layer_figures(run_dirs, out):
+    """The layer figures of the runs that have a ``layers.csv`` (none: no figures)."""
+    from ijckd_bounds.plotting.layers import make_layer_figures
+    from ijckd_bounds.tracking.table import collect_layers
+
+    return make_layer_figures(collect_layers(run_dirs, missing_ok=True), out)
 
 
 def cmd_estimate(args):
@@ -200,3 +210,14 @@ def cmd_demo(args):
 
 
 __all__ = [name for name in dir(sys.modules[__name__]) if name.startswith("cmd_")]
+
+
+# ------------------------------------------------------------------------------ compare
+
+
+def cmd_compare(args):
+    from ijckd_bounds.compare import run_compare
+
+    written = run_compare(args.run_dirs, args.out, published=args.published or (),
+                          published_file=args.published_file, columns=args.columns or ())
+    _echo(f"wrote {', '.join(str(p) for p in written)}")

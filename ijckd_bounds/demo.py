@@ -74,6 +74,7 @@ def _config(dataset, settings, *, run_dir, seed, teacher_mode, method="ce", teac
         "run": {"run_dir": str(run_dir), "seed": seed, "ckpt_every": 1,
                 "device": settings.device, "amp": settings.amp,
                 "channels_last": settings.channels_last},
+        "track": {"layers": True},  # layers.csv and its figures
     })
 
 
@@ -92,7 +93,8 @@ def run_experiment(dataset="digits", out="demo_out", *, seeds=(0,), epochs=None,
     from ijckd_bounds.audit import run_audit
     from ijckd_bounds.io import check_writable_dir
     from ijckd_bounds.plotting import make_all_figures
-    from ijckd_bounds.tracking.table import collect
+    from ijckd_bounds.plotting.layers import make_layer_figures
+    from ijckd_bounds.tracking.table import collect, collect_layers
     from ijckd_bounds.tracking.track import BoundTracker, EstimatorSettings, track_run
     from ijckd_bounds.train import distill, latest_checkpoint, train_teacher
 
@@ -147,7 +149,10 @@ def run_experiment(dataset="digits", out="demo_out", *, seeds=(0,), epochs=None,
     bounds = collect(run_dirs)
     per_class = collect(run_dirs, kind="per_class")
     margins = collect(run_dirs, kind="margins")
-    figures = make_all_figures(bounds, per_class, margins, out / "figures")
+    calibration = collect(run_dirs, kind="calibration")
+    figures = make_all_figures(bounds, per_class, margins, out / "figures",
+                               calibration_df=calibration)
+    figures += make_layer_figures(collect_layers(run_dirs, missing_ok=True), out / "figures")
 
     errors, last = _final_error(bounds)
     report = None

@@ -25,7 +25,24 @@ INTERVAL_TERMS = (
     "ijc_lambda",
     "ijc_gap",
     "pair_disc",
+    # the same-recipe probes beside student_probe_err (THEORY: one recipe, three inputs)
+    "teacher_probe_err",
+    "connected_probe_err",
 )
+
+# Fidelity and calibration (THEORY "Fidelity and calibration"): how closely the student's
+# predictive distribution follows the teacher's, and how calibrated each one is.
+FIDELITY_TERMS = (
+    "top1_agreement",
+    "pred_kl",
+    "teacher_nll",
+    "student_nll",
+    "teacher_brier",
+    "student_brier",
+    "teacher_ece",
+    "student_ece",
+)
+INTERVAL_TERMS = INTERVAL_TERMS + FIDELITY_TERMS
 
 # Bounds on student_err (THEORY "Bounds"); each also carries _lo/_hi.
 EXACT_BOUNDS = ("bound_coupled", "bound_margin", "bound_feat_markov", "bound_logit_markov",
@@ -43,14 +60,21 @@ SCALARS = (
     "n_fit",
     "dim",
     "n_classes",
+    # which candidate is ĥ* on the evaluation split ("teacher"/"probe", a string) and
+    # the share of bootstrap replicates in which the probe is ĥ*
+    "joint_chosen",
+    "joint_probe_share",
 )
+
+# Scalars that hold text, not numbers, and the values they may take.
+TEXT_SCALARS = {"joint_chosen": ("teacher", "probe")}
 
 # Identify a row: one row per run x checkpoint x split.
 KEYS = ("run", "method", "dataset", "seed", "epoch", "step", "split", "checkpoint")
 
 # Terms that may legitimately be missing (NaN): the student has no own head, or the
 # caller gave no student-own features.
-OPTIONAL_TERMS = ("student_own_err",)
+OPTIONAL_TERMS = ("student_own_err", "student_probe_err")
 
 
 def interval_columns(term):
@@ -86,7 +110,7 @@ LABELS = {
     "joint_err_T": "joint-probe error, teacher",
     "joint_err_S": "joint-probe error, student",
     "ideal_joint": "ideal joint error $\\hat\\lambda^*$",
-    "student_probe_err": "student probe error",
+    "student_probe_err": "student probe error (own features $s$)",
     "ijc_lambda": "$\\lambda(h_T)$",
     "ijc_gap": "IJC gap",
     "pair_disc": "pair discrepancy",
@@ -96,4 +120,37 @@ LABELS = {
     "bound_logit_markov": "logit Markov bound (exact)",
     "bound_ideal_joint": "ideal-joint bound (exact)",
     "bound_ben_david": "Ben-David bound (estimate)",
+    # same-recipe probes and the choice of the ideal joint classifier
+    "teacher_probe_err": "teacher probe error ($t$)",
+    "connected_probe_err": "connected probe error ($z_S$)",
+    "joint_chosen": "$\\hat h^*$ chosen",
+    "joint_probe_share": "share of replicates with $\\hat h^*$ = probe",
 }
+
+# fidelity and calibration
+LABELS.update({
+    "top1_agreement": "top-1 agreement with the teacher",
+    "pred_kl": "predictive KL$(p_T\\|p_S)$",
+    "teacher_nll": "teacher NLL",
+    "student_nll": "student NLL",
+    "teacher_brier": "teacher Brier score",
+    "student_brier": "student Brier score",
+    "teacher_ece": "teacher ECE (15 bins)",
+    "student_ece": "student ECE (15 bins)",
+})
+
+# ---- layers.csv (THEORY "Layers"): one row per stage probe and per stage pair.
+LAYER_TERMS = ("stage_probe_err", "stage_cka")
+LAYER_KEYS = ("run", "method", "epoch", "checkpoint", "split")
+# probe rows fill model, stage, stage_index, depth; CKA rows the teacher_/student_ ones
+LAYER_ESTIMATE_COLUMNS = (
+    "model", "stage", "stage_index", "depth",
+    "teacher_stage", "teacher_index", "student_stage", "student_index",
+    *interval_columns("stage_probe_err"), *interval_columns("stage_cka"),
+    "n_eval", "n_fit", "dim",
+)
+LAYER_COLUMNS = LAYER_KEYS + LAYER_ESTIMATE_COLUMNS
+LABELS.update({
+    "stage_probe_err": "stage probe error",
+    "stage_cka": "stage CKA (debiased)",
+})

@@ -26,7 +26,7 @@ def test_audit_of_feature_models_with_their_own_heads(tmp_path):
     payload = json.loads((tmp_path / "bounds.json").read_text())
     primary, with_h_t = payload["budgets"]
     assert primary["target"] == "student_own_err"
-    assert set(primary["pieces"]) == {"teacher", "capacity", "head"}
+    assert set(primary["pieces"]) == {"teacher", "fit", "capacity", "head"}
     total = sum(p["value"] for p in primary["pieces"].values())
     assert abs(total - payload["terms"]["student_own_err"]) < 1e-9
     assert with_h_t["target"] == "student_err"
@@ -34,6 +34,8 @@ def test_audit_of_feature_models_with_their_own_heads(tmp_path):
                - payload["terms"]["student_err"]) < 1e-9
     text = report.read_text()
     assert "post-hoc ridge connector" in text and "## Diagnosis" in text
+    assert "- teacher: in-memory FeatureModel" in text
+    assert "- student: in-memory FeatureModel; predicts with its own head" in text
     # the student was only evaluated: its weights are untouched and it is in eval mode
     assert not student.training
 

@@ -21,7 +21,7 @@ import torch
 
 from ijckd_bounds import schema
 from ijckd_bounds.errors import IJCKDError, closest
-from ijckd_bounds.estimators import terms
+from ijckd_bounds.estimators import composite, fidelity, terms
 from ijckd_bounds.estimators.cka import CKA_BOOTSTRAP, cka_method, debiased_cka
 from ijckd_bounds.estimators.intervals import (
     Estimate,
@@ -36,7 +36,6 @@ from ijckd_bounds.estimators.probes import (
     LogisticProbe,
     domain_errors,
     fit_joint_classifier,
-    proxy_a_distance,
     stratified_split,
 )
 from ijckd_bounds.estimators.rowwise import project64
@@ -58,7 +57,8 @@ class BoundsReport:
     ``schema.BOUNDS`` name). scalars: dict of ``schema.SCALARS``. per_class_rows: list of
     dicts (class, n, Estimates). notes: list of str (how the report was made, warnings).
     details: dict of plain values (which joint classifier was chosen, probe strengths,
-    seeds, ...). ``report["student_err"]`` and ``report.student_err`` give an Estimate.
+    seeds, ``ece_gap`` = student_ece − teacher_ece with its interval, ``calibration`` =
+    the reliability bins, ...). ``report["student_err"]`` and ``report.student_err`` give an Estimate.
     """
 
     terms: dict
@@ -67,7 +67,8 @@ class BoundsReport:
     notes: list
     details: dict
     _margins: dict = field(repr=False)
-    _indicators: dict = field(repr=False)
+    _indicators: dict = field(repr=False)  # canonical order
+    _back: np.ndarray = field(repr=False)  # canonical -> given order
 
     def __getitem__(self, name):
         if name in self.terms:
@@ -88,7 +89,8 @@ class BoundsReport:
         raise AttributeError(f"'BoundsReport' has no attribute {name!r}")
 
     def row(self):
-        """One results-table row: exactly ``schema.ESTIMATE_COLUMNS``, floats/ints."""
+        """One results-table row: exactly ``schema.ESTIMATE_COLUMNS``, floats/ints, and
+        strings for ``schema.TEXT_SCALARS`` (``joint_chosen``)."""
         out = {}
         for name in schema.INTERVAL_TERMS + schema.BOUNDS:
             estimate = self.terms[name]
@@ -100,20 +102,33 @@ class BoundsReport:
 
     def per_class(self):
         """pandas DataFrame, one row per class present in the evaluation split: class, n,
-        student_err, teacher_err, disagreement, each with _lo/_hi (Clopper–Pearson)."""
+        student_err, teacher_err, disagreement, top1_agreement (of what the student
+        predicts with), each with _lo/_hi (Clopper–Pearson)."""
         import pandas as pd
 
+        names = ("student_err", "teacher_err", "disagreement", "top1_agreement")
         columns = ["class", "n"]
-        for name in ("student_err", "teacher_err", "disagreement"):
+        for name in names:
             columns += [name, f"{name}_lo", f"{name}_hi"]
         records = []
         for row in self.per_class_rows:
             record = {"class": row["class"], "n": row["n"]}
-            for name in ("student_err", "teacher_err", "disagreement"):
+            for name in names:
                 est = row[name]
                 record.update({name: est.value, f"{name}_lo": est.lo, f"{name}_hi": est.hi})
             records.append(record)
         return pd.DataFrame.from_records(records, columns=columns)
+
+    def calibration(self):
+        """pandas DataFrame of the reliability-diagram data (THEORY "Fidelity and
+        calibration"): one row per model (teacher, student) x confidence bin, columns
+        model, bin, bin_lo, bin_hi, n, confidence, accuracy (NaN for an empty bin)."""
+        import pandas as pd
+
+        columns = ["model", "bin", "bin_lo", "bin_hi", "n", "confidence", "accuracy"]
+        frame = pd.DataFrame.from_records(self.details.get("calibration", []),
+                                          columns=columns)
+        return frame.astype({"confidence": float, "accuracy": float})
 
     def margins(self):
         """Per evaluation sample (numpy arrays, in the order of the given samples):
@@ -122,12 +137,34 @@ class BoundsReport:
         ``disagree`` (bool), ``crossing`` (bool, counted by δ_γ)."""
         return {k: v.copy() for k, v in self._margins.items()}
 
-    def indicators(self):
-        """Per evaluation sample error indicators (bool numpy arrays, same order as
-        ``margins``) for the audit: teacher_wrong, student_wrong, disagree,
-        joint_t_wrong, joint_s_wrong, probe_wrong, own_wrong (None without own logits).
-        ``details["probe_features"]`` says whether the probe saw ``s`` or ``z_s``."""
-        return {k: (None if v is None else v.copy()) for k, v in self._indicators.items()}
+    def indicators(self, canonical=False):
+        """Per evaluation sample error indicators (bool numpy arrays) for the audit.
+
+        Keys: ``teacher_wrong`` (h_T on z_T), ``student_wrong`` (h_T on z_S),
+        ``disagree``, ``joint_t_wrong``, ``joint_s_wrong`` (the full-sample ĥ*),
+        ``teacher_probe_wrong``, ``student_probe_wrong`` (None without the student's own
+        features ``s``), ``connected_probe_wrong`` (the three same-recipe probes of
+        THEORY), ``probe_wrong`` (the student probe when ``s`` was given, else the
+        connected probe; ``details["probe_features"]`` says which), ``own_wrong`` (None
+        without own logits), and ``sample`` (int, the row index of each entry in the
+        given evaluation arrays).
+
+        ``canonical=False``: in the order of the given samples (as ``margins``).
+        ``canonical=True``: in the report's canonical evaluation order, the order of the
+        rows of ``paired_bootstrap()``'s weights, so that ``weights @ indicator`` gives
+        the report's own bootstrap replicates.
+        """
+        order = slice(None) if canonical else self._back
+        return {k: (None if v is None else v[order].copy())
+                for k, v in self._indicators.items()}
+
+    def paired_bootstrap(self):
+        """The ``PairedBootstrap`` behind the report's intervals: the same count weights
+        (rebuilt from n_eval, n_bootstrap, seed, level and device), rows in the canonical
+        evaluation order of ``indicators(canonical=True)``."""
+        return PairedBootstrap(self.scalars["n_eval"], self.details["n_bootstrap"],
+                               self.details["seed"], level=self.details["level"],
+                               device=self.details["device"])
 
     def to_dict(self):
         return {
@@ -490,8 +527,9 @@ def estimate_bounds(z_t, z_s, y, weight, bias, *, fit=None, s=None, s_fit=None,
             the given samples are split (seeded, stratified by class) into
             ``fit_fraction`` fit / the rest eval, and ``report.notes`` says so.
         s (n, d_s), s_fit (n_fit, d_s): the student's own features before the connector,
-            for ``student_probe_err`` (without them the probe runs on z_S). With ``fit``,
-            ``s`` needs ``s_fit``; without ``fit``, ``s`` is split like the rest.
+            for ``student_probe_err`` (missing without them; ``connected_probe_err`` is
+            the probe on z_S either way). With ``fit``, ``s`` needs ``s_fit``; without
+            ``fit``, ``s`` is split like the rest.
         student_logits (n, K): logits of the student's own head, for ``student_own_err``
             (NaN when absent).
         level: confidence level of every interval.
@@ -540,8 +578,9 @@ def estimate_bounds(z_t, z_s, y, weight, bias, *, fit=None, s=None, s_fit=None,
                     "device": str(device)})
 
     pairs = per_sample.pop("pairs")
+    own_logits = None if data.student_logits is None else data.student_logits[data.order]
     per_class_rows = terms.per_class_terms(pairs.logits_t, pairs.logits_s, data.y, n_classes,
-                                           level=level)
+                                           level=level, logits_own=own_logits)
     # back to the order of the given samples
     sample_index = data.sample_index
     back = torch.argsort(sample_index)
@@ -558,11 +597,12 @@ def estimate_bounds(z_t, z_s, y, weight, bias, *, fit=None, s=None, s_fit=None,
         "disagree": cpu(pairs.disagree),
         "crossing": cpu(pairs.crossing),
     }
-    indicators = {name: cpu(value) for name, value in per_sample.items()}
-    indicators["sample"] = margins["sample"].copy()
+    indicators = {name: None if value is None else value.detach().cpu().numpy()
+                  for name, value in per_sample.items()}
+    indicators["sample"] = sample_index.numpy().copy()
     return BoundsReport(terms=report_terms, scalars=scalars, per_class_rows=per_class_rows,
                         notes=data.notes, details=details, _margins=margins,
-                        _indicators=indicators)
+                        _indicators=indicators, _back=back.numpy())
 
 
 class _StageClock:
@@ -629,92 +669,81 @@ def _compute_terms(data, *, level, n_permutations, n_bootstrap, seed, mmd_max_n,
     out["bound_logit_markov"] = logit_markov.bound
     clock.stop("classifier and feature terms")
 
-    # the ideal joint classifier ĥ* (fitted on the fit split) and bound 3
-    joint = fit_joint_classifier(z_t_fit, z_s_fit, y_fit, weight, bias,
-                                 seed=derived_seed(seed, "joint-probe") % 2**31,
-                                 rows=fit_order)
-    if joint.chosen == "teacher":
-        # ĥ* = h_T: reuse its predictions so that no rounding can make them differ
-        joint_pred_t, joint_pred_s = pairs.pred_t, pairs.pred_s
-    else:
-        joint_pred_t = terms.predict(terms.classifier_logits(z_t, joint.weight, joint.bias,
-                                                             order))
-        joint_pred_s = terms.predict(terms.classifier_logits(z_s, joint.weight, joint.bias,
-                                                             order))
-    clock.stop("joint probe")
-    joint_t_wrong, joint_s_wrong = joint_pred_t != y, joint_pred_s != y
-    differ_t, differ_s = pairs.pred_t != joint_pred_t, pairs.pred_s != joint_pred_s
-    out["joint_err_T"] = proportion(joint_t_wrong, level)
-    out["joint_err_S"] = proportion(joint_s_wrong, level)
-    details.update({"joint_chosen": joint.chosen,
-                    "joint_heldout_err_teacher": joint.heldout_joint_err_teacher,
-                    "joint_heldout_err_probe": joint.heldout_joint_err_probe,
-                    "joint_l2": joint.l2})
+    # the three same-recipe probes (THEORY teacher/student/connected_probe_err): same fit
+    # rows, same L2 grid and nested selection, same seed
+    probe_seed = derived_seed(seed, "probes") % 2**31
+    probe_l2 = {}
 
-    # the student probe, on the student's own features when given
-    probe_x_fit, probe_x = (s_fit, s) if s is not None else (z_s_fit, z_s)
-    probe = LogisticProbe(seed=derived_seed(seed, "student-probe") % 2**31)
-    probe.fit(probe_x_fit, y_fit, num_classes=n_classes, rows=fit_order)
-    probe_wrong = ordered(probe.predict(probe_x)).to(y.device) != y
-    out["student_probe_err"] = proportion(probe_wrong, level)
-    details.update({"probe_features": "s" if s is not None else "z_s",
-                    "probe_l2": probe.l2_})
-    if s is None:
-        notes.append("no student features `s` given: student_probe_err is a probe on z_S")
+    def probe_wrong_on(x_fit, x, name):
+        probe = LogisticProbe(seed=probe_seed)
+        probe.fit(x_fit, y_fit, num_classes=n_classes, rows=fit_order)
+        probe_l2[name] = probe.l2_
+        return ordered(probe.predict(x)).to(y.device) != y
+
+    teacher_probe_wrong = probe_wrong_on(z_t_fit, z_t, "teacher")
+    out["teacher_probe_err"] = proportion(teacher_probe_wrong, level)
+    clock.stop("teacher probe")
+    if s is not None:
+        student_probe_wrong = probe_wrong_on(s_fit, s, "student")
+        out["student_probe_err"] = proportion(student_probe_wrong, level)
+    else:
+        student_probe_wrong = None
+        out["student_probe_err"] = Estimate.missing(
+            n, level, "no student features `s` given")
+        notes.append("no student features `s` given: student_probe_err is missing "
+                     "(connected_probe_err is the probe on z_S)")
     clock.stop("student probe")
+    connected_probe_wrong = probe_wrong_on(z_s_fit, z_s, "connected")
+    out["connected_probe_err"] = proportion(connected_probe_wrong, level)
+    clock.stop("connected probe")
+    # ``probe_wrong``: the probe on the student's own features when given, else on z_S
+    probe_wrong = connected_probe_wrong if s is None else student_probe_wrong
+    details.update({"probe_features": "s" if s is not None else "z_s",
+                    "probe_l2": probe_l2["student" if s is not None else "connected"],
+                    **{f"{name}_probe_l2": value for name, value in probe_l2.items()}})
+
+    # ĥ*: the joint probe (fitted on the whole fit split) or h_T, whichever has the
+    # smaller joint error on the evaluation split, chosen again in every replicate
+    joint_probe = fit_joint_classifier(z_t_fit, z_s_fit, y_fit, weight, bias,
+                                       seed=derived_seed(seed, "joint-probe") % 2**31,
+                                       rows=fit_order)
+    probe_pred_t = terms.predict(terms.classifier_logits(z_t, joint_probe.weight,
+                                                         joint_probe.bias, order))
+    probe_pred_s = terms.predict(terms.classifier_logits(z_s, joint_probe.weight,
+                                                         joint_probe.bias, order))
+    joint = composite.choose_joint(teacher_wrong, student_wrong, probe_pred_t != y,
+                                   probe_pred_s != y, probe_pred_t != pairs.pred_t,
+                                   probe_pred_s != pairs.pred_s, bootstrap=bootstrap)
+    joint_t_wrong, joint_s_wrong = joint.wrong_t, joint.wrong_s
+    out["joint_err_T"], out["joint_err_S"] = composite.joint_errors(joint, level=level)
+    out["ideal_joint"] = composite.ideal_joint(joint, bootstrap=bootstrap)
+    out["ijc_lambda"] = composite.ijc_lambda(joint, bootstrap=bootstrap)
+    out["ijc_gap"] = composite.ijc_gap(joint, bootstrap=bootstrap)
+    out["pair_disc"] = composite.pair_disc(joint, bootstrap=bootstrap)
+    out["bound_ideal_joint"] = composite.bound_ideal_joint(joint, bootstrap=bootstrap)
+    details.update({"joint_chosen": joint.chosen, "joint_probe_share": joint.probe_share,
+                    "joint_l2": joint_probe.l2})
+    clock.stop("joint probe")
 
     # domain classifiers
-    domain_error = {}
-    proxy_value = {}
     for kind in ("linear", "mlp"):
         clf = DomainClassifier(kind=kind, seed=derived_seed(seed, f"domain-{kind}") % 2**31)
         clf.fit(z_t_fit, z_s_fit, rows=fit_order)
         err_t, err_s = (ordered(err) for err in domain_errors(clf, z_t, z_s))
-        # both features of one input are resampled together: one per-sample error rate
-        domain_error[kind] = 0.5 * (err_t.to(torch.float64) + err_s.to(torch.float64))
-        proxy_value[kind] = proxy_a_distance(err_t, err_s)
+        out[f"proxy_a_{kind}"] = composite.proxy_a(err_t, err_s, bootstrap=bootstrap)
+        if kind == "mlp":
+            out["bound_ben_david"] = composite.bound_ben_david(joint, err_t, err_s,
+                                                               bootstrap=bootstrap)
         clock.stop(f"domain classifier ({kind})")
 
-    # every composite term from the same bootstrap means
-    columns = {
-        "teacher_wrong": teacher_wrong, "student_wrong": student_wrong,
-        "joint_t_wrong": joint_t_wrong, "joint_s_wrong": joint_s_wrong,
-        "differ_t": differ_t, "differ_s": differ_s,
-        "domain_linear": domain_error["linear"], "domain_mlp": domain_error["mlp"],
-    }
-    names = list(columns)
-    matrix = torch.stack([columns[k].to(torch.float64) for k in names], dim=1)
-    means_b = dict(zip(names, bootstrap.means(matrix).unbind(1)))
-    counts = {k: int(columns[k].sum()) for k in names if columns[k].dtype == torch.bool}
-
-    def proxy(err):
-        return (2.0 * (1.0 - 2.0 * err)).clamp(0.0, 2.0)
-
-    ideal_b = means_b["joint_t_wrong"] + means_b["joint_s_wrong"]
-    lambda_b = means_b["teacher_wrong"] + means_b["student_wrong"]
-    pair_disc_b = (means_b["differ_s"] - means_b["differ_t"]).abs()
-    ideal_joint = (counts["joint_t_wrong"] + counts["joint_s_wrong"]) / n
-    out["ideal_joint"] = bootstrap.estimate(ideal_joint, ideal_b)
-    out["ijc_lambda"] = bootstrap.estimate(
-        (counts["teacher_wrong"] + counts["student_wrong"]) / n, lambda_b)
-    out["ijc_gap"] = bootstrap.estimate(
-        (counts["teacher_wrong"] + counts["student_wrong"] - counts["joint_t_wrong"]
-         - counts["joint_s_wrong"]) / n, lambda_b - ideal_b)
-    pair_disc_count = abs(counts["differ_s"] - counts["differ_t"])
-    out["pair_disc"] = bootstrap.estimate(pair_disc_count / n, pair_disc_b)
-    # integer numerator: exact on the sample (THEORY bound 3)
-    out["bound_ideal_joint"] = bootstrap.estimate(
-        (counts["teacher_wrong"] + counts["joint_t_wrong"] + counts["joint_s_wrong"]
-         + pair_disc_count) / n,
-        means_b["teacher_wrong"] + ideal_b + pair_disc_b)
-    for kind in ("linear", "mlp"):
-        out[f"proxy_a_{kind}"] = bootstrap.estimate(proxy_value[kind],
-                                                    proxy(means_b[f"domain_{kind}"]))
-    out["bound_ben_david"] = bootstrap.estimate(
-        out["teacher_err"].value + 0.5 * proxy_value["mlp"] + ideal_joint,
-        means_b["teacher_wrong"] + 0.5 * proxy(means_b["domain_mlp"]) + ideal_b,
-        method=f"{bootstrap.method}; an estimate, not a guaranteed bound")
-    clock.stop("composite terms")
+    # fidelity and calibration of what the student predicts with: its own head where it
+    # has one, else h_T(z_S) (THEORY "Fidelity and calibration")
+    predictive = pairs.logits_s if student_logits is None else student_logits[order]
+    fidelity_terms = fidelity.terms(pairs.logits_t, predictive, y, bootstrap=bootstrap)
+    details["ece_gap"] = fidelity_terms.pop("ece_gap").as_dict()
+    details["calibration"] = fidelity.calibration_rows(pairs.logits_t, predictive, y)
+    out.update(fidelity_terms)
+    clock.stop("fidelity and calibration")
 
     # MMD² and CKA share one block pass over the pairwise matrices; the float64 copy of
     # the bootstrap weights (B·n·8 bytes) is not needed there
@@ -735,14 +764,18 @@ def _compute_terms(data, *, level, n_permutations, n_bootstrap, seed, mmd_max_n,
                      f"{mmd_pairs} of the {n} evaluation pairs")
 
     scalars = {"mmd_p": mmd_test.p_value, "mmd_bandwidth": mmd_test.bandwidth,
-               "feat_markov_tau": feat_markov.tau, "logit_markov_tau": logit_markov.tau}
+               "feat_markov_tau": feat_markov.tau, "logit_markov_tau": logit_markov.tau,
+               "joint_chosen": joint.chosen, "joint_probe_share": joint.probe_share}
     clock.stop("MMD² and CKA")
     details.update({"mmd_pairs": mmd_pairs, "cka_bootstrap": cka_count,
                     "timings_s": clock.stages})
     per_sample = {"pairs": pairs, "teacher_wrong": teacher_wrong,
                   "student_wrong": student_wrong, "disagree": pairs.disagree,
                   "joint_t_wrong": joint_t_wrong, "joint_s_wrong": joint_s_wrong,
-                  "probe_wrong": probe_wrong, "own_wrong": own_wrong}
+                  "probe_wrong": probe_wrong, "own_wrong": own_wrong,
+                  "teacher_probe_wrong": teacher_probe_wrong,
+                  "student_probe_wrong": student_probe_wrong,
+                  "connected_probe_wrong": connected_probe_wrong}
     missing = [k for k in schema.INTERVAL_TERMS + schema.BOUNDS if k not in out]
     if missing:  # pragma: no cover - a programming error, not a user error
         raise RuntimeError(f"terms not computed: {missing}")

@@ -37,7 +37,7 @@ from ijckd_bounds.checkpoint import (LoadedTeacher, capture_rng, load_student, l
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators import estimate_bounds, fit_connector
 from ijckd_bounds.io import load_torch, save_torch
-from ijckd_bounds.tracking import table
+from ijckd_bounds.tracking import layers, table
 from ijckd_bounds.tracking.extract import (barrier, extract_features, rank_and_world,
                                            split_fingerprint)
 from ijckd_bounds.train.distributed import resolve_device as resolve_run_device
@@ -45,6 +45,9 @@ from ijckd_bounds.train.distributed import resolve_device as resolve_run_device
 BOUNDS_CSV = "bounds.csv"
 PER_CLASS_CSV = "per_class.csv"
 MARGINS_CSV = "margins.csv"
+CALIBRATION_CSV = "calibration.csv"
+# the tables written beside bounds.csv for each checkpoint (bounds.csv last)
+COMPANION_CSVS = (PER_CLASS_CSV, MARGINS_CSV, CALIBRATION_CSV)
 TEACHER_CACHE = "teacher_features.pt"
 STUDENT_FEATURES = "student_features"
 # Rank 0 estimates while the other ranks wait; a barrier of its own with a long timeout
@@ -368,7 +371,7 @@ def _keys(student, run, checkpoint):
 
 
 def rows_for(report, keys):
-    """The bounds row, per-class rows and margin rows of one report."""
+    """The bounds row, per-class rows, margin rows and calibration rows of one report."""
     row = dict(keys)
     row.update(report.row())
     per_class = report.per_class().copy()
@@ -378,16 +381,20 @@ def rows_for(report, keys):
     margins = margins.rename(columns={"gamma": "teacher_margin", "distance": "feat_dist"})
     for name in ("run", "method", "epoch", "checkpoint"):
         margins[name] = keys[name]
-    return row, per_class, margins
+    calibration = report.calibration()
+    for name in ("run", "method", "epoch", "checkpoint", "split"):
+        calibration[name] = keys[name]
+    return row, per_class, margins, calibration
 
 
-def write_rows(run_dir, row, per_class, margins):
-    """Companion tables first, ``bounds.csv`` last: a checkpoint listed in ``bounds.csv``
-    is complete, so a tracker killed in between (which re-runs skip by ``bounds.csv``)
-    leaves only upserted companion rows that the re-run replaces."""
+def write_rows(run_dir, row, per_class, margins, calibration):
+    """Companion tables (``COMPANION_CSVS``) first, ``bounds.csv`` last: a checkpoint
+    listed in ``bounds.csv`` is complete, so a tracker killed in between (which re-runs
+    skip by ``bounds.csv``) leaves only upserted companion rows that the re-run replaces."""
     run_dir = Path(run_dir)
     table.append_per_class(run_dir / PER_CLASS_CSV, per_class)
     table.append_margins(run_dir / MARGINS_CSV, margins)
+    table.append_calibration(run_dir / CALIBRATION_CSV, calibration)
     table.append_bounds(run_dir / BOUNDS_CSV, [row])
 
 
@@ -459,11 +466,11 @@ def track_run(run_dir, settings=None, *, data_dir=None, progress=True):
     table.remove_stale_temp_files(run_dir)
     # rows a tracker of an older write order left without their companions
     table.drop_incomplete_checkpoints(run_dir / BOUNDS_CSV,
-                                      [run_dir / PER_CLASS_CSV, run_dir / MARGINS_CSV])
+                                      [run_dir / name for name in COMPANION_CSVS])
     done = set()
     if (run_dir / BOUNDS_CSV).is_file():
         done = set(table.read_table(run_dir / BOUNDS_CSV)["checkpoint"].astype(str))
-    todo = [p for p in checkpoints_of(run_dir) if p.name not in done]
+    todo = layers.pending(run_dir, checkpoints_of(run_dir), done, settings)
     cache = None
     shown = _CheckpointProgress(None if progress else False, total=len(todo),
                                 desc=f"track {run_dir.name}")
@@ -474,8 +481,15 @@ def track_run(run_dir, settings=None, *, data_dir=None, progress=True):
             if cache is None:
                 cache = _teacher_cache(student, _dataset_for(student, data_dir), run_dir,
                                        run_settings, progress=progress)
+            keys = _keys(student, run_dir.name, path.name)
+            if layers.layers_wanted(student, run_settings):  # before bounds.csv, a companion
+                layers.track_layers(student, cache, run_dir,
+                                    run_settings.resolved(student.meta.get("config")), keys)
+            if path.name in done:
+                shown.bar.update(1)
+                continue  # only its layer rows were missing
             report, _ = estimate_checkpoint(student, cache, run_settings)
-            rows = rows_for(report, _keys(student, run_dir.name, path.name))
+            rows = rows_for(report, keys)
             write_rows(run_dir, *rows)
             shown.done(path.name, rows[0])
     finally:
@@ -540,9 +554,13 @@ class BoundTracker:
                 self._idle = True  # in-memory splits: rank 0 alone, in seconds
                 return
             self._cache = _teacher_cache(student, splits, self.run_dir, settings, group)
+        keys = _keys(student, self.run_dir.name, Path(path).name)
+        if layers.layers_wanted(student, settings):  # every rank: image splits are sharded
+            layers.track_layers(student, self._cache, self.run_dir,
+                                settings.resolved(student.meta.get("config")), keys, group=group)
         report, _ = estimate_checkpoint(student, self._cache, settings, group=group)
         if rank == 0:
-            rows = rows_for(report, _keys(student, self.run_dir.name, Path(path).name))
+            rows = rows_for(report, keys)
             write_rows(self.run_dir, *rows)
             self._shown(student).done(Path(path).name, rows[0])
 

@@ -163,6 +163,7 @@ class TrackConfig:
     batch_size: Optional[int] = None  # extraction batch; None: data.eval_batch_size
     num_workers: Optional[int] = None  # extraction DataLoader workers; None: data.num_workers
     chunk_size: int = 4096  # image splits: samples per resumable, sharded feature chunk
+    layers: bool = False  # also write layers.csv: stage probes and the stage CKA matrix
 
     def __post_init__(self):
         for name in ("n_bootstrap", "n_permutations", "chunk_size"):
