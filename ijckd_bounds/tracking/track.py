@@ -443,7 +443,9 @@ class _CheckpointProgress:
             self.bar.close()
         if self.lines:
             def pct(term):
-                return f"{100 * row[term]:.1f}%" if math.isfinite(row[term]) else "n/a"
+                value = row.get(term)
+                finite = isinstance(value, (int, float)) and math.isfinite(value)
+                return f"{100 * value:.1f}%" if finite else "n/a"
 
             print(f"tracked {checkpoint}: student_err {pct('student_err')}, teacher_err "
                   f"{pct('teacher_err')}, bound_coupled {pct('bound_coupled')} "
