@@ -5,10 +5,25 @@ rows in a canonical order (so that the report does not depend on the order of th
 samples), fit the fitted parts on the fit split, compute the terms, and collect them in
 a ``BoundsReport``.
 
-Intervals: proportions use Clopper–Pearson; every composite term (feat_rel, ideal_joint,
-ijc_lambda, ijc_gap, pair_disc, the proxy A-distances, MMD², CKA and every bound) comes
-from ONE paired-bootstrap weight matrix over the evaluation samples, so the intervals of
-a bound and of its pieces come from the same resamples.
+Where each column is computed (the report only calls these):
+
+- ``terms``: teacher_err, student_err, student_own_err, disagreement, delta_gamma,
+  feat_msd, feat_rel, logit_msd, bound_coupled, bound_margin, bound_feat_markov,
+  bound_logit_markov (``proportion`` of ``paired_predictions`` for the rates);
+- ``probes.LogisticProbe`` + ``proportion``: teacher_probe_err, student_probe_err,
+  connected_probe_err (one recipe, one seed, the same fit rows);
+- ``probes.fit_joint_classifier`` + ``composite.choose_joint``: joint_err_T, joint_err_S,
+  joint_chosen, joint_probe_share, and from the choice ``composite.ideal_joint``,
+  ``ijc_lambda``, ``ijc_gap``, ``pair_disc``, ``bound_ideal_joint``;
+- ``probes.DomainClassifier`` + ``composite.proxy_a``: proxy_a_linear, proxy_a_mlp;
+  ``composite.bound_ben_david``;
+- ``mmd.run_mmd_pass``: mmd2, mmd_p, mmd_bandwidth; ``cka.feat_cka``: feat_cka.
+
+Intervals: proportions use Clopper–Pearson; feat_cka a delete-one jackknife; every other
+composite term (feat_rel, ideal_joint, ijc_lambda, ijc_gap, pair_disc, the proxy
+A-distances, MMD² and every bound) comes from ONE paired-bootstrap weight matrix over the
+evaluation samples, so the intervals of a bound and of its pieces come from the same
+resamples.
 """
 
 import hashlib
