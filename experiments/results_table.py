@@ -5,10 +5,14 @@ One command makes it (about 5 minutes on one CPU core)::
     OMP_NUM_THREADS=1 python experiments/results_table.py \\
         --datasets digits mnist1d --seeds 0 1 2 --out experiments/results
 
-and writes ``OUT/runs.csv`` (one row per training run) and ``OUT/results_table.md``
-(mean ± std per model and dataset, plus the train accuracies and parameter counts the
-explanation of the ordering needs). Checkpoints stay in ``--runs-dir`` (default
-``runs/results_table``, git-ignored).
+and writes ``OUT/runs.csv`` (one row per training run), ``OUT/compare/`` (the report of
+``ijckd-bounds compare`` on every run: final- and best-epoch accuracy with t-intervals,
+the differences to the controls, parameter counts, one figure per dataset) and
+``OUT/results_table.md`` (that report's numbers laid out as the README's table, plus the
+train accuracies and parameter counts the explanation of the ordering needs). When the
+bound tracker estimates ``top1_agreement`` and ``student_ece``, the final checkpoint of
+every student is tracked first (``--n-bootstrap`` replicates) and the table gains them.
+Checkpoints stay in ``--runs-dir`` (default ``runs/results_table``, git-ignored).
 
 Protocol (one seed = one full replicate):
 
@@ -24,10 +28,10 @@ Protocol (one seed = one full replicate):
 - Accuracy = the final epoch's accuracy on the eval split, never the best epoch's (choosing
   an epoch on the eval split would tune on the test data). The std is the sample std
   (ddof 1) over seeds.
-- A control row (``--no-control`` drops it): the IJCKD architecture (student body +
-  SimKD bottleneck connector + the frozen teacher classifier) trained with cross-entropy
-  alone (``method.alpha=0 method.beta=0``): no feature or logit matching. It tells how much
-  of SimKD's/IJCKD's accuracy comes from the connector's parameters rather than from
+- A control row (``--no-control`` drops it): ``method.name=ce_connector``, the SimKD/IJCKD
+  architecture (student body + SimKD bottleneck connector + the frozen teacher classifier)
+  trained with cross-entropy alone: no feature or logit matching. It tells how much of
+  SimKD's/IJCKD's accuracy comes from the connector's parameters rather than from
   distillation.
 - Parameter-matched rows (``--no-matched`` drops them): SimKD, IJCKD and the control with
   connector reduction ``MATCHED_REDUCTION`` = 16 instead of the methods' default 2, which
@@ -43,7 +47,6 @@ import csv
 import io
 import logging
 import math
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -78,9 +81,8 @@ STUDENT_ROWS = (
     TableRow("simkd", "simkd", "simkd"),
     TableRow("ijckd", "ijckd", "ijckd"),
 )
-CONTROL_ROW = TableRow("ce_connector", "ijckd",
-                       "*control:* ce through the simkd/ijckd connector + frozen h_T",
-                       ("method.alpha=0", "method.beta=0"))
+CONTROL_ROW = TableRow("ce_connector", "ce_connector",
+                       "*control:* ce through the simkd/ijckd connector + frozen h_T")
 # the connector reduction at which the bottleneck has about as many parameters as the
 # cnn_small student (2,144 vs 2,786 on digits, 1,760 vs 1,730 on mnist1d; reduction 2,
 # the methods' reference default, gives 17x and 13x)
@@ -94,9 +96,9 @@ MATCHED_ROWS = (
              (f"method.reduction={MATCHED_REDUCTION}",)),
 )
 MATCHED_CONTROL_ROW = TableRow(
-    f"ce_connector_r{MATCHED_REDUCTION}", "ijckd",
+    f"ce_connector_r{MATCHED_REDUCTION}", "ce_connector",
     f"*control:* ce through the reduction-{MATCHED_REDUCTION} connector + frozen h_T",
-    ("method.alpha=0", "method.beta=0", f"method.reduction={MATCHED_REDUCTION}"))
+    (f"method.reduction={MATCHED_REDUCTION}",))
 
 CSV_COLUMNS = ("dataset", "row", "method", "method_overrides", "seed", "data_seed", "model",
                "epochs", "eval_acc", "train_acc", "best_eval_acc", "best_epoch",
@@ -177,21 +179,6 @@ def train_or_reuse(cfg, *, teacher_mode):
     return dict(result.metrics), result.teacher_path or result.checkpoint, False
 
 
-def prediction_params(checkpoint):
-    """Parameters on the path from input to prediction: the student itself for own-head
-    students; body + connector + the (frozen) teacher classifier for SimKD/IJCKD-style
-    students, whose own head is never used."""
-    from ijckd_bounds.checkpoint import load_student
-
-    student = load_student(checkpoint)
-    count = sum(p.numel() for p in student.model.parameters())
-    if student.predicts_with == "teacher_classifier":
-        count -= sum(p.numel() for p in student.model.classifier.parameters())
-        count += sum(p.numel() for p in student.connector.parameters())
-        count += student.teacher_weight.numel() + student.teacher_bias.numel()
-    return int(count)
-
-
 def train_seconds(run_dir):
     """Training time of a run: the sum of its history.csv ``seconds`` (start-up excluded)."""
     path = Path(run_dir) / "history.csv"
@@ -199,13 +186,34 @@ def train_seconds(run_dir):
         return round(sum(float(row["seconds"]) for row in csv.DictReader(fh)), 2)
 
 
+def _absolute(run_dir):
+    path = Path(run_dir)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def track_final_checkpoints(records, n_bootstrap):
+    """Estimate the bound terms (the fidelity columns among them) at the final checkpoint
+    of every student run that has no row for it yet (``track_run`` skips tracked ones)."""
+    from ijckd_bounds.tracking.track import EstimatorSettings, track_run
+
+    settings = EstimatorSettings(n_bootstrap=n_bootstrap, n_permutations=20, seed=0)
+    students = [r for r in records if r["row"] != TEACHER_ROW.name]
+    for i, record in enumerate(students, 1):
+        started = time.perf_counter()
+        track_run(_absolute(record["run_dir"]), settings, progress=False)
+        log.info("[track %d/%d] %s seed %d %s (%.1f s)", i, len(students), record["dataset"],
+                 record["seed"], record["row"], time.perf_counter() - started)
+
+
 def _relative(path):
-    path = Path(path).resolve()
+    path = Path(path).absolute()  # symlinks kept: the path the table was asked for
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
 def run_record(dataset, row, seed, cfg, metrics, checkpoint, sizes):
     """One CSV row (a dict keyed by CSV_COLUMNS)."""
+    from ijckd_bounds.compare import parameter_counts
+
     model = cfg.model.teacher if row.method is None else cfg.model.student
     return {
         "dataset": dataset, "row": row.name, "method": row.method or "ce",
@@ -214,7 +222,7 @@ def run_record(dataset, row, seed, cfg, metrics, checkpoint, sizes):
         "eval_acc": round(metrics["eval_acc"], 6), "train_acc": round(metrics["train_acc"], 6),
         "best_eval_acc": round(metrics["best_eval_acc"], 6),
         "best_epoch": int(metrics["best_epoch"]),
-        "predict_params": prediction_params(checkpoint),
+        "predict_params": parameter_counts(checkpoint)["predict_params"],
         "n_train": sizes["train"], "n_eval": sizes["eval"],
         "train_seconds": train_seconds(cfg.run.run_dir),
         "run_dir": _relative(cfg.run.run_dir),
@@ -222,28 +230,30 @@ def run_record(dataset, row, seed, cfg, metrics, checkpoint, sizes):
 
 
 # ------------------------------------------------------------------------------ tables
+# The statistics come from ``ijckd-bounds compare`` (ijckd_bounds/compare.py); this file
+# only lays them out as the README's table.
+
+# Tracked at the final checkpoint of each student when the estimators provide them.
+FIDELITY_COLUMNS = ("top1_agreement", "student_ece", "teacher_ece")
+FIDELITY_LABELS = {"top1_agreement": "top-1 agreement", "student_ece": "ECE",
+                   "teacher_ece": "teacher ECE"}
+COMPARE_DIR = "compare"
 
 
-def mean_std(values):
-    """``(mean, sample std)`` of a list of floats; std is NaN for a single value."""
-    values = [float(v) for v in values]
-    std = statistics.stdev(values) if len(values) > 1 else math.nan
-    return statistics.fmean(values), std
+def available_fidelity_columns():
+    """The FIDELITY_COLUMNS the bounds table of this version has (none before they exist)."""
+    from ijckd_bounds import schema
+
+    return tuple(c for c in FIDELITY_COLUMNS if c in schema.TABLE_COLUMNS)
 
 
 def format_pct(mean, std):
-    """'97.2 ± 0.4' (percent, one decimal); the std left out when it is NaN."""
+    """'97.2 ± 0.4' (percent values, one decimal); the std left out when it is NaN."""
+    if math.isnan(mean):
+        return "–"
     if math.isnan(std):
-        return f"{100 * mean:.1f}"
-    return f"{100 * mean:.1f} ± {100 * std:.1f}"
-
-
-def summarize(records, column="eval_acc"):
-    """{(dataset, row): (mean, std, n_seeds)} of ``column`` over the records' seeds."""
-    groups = {}
-    for record in records:
-        groups.setdefault((record["dataset"], record["row"]), []).append(float(record[column]))
-    return {key: (*mean_std(values), len(values)) for key, values in groups.items()}
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {std:.1f}"
 
 
 def _markdown(header, rows):
@@ -252,36 +262,64 @@ def _markdown(header, rows):
     return "\n".join(lines)
 
 
-def results_markdown(records, datasets, table_rows, seeds):
-    """The Markdown of ``results_table.md`` from the run records (dicts of CSV_COLUMNS)."""
-    eval_acc = summarize(records, "eval_acc")
-    train_acc = summarize(records, "train_acc")
+def group_rows(records, groups):
+    """{(dataset, table row name): the compare group (a Series) holding that row's runs}."""
+    group_of_dir = {}
+    for _, group in groups.iterrows():
+        for run_dir in group["run_dirs"].split(";"):
+            group_of_dir[Path(run_dir).resolve()] = group
+    index = {}
+    for record in records:
+        group = group_of_dir.get(_absolute(record["run_dir"]).resolve())
+        if group is not None:
+            index.setdefault((record["dataset"], record["row"]), group)
+    return index
+
+
+def results_markdown(records, datasets, table_rows, seeds, groups, controls, columns=()):
+    """The Markdown of ``results_table.md`` from the run records (dicts of CSV_COLUMNS)
+    and ``compare``'s groups (with a ``run_dirs`` column) and control differences."""
+    stats = group_rows(records, groups)
 
     def first(dataset, row_name, column):
         return next(r[column] for r in records
                     if r["dataset"] == dataset and r["row"] == row_name)
 
-    def cell(stats, dataset, row):
-        key = (dataset, row.name)
-        return format_pct(*stats[key][:2]) if key in stats else "–"
+    def cell(dataset, row, column="final"):
+        group = stats.get((dataset, row.name))
+        if group is None:
+            return "–"
+        if column in ("final", "train"):
+            return format_pct(group[f"{column}_mean"], group[f"{column}_std"])
+        mean, std = group.get(f"{column}_mean", math.nan), group.get(f"{column}_std", math.nan)
+        if column == "top1_agreement":  # a proportion: percent
+            return format_pct(100 * mean, 100 * std)
+        if math.isnan(mean):
+            return "–"
+        return f"{mean:.3f}" + ("" if math.isnan(std) else f" ± {std:.3f}")
 
-    main = _markdown(["model", *datasets],
-                     [[row.label, *(cell(eval_acc, d, row) for d in datasets)]
-                      for row in table_rows])
+    header = ["model", *datasets]
+    for column in columns:
+        header += [f"{d} {FIDELITY_LABELS[column]}" for d in datasets]
+    main = _markdown(header, [[row.label, *(cell(d, row) for d in datasets),
+                               *(cell(d, row, c) for c in columns for d in datasets)]
+                              for row in table_rows])
     header = ["model"]
     for dataset in datasets:
-        header += [f"{dataset} train", f"{dataset} train − eval", f"{dataset} params"]
+        header += [f"{dataset} train", f"{dataset} train − eval", f"{dataset} best − final",
+                   f"{dataset} trained params", f"{dataset} predict params"]
     diag_rows = []
     for row in table_rows:
         cells = [row.label]
         for dataset in datasets:
-            key = (dataset, row.name)
-            if key not in eval_acc:
-                cells += ["–", "–", "–"]
+            group = stats.get((dataset, row.name))
+            if group is None:
+                cells += ["–"] * 5
                 continue
-            gap = train_acc[key][0] - eval_acc[key][0]
-            cells += [format_pct(*train_acc[key][:2]), f"{100 * gap:+.1f}",
-                      f"{first(dataset, row.name, 'predict_params'):,}"]
+            cells += [cell(dataset, row, "train"),
+                      f"{group['train_mean'] - group['final_mean']:+.1f}",
+                      f"{group['best_minus_final']:+.1f}",
+                      f"{int(group['trained_params']):,}", f"{int(group['predict_params']):,}"]
         diag_rows.append(cells)
     diag = _markdown(header, diag_rows)
 
@@ -296,25 +334,34 @@ def results_markdown(records, datasets, table_rows, seeds):
                      f"epochs, every student {', '.join(map(str, student_epochs))} epochs")
     ordering = []
     for dataset in datasets:
-        ranked = sorted((row for row in table_rows if (dataset, row.name) in eval_acc),
-                        key=lambda row: -eval_acc[(dataset, row.name)][0])
+        ranked = sorted((row for row in table_rows if (dataset, row.name) in stats),
+                        key=lambda row: -stats[(dataset, row.name)]["final_mean"])
         ordering.append(f"`{dataset}`: " + " > ".join(row.name for row in ranked))
+    control_lines = [f"`{c['dataset']}`: {c['sentence']}" for _, c in controls.iterrows()]
+    fidelity_note = ("Top-1 agreement with the teacher and the student's ECE (15 bins) at the "
+                     "final checkpoint, eval split, tracked with `ijckd-bounds track`; mean ± "
+                     "std over seeds." if columns else
+                     "Top-1 agreement and ECE: not in this table (the bound tracker of this "
+                     "version does not estimate them).")
     seed_text = ", ".join(map(str, seeds))
     return "\n".join([
         "# Results: teacher and six students",
         "",
         f"Eval accuracy (%), mean ± sample std over seeds {seed_text}: the final epoch's "
-        "accuracy on the eval split (never the best epoch's). Made by",
+        "accuracy on the eval split (never the best epoch's; the best epoch's is in "
+        f"`{COMPARE_DIR}/compare.md`, with 95% t-intervals). Made by",
         "",
         f"    {COMMAND}",
         "",
         main,
         "",
+        fidelity_note,
+        "",
         "Each seed trains its own teacher and distils every student from it (both with "
         "`run.seed` = the seed); the data split is fixed. Hyper-parameters: "
         "`experiments/<dataset>_{teacher,student}.yaml` (SGD, momentum 0.9, lr 0.05, cosine "
         "schedule, weight decay 5e-4, batch 64), each method with its reference loss weights "
-        "(`ijckd_bounds/train/objectives.py`).",
+        "(`ijckd_bounds/train/objectives.py`); the controls are `method.name=ce_connector`.",
         "",
         *[f"- {line}" for line in setup],
         "",
@@ -322,11 +369,18 @@ def results_markdown(records, datasets, table_rows, seeds):
         "",
         *[f"- {line}" for line in ordering],
         "",
+        "Against the controls (`ijckd-bounds compare`, final epoch, Welch 95% interval):",
+        "",
+        *[f"- {line}" for line in control_lines],
+        "",
         "## Diagnostics",
         "",
         "`train`: the running train accuracy of the final epoch (train-mode batch norm, "
-        "averaged over the epoch's batches), mean ± std over seeds. `params`: parameters on "
-        "the path from input to prediction (for simkd, ijckd and the control: student body + "
+        "averaged over the epoch's batches), mean ± std over seeds. `best − final`: mean over "
+        "seeds of the best epoch's eval accuracy minus the final one's. `trained params`: "
+        "everything the optimizer updates (student + connector; the unused own head of "
+        "simkd, ijckd and the controls left out). `predict params`: parameters on the path "
+        "from input to prediction (for simkd, ijckd and the controls: student body + "
         "connector + the frozen teacher classifier; the connectors of fitnet and srrl are "
         "used in training only).",
         "",
@@ -370,6 +424,10 @@ def parse_args(argv=None):
     parser.add_argument("--no-matched", action="store_true",
                         help="leave out the parameter-matched simkd/ijckd rows (connector "
                              f"reduction {MATCHED_REDUCTION})")
+    parser.add_argument("--no-track", action="store_true",
+                        help="do not track the final checkpoints (top-1 agreement, ECE)")
+    parser.add_argument("--n-bootstrap", type=int, default=200,
+                        help="bootstrap replicates when tracking the final checkpoints")
     parser.add_argument("--verbose", action="store_true", help="log every epoch")
     return parser.parse_args(argv)
 
@@ -377,6 +435,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter
     logging.getLogger("ijckd_bounds.train").setLevel(
         logging.INFO if args.verbose else logging.WARNING)
 
@@ -415,7 +474,16 @@ def main(argv=None):
                              total, dataset, seed, row.name, 100 * metrics["eval_acc"],
                              100 * metrics["train_acc"],
                              "(reused)" if reused else f"({records[-1]['train_seconds']} s)")
-        text = results_markdown(records, args.datasets, table_rows, args.seeds)
+        columns = () if args.no_track else available_fidelity_columns()
+        if columns:
+            track_final_checkpoints(records, args.n_bootstrap)
+        from ijckd_bounds.compare import compare_runs, write_comparison
+
+        comparison = compare_runs([_absolute(r["run_dir"]) for r in records], columns=columns)
+        written = write_comparison(comparison, args.out / COMPARE_DIR)
+        log.info("wrote %s", ", ".join(_relative(p) for p in written))
+        text = results_markdown(records, args.datasets, table_rows, args.seeds,
+                                comparison.groups, comparison.controls, columns)
     except IJCKDError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

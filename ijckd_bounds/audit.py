@@ -53,7 +53,8 @@ def budgets_from_report(report, *, own_features=True):
     return [error_budget(own_wrong=ind["own_wrong"], **common), error_budget(**common)]
 
 
-def _checkpoint_inputs(teacher, student, dataset, data_dir, out, n_bootstrap, seed):
+def _checkpoint_inputs(teacher, student, dataset, data_dir, out, n_bootstrap, seed, *,
+                       n_permutations=200, allow_other_teacher=False):
     from ijckd_bounds.checkpoint import load_student
     from ijckd_bounds.data import build_dataset
     from ijckd_bounds.tracking.track import EstimatorSettings, estimate_checkpoint, teacher_features
@@ -70,20 +71,23 @@ def _checkpoint_inputs(teacher, student, dataset, data_dir, out, n_bootstrap, se
     splits = build_dataset(name, seed=meta.get("seed", 0),
                            data_dir=data_dir or meta.get("data_dir"), **options)
     _check_pair(loaded, student, teacher, splits, name, explicit_dataset=dataset is not None)
+    notes = _check_teacher_identity(loaded, student, teacher, allow_other=allow_other_teacher)
     # the teacher's features are cached beside the report so a re-run audit skips them
     cache = teacher_features(teacher, splits, Path(out) / ".cache" / "teacher_features.pt")
-    settings = EstimatorSettings(n_bootstrap=n_bootstrap, seed=seed)
+    settings = EstimatorSettings(n_bootstrap=n_bootstrap, n_permutations=n_permutations,
+                                 seed=seed)
     report, connector = estimate_checkpoint(loaded, cache, settings)
     title = (f"{loaded.meta.get('method')} student ({loaded.meta.get('model_name')}) at epoch "
              f"{loaded.meta.get('epoch')}, on {name}")
-    notes = []
     if connector == "post-hoc ridge":
         notes.append("this student predicts with its own head: its features were mapped into "
                      "the teacher's space by the post-hoc ridge connector of THEORY.md, fitted "
                      "on the fit split")
     subject = Subject(title, teacher=_describe_teacher(teacher),
                       student=_describe_student(loaded, student))
-    return report, True, subject, notes
+    who = {"method": loaded.meta.get("method"), "epoch": loaded.meta.get("epoch"),
+           "run": Path(student).name}
+    return report, True, subject, notes, who
 
 
 def _describe_teacher(teacher):
@@ -165,12 +169,39 @@ def _check_pair(loaded, student_path, teacher, splits, name, *, explicit_dataset
                              f"connector maps into the other teacher's feature space")
 
 
-def _feature_inputs(features, n_bootstrap, seed):
+def _check_teacher_identity(loaded, student_path, teacher, *, allow_other):
+    """A ``--teacher`` that is itself a student checkpoint, or another file than the one the
+    student records as its teacher, is refused unless ``allow_other``; allowed, it is a
+    warning line of the report. Returns the report's notes (a list)."""
+    problems = []
+    if teacher.source == "checkpoint" and teacher.meta.get("kind") == "student":
+        problems.append(f"--teacher {str(teacher.path)!r} is a {teacher.meta.get('method')} "
+                        f"student checkpoint, not a teacher")
+    recorded = loaded.meta.get("teacher_sha256")
+    if recorded and teacher.sha256 != recorded:
+        problems.append(f"--teacher {str(teacher.path)!r} is not the teacher student "
+                        f"checkpoint {str(student_path)!r} was distilled from (sha256 "
+                        f"{teacher.sha256[:12]}..., recorded {recorded[:12]}...)")
+    if not problems:
+        return []
+    if not allow_other:
+        hint = ("omit --teacher to use the recorded teacher" if recorded
+                else "pass a teacher run's teacher.pt")
+        raise IJCKDError(f"{problems[0]}; {hint}, or pass --allow-other-teacher to audit "
+                         f"against it anyway")
+    return [f"WARNING: {problem}; audited against it as asked (--allow-other-teacher), so "
+            f"the teacher terms describe that model, not the student's teacher"
+            for problem in problems]
+
+
+def _feature_inputs(features, n_bootstrap, seed, n_permutations=200):
     from ijckd_bounds.estimators import estimate_bounds_from_file
 
-    report = estimate_bounds_from_file(features, n_bootstrap=n_bootstrap, seed=seed)
+    report = estimate_bounds_from_file(features, n_bootstrap=n_bootstrap,
+                                       n_permutations=n_permutations, seed=seed)
     own = report.details.get("probe_features") == "s"
-    return report, own, _feature_subject(features, report, own), []
+    return report, own, _feature_subject(features, report, own), [], {
+        "run": Path(features).name}
 
 
 def _feature_subject(features, report, own_features):
@@ -186,33 +217,44 @@ def _feature_subject(features, report, own_features):
 
 
 def run_audit(*, teacher=None, student=None, dataset=None, data_dir=None, features=None,
-              out, n_bootstrap=1000, seed=0):
-    """Write ``report.md``, ``bounds.json`` and figures to ``out``; returns report.md's path."""
+              out, n_bootstrap=1000, seed=0, n_permutations=200, allow_other_teacher=False):
+    """Write ``report.md``, ``bounds.json`` and figures to ``out``; returns report.md's path.
+
+    ``allow_other_teacher``: accept a ``teacher`` that is not the student's recorded one (or
+    a student checkpoint); the report then carries a warning line saying so."""
     out = Path(out)
     check_writable_dir(out)
     if features is not None:
         if student is not None:
             raise IJCKDError("pass either --features or --student, not both")
-        report, own_features, title, notes = _feature_inputs(features, n_bootstrap, seed)
+        report, own_features, title, notes, who = _feature_inputs(features, n_bootstrap, seed,
+                                                                   n_permutations)
     else:
-        report, own_features, title, notes = _checkpoint_inputs(
-            teacher, student, dataset, data_dir, out, n_bootstrap, seed)
-    return write_audit(report, out, own_features=own_features, title=title, notes=notes)
+        report, own_features, title, notes, who = _checkpoint_inputs(
+            teacher, student, dataset, data_dir, out, n_bootstrap, seed,
+            n_permutations=n_permutations, allow_other_teacher=allow_other_teacher)
+    from ijckd_bounds.audit_layers import append_layers_section
+
+    path = write_audit(report, out, own_features=own_features, title=title, notes=notes,
+                       student=who)
+    return append_layers_section(path, student=student, teacher=teacher, dataset=dataset,
+                                 data_dir=data_dir, n_bootstrap=n_bootstrap, seed=seed)
 
 
-def write_audit(report, out, *, own_features, title, notes=(), sections=()):
+def write_audit(report, out, *, own_features, title, notes=(), sections=(), student=None):
     """Error budget + ``report.md`` + ``bounds.json`` + figures for one ``BoundsReport``.
 
     ``title``: the heading, or a ``Subject`` naming the teacher and student read;
     ``sections``: further markdown sections for ``report.md`` (see
     ``reporting.audit_markdown``); the budgets' intervals come from the report's own
-    paired bootstrap."""
+    paired bootstrap; ``student``: ``{"method", "run", "epoch"}`` of the student
+    audited (any may be missing), which the margin figure's title names."""
     out = Path(out)
     notes = list(notes) + list(getattr(report, "notes", []))
     budgets = budgets_from_report(report, own_features=own_features)
     row = report.row()
     per_class = report.per_class()
-    figures = _figures(report, per_class, out)
+    figures = _figures(report, per_class, out, student)
     budget_dicts = [b.as_dict() for b in budgets]
     text = audit_markdown(title=title, row=row, budgets=budget_dicts, per_class=per_class,
                           figures=figures, notes=notes, details=report.details,
@@ -220,7 +262,8 @@ def write_audit(report, out, *, own_features, title, notes=(), sections=()):
     atomic_write_text(out / "report.md", text)
     subject = title if isinstance(title, Subject) else Subject(str(title))
     payload = {"title": subject.title, "teacher": subject.teacher, "student": subject.student,
-               "terms": row, "budgets": budget_dicts,
+               "terms": row, "ece_gap": report.details.get("ece_gap"),
+               "budgets": budget_dicts,
                "per_class": per_class.to_dict(orient="records"), "notes": notes}
     atomic_write_text(out / "bounds.json",
                       json.dumps(_clean(payload), indent=2, default=_json_default) + "\n")
@@ -239,7 +282,7 @@ def _module_digest(module):
 
 
 def audit_models(teacher, student, splits, out, *, connector=None, n_bootstrap=1000, seed=0,
-                 title=None):
+                 title=None, n_permutations=200):
     """Audit any two models of the zoo interface, e.g. user modules wrapped in
     ``FeatureModel``: ``model(x) -> (logits, features)``, ``.classifier`` an ``nn.Linear``,
     and ``forward_with_map(x)``.
@@ -278,7 +321,9 @@ def audit_models(teacher, student, splits, out, *, connector=None, n_bootstrap=1
         meta={"method": "student", "dataset": {"name": splits.name}})
     cache = teacher_features(loaded_teacher, splits, out / ".cache" / "teacher_features.pt")
     report, kind = estimate_checkpoint(loaded_student, cache,
-                                       EstimatorSettings(n_bootstrap=n_bootstrap, seed=seed))
+                                       EstimatorSettings(n_bootstrap=n_bootstrap,
+                                                         n_permutations=n_permutations,
+                                                         seed=seed))
     notes = []
     if kind == "post-hoc ridge":
         notes.append("the student predicts with its own head: its features were mapped into "
@@ -290,17 +335,22 @@ def audit_models(teacher, student, splits, out, *, connector=None, n_bootstrap=1
                       teacher=f"in-memory {type(teacher).__name__} (state sha256 "
                               f"{loaded_teacher.sha256[:12]}...)",
                       student=f"in-memory {type(student).__name__}; predicts with {predicts}")
-    return write_audit(report, out, own_features=True, notes=notes, title=subject)
+    return write_audit(report, out, own_features=True, notes=notes, title=subject,
+                       student={"method": type(student).__name__, "run": "in memory"})
 
 
-def _figures(report, per_class, out):
+def _figures(report, per_class, out, student=None):
     import pandas as pd
 
     from ijckd_bounds.plotting import plot_margins, save_figure
 
     margins = pd.DataFrame(report.margins())
     margins = margins.rename(columns={"gamma": "teacher_margin", "distance": "feat_dist"})
-    margins["run"], margins["method"], margins["epoch"] = "audit", "student", 0
+    # the title names the student the caller read: method, file or name, epoch
+    who = dict(student or {})
+    margins["run"] = who.get("run") or "audit"
+    margins["method"] = who.get("method") or "student"
+    margins["epoch"] = float(who["epoch"]) if who.get("epoch") is not None else float("nan")
     fig = plot_margins(margins)
     save_figure(fig, out / "margins")
     return ["margins.png"]

@@ -16,7 +16,7 @@ tensors, lists, dicts, strings, numbers, None, no numpy objects, no dataclasses)
 
     format, format_version, package_version
     kind            "teacher" | "student"
-    method          "ce", "kd", "fitnet", "srrl", "simkd", "ijckd"
+    method          "ce", "kd", "fitnet", "srrl", "simkd", "ijckd", "ce_connector"
     predicts_with   "own_head" | "teacher_classifier"
     epoch, step, seed
     dataset         {name, seed, data_dir, options, num_classes, input_shape}

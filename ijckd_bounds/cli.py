@@ -3,6 +3,7 @@ plotting and the audit together. The only module that imports all of them."""
 
 import argparse
 import sys
+import warnings
 
 from ijckd_bounds import __version__
 from ijckd_bounds.errors import IJCKDError
@@ -11,6 +12,26 @@ from ijckd_bounds.errors import IJCKDError
 def _add_overrides(parser):
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override any config key, e.g. optim.lr=0.05 method.name=kd")
+
+
+def _add_estimator_flags(parser, *, from_run=False, permutations=True):
+    """--n-bootstrap, --n-permutations, --seed; ``from_run``: not given, they follow each
+    run's own ``track`` section (what ``distill --track`` used)."""
+    def default(key, value):
+        if from_run:
+            return f" (default: the run's track.{key}, else {value})"
+        return f" (default {value})"
+
+    parser.add_argument("--n-bootstrap", type=int, default=None if from_run else 1000,
+                        metavar="N", help="paired-bootstrap resamples of every interval"
+                                          + default("n_bootstrap", 1000))
+    if permutations:
+        parser.add_argument("--n-permutations", type=int, default=None if from_run else 200,
+                            metavar="N", help="sign flips of the MMD² permutation test"
+                                              + default("n_permutations", 200))
+    parser.add_argument("--seed", type=int, default=None if from_run else 0,
+                        help="seed of the bootstrap, permutations and fitted probes"
+                             + default("seed", 0))
 
 
 def build_parser():
@@ -38,9 +59,7 @@ def build_parser():
 
     p = sub.add_parser("track", help="estimate every bound term at every checkpoint of a run")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--n-bootstrap", type=int, default=1000)
-    p.add_argument("--n-permutations", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
+    _add_estimator_flags(p, from_run=True)
 
     p = sub.add_parser("collect", help="concatenate the bounds tables of several runs")
     p.add_argument("dirs", nargs="+", metavar="DIR")
@@ -58,24 +77,75 @@ def build_parser():
     p.add_argument("--data-dir", help="where dataset files live")
     p.add_argument("--features", help="feature file (.npz/.pt) instead of checkpoints")
     p.add_argument("--out", required=True, help="output directory for report.md")
-    p.add_argument("--n-bootstrap", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-other-teacher", action="store_true",
+                   help="audit against a --teacher that is not the student's recorded "
+                        "teacher (or is itself a student); the report says so")
+    _add_estimator_flags(p)
 
     p = sub.add_parser("estimate", help="estimate the bound terms from a feature file")
     p.add_argument("features", help=".npz/.pt with z_t, z_s, y, weight, bias [, *_fit, s, s_fit]")
     p.add_argument("--out", help="write the row as JSON here (default: print)")
-    p.add_argument("--n-bootstrap", type=int, default=1000)
-    p.add_argument("--n-permutations", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
+    _add_estimator_flags(p)
 
     p = sub.add_parser("demo", help="teacher + six students on digits, tracked, plotted, audited")
-    p.add_argument("--dataset", default="digits")
+    # choices listed, checked by run_demo (one-line error naming the valid ones)
+    from ijckd_bounds.demo import DEMO
+
+    p.add_argument("--dataset", default="digits", metavar="{" + ",".join(DEMO) + "}",
+                   help=f"dataset of the demo: {' or '.join(DEMO)} (default digits)")
     p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
     p.add_argument("--epochs", type=int, default=None, help="student epochs (default per dataset)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the students' training and of the estimates (default 0)")
 
-    p = sub.add_parser("list", help="list registered datasets, models and methods")
+    p = sub.add_parser("list", help="list registered datasets, models (with their options), "
+                                    "methods and every config key")
+
+    # compare: seeds, controls and published numbers
+    p = sub.add_parser("compare", help="is the gain real? group runs by method over seeds; "
+                       "intervals, controls and published numbers")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--published", nargs="+", metavar="METHOD=VALUE",
+                   help="a published top-1 accuracy in percent, e.g. kd=71.03")
+    p.add_argument("--published-file", metavar="F.yaml",
+                   help="published numbers with their sources (e.g. "
+                        "experiments/imagenet/published.yaml)")
+    p.add_argument("--columns", nargs="+", metavar="COLUMN",
+                   help="tracked bounds.csv columns to aggregate at the final epoch, e.g. "
+                        "top1_agreement student_ece")
+    p.add_argument("--out", required=True, help="output directory for compare.md, "
+                   "compare.csv and the figures")
     return parser
+
+
+def _subparser(parser, command):
+    """The parser of subcommand ``command`` (the top-level parser without one)."""
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        if command in getattr(action, "choices", {}):
+            return action.choices[command]
+    return parser
+
+
+def _one_line_warning(command):
+    """``warnings.showwarning`` for the command line: one line, no source location."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"ijckd-bounds {command}: warning: {message}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _how_to_continue(args, argv):
+    """The interrupt line's hint: the command that continues what was interrupted."""
+    import shlex
+
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    if args.command in ("train-teacher", "distill"):
+        again = argv if "--resume" in argv else [*argv, "--resume"]
+        return f"continue with: ijckd-bounds {shlex.join(again)}"
+    if args.command in ("track", "demo"):
+        return (f"run the same command again to finish (what is done is kept): "
+                f"ijckd-bounds {shlex.join(argv)}")
+    return "no file is left half-written; run the command again"
 
 
 def main(argv=None):
@@ -86,14 +156,18 @@ def main(argv=None):
         if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = list(args.overrides) + extra
         else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            # a flag typo gets the subcommand's usage, not the top-level one
+            command_parser = _subparser(parser, args.command)
+            command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 2
     try:
         from ijckd_bounds import commands
 
-        return getattr(commands, "cmd_" + args.command.replace("-", "_"))(args) or 0
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(args.command)
+            return getattr(commands, "cmd_" + args.command.replace("-", "_"))(args) or 0
     except IJCKDError as exc:
         print(f"ijckd-bounds {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -103,7 +177,8 @@ def main(argv=None):
         print(f"ijckd-bounds {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"ijckd-bounds {args.command}: interrupted", file=sys.stderr)
+        print(f"ijckd-bounds {args.command}: interrupted; {_how_to_continue(args, argv)}",
+              file=sys.stderr)
         return 130
 
 

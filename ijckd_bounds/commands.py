@@ -1,6 +1,7 @@
 """Implementations of the ``ijckd-bounds`` subcommands (argument parsing is in cli.py)."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,28 @@ def cmd_list(args):
     _echo("datasets: " + ", ".join(dataset_names()))
     _echo("models:   " + ", ".join(model_names()))
     _echo("methods:  " + ", ".join(method_names()))
+    _list_model_options()
+    _list_config_keys()
+
+
+def _list_model_options():
+    from ijckd_bounds.models import model_names, model_options
+
+    _echo("\nmodel options (model.teacher_options.KEY=VALUE / model.student_options.KEY=VALUE):")
+    for name in model_names():
+        options = model_options(name)
+        shown = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "none"
+        _echo(f"  {name:<22} {shown}")
+
+
+def _list_config_keys():
+    from ijckd_bounds.config import to_dict
+    from ijckd_bounds.train import TrainConfig
+
+    _echo("\nconfig keys and defaults (--config FILE.yaml, or KEY=VALUE on the command line):")
+    for section, values in to_dict(TrainConfig()).items():
+        for key, value in values.items():
+            _echo(f"  {section}.{key} = {value!r}")
 
 
 def _train_config(args, *, teacher):
@@ -50,15 +73,24 @@ def cmd_distill(args):
 
         callbacks.append(BoundTracker(cfg.run.run_dir))
     result = distill(cfg, resume=args.resume, callbacks=callbacks)
+    if args.track and os.environ.get("RANK", "0") == "0":
+        from ijckd_bounds.tracking.track import track_run
+
+        # a checkpoint written just before an interrupt (and so never tracked online) is
+        # tracked now: bounds.csv ends with one row per checkpoint
+        track_run(cfg.run.run_dir, None, data_dir=cfg.data.data_dir,
+                  progress=cfg.run.progress is not False)
     _echo(f"student run in {result.run_dir} (last checkpoint {result.checkpoint})")
 
 
 def _settings(args):
+    """The tracking settings the flags give; a flag not given (None) follows the run's
+    config (its ``track`` section), then the defaults."""
     from ijckd_bounds.tracking.track import EstimatorSettings
 
-    return EstimatorSettings(n_bootstrap=getattr(args, "n_bootstrap", 1000),
-                             n_permutations=getattr(args, "n_permutations", 200),
-                             seed=getattr(args, "seed", 0))
+    return EstimatorSettings(n_bootstrap=getattr(args, "n_bootstrap", None),
+                             n_permutations=getattr(args, "n_permutations", None),
+                             seed=getattr(args, "seed", None))
 
 
 # what tracking one run may write (tables, the teacher feature cache): fail before any
@@ -69,11 +101,14 @@ TRACK_NEED_BYTES = 32 << 20
 def cmd_track(args):
     from ijckd_bounds.io import check_writable_dir
     from ijckd_bounds.tracking import table
-    from ijckd_bounds.tracking.track import (BOUNDS_CSV, MARGINS_CSV, PER_CLASS_CSV,
-                                             checkpoints_of, track_run)
+    from ijckd_bounds.tracking.track import (BOUNDS_CSV, COMPANION_CSVS, checkpoints_of,
+                                             track_run)
 
     # every run directory is checked before the first one is tracked
     for run_dir in args.run_dirs:
+        if Path(run_dir).exists() and not Path(run_dir).is_dir():
+            raise IJCKDError(f"{str(run_dir)!r} is a file, expected a run directory (the "
+                             f"run.run_dir of a distill run, holding checkpoints/)")
         if not Path(run_dir).is_dir():
             raise IJCKDError(f"run directory {str(run_dir)!r} does not exist")
         checkpoints_of(run_dir)
@@ -82,8 +117,7 @@ def cmd_track(args):
         # a tracker killed between writing bounds.csv and its companions left checkpoints
         # that look tracked: estimate those again
         table.drop_incomplete_checkpoints(Path(run_dir, BOUNDS_CSV),
-                                          [Path(run_dir, PER_CLASS_CSV),
-                                           Path(run_dir, MARGINS_CSV)])
+                                          [Path(run_dir, name) for name in COMPANION_CSVS])
         df = track_run(run_dir, _settings(args))
         _echo(f"{run_dir}: {len(df)} checkpoint rows in {Path(run_dir, BOUNDS_CSV)}")
 
@@ -106,23 +140,34 @@ def _tables(run_dirs):
 
     bounds = collect(run_dirs, kind="bounds")
     frames = {}
-    for kind in ("per_class", "margins"):
+    for kind in ("per_class", "margins", "calibration"):
         try:
             frames[kind] = collect(run_dirs, kind=kind)
         except IJCKDError:
             frames[kind] = pd.DataFrame()
-    return bounds, frames["per_class"], frames["margins"]
+    return bounds, frames["per_class"], frames["margins"], frames["calibration"]
 
 
 def cmd_plot(args):
     from ijckd_bounds.io import check_writable_dir
     from ijckd_bounds.plotting import make_all_figures
 
-    bounds, per_class, margins = _tables(args.run_dirs)  # cheap: the figures are the work
+    # cheap: the figures are the work
+    bounds, per_class, margins, calibration = _tables(args.run_dirs)
     check_writable_dir(args.out, need_bytes=8 << 20)
-    paths = make_all_figures(bounds, per_class, margins, args.out)
+    paths = make_all_figures(bounds, per_class, margins, args.out,
+                             calibration_df=calibration)
+    paths += _layer_figures(args.run_dirs, args.out)
     for path in paths:
         _echo(str(path))
+
+
+def _layer_figures(run_dirs, out):
+    """The layer figures of the runs that have a ``layers.csv`` (none: no figures)."""
+    from ijckd_bounds.plotting.layers import make_layer_figures
+    from ijckd_bounds.tracking.table import collect_layers
+
+    return make_layer_figures(collect_layers(run_dirs, missing_ok=True), out)
 
 
 def cmd_estimate(args):
@@ -130,9 +175,14 @@ def cmd_estimate(args):
     from ijckd_bounds.io import check_writable_dir
 
     if args.out:
+        if Path(args.out).is_dir():
+            raise IJCKDError(f"--out {args.out!r} is a directory, expected the path of a "
+                             f"JSON file to write (e.g. {str(Path(args.out, 'bounds.json'))!r})")
         check_writable_dir(Path(args.out).parent)
     report = estimate_bounds_from_file(args.features, n_bootstrap=args.n_bootstrap,
                                        n_permutations=args.n_permutations, seed=args.seed)
+    for note in report.notes:  # how the numbers were made: e.g. the file had no fit split
+        print(f"ijckd-bounds estimate: note: {note}", file=sys.stderr, flush=True)
     text = json.dumps(report.to_dict()["row"], indent=2)
     if args.out:
         from ijckd_bounds.io import atomic_write_text
@@ -148,7 +198,8 @@ def cmd_audit(args):
 
     path = run_audit(teacher=args.teacher, student=args.student, dataset=args.dataset,
                      data_dir=args.data_dir, features=args.features, out=args.out,
-                     n_bootstrap=args.n_bootstrap, seed=args.seed)
+                     n_bootstrap=args.n_bootstrap, n_permutations=args.n_permutations,
+                     seed=args.seed, allow_other_teacher=args.allow_other_teacher)
     _echo(f"audit written to {path}")
 
 
@@ -159,3 +210,14 @@ def cmd_demo(args):
 
 
 __all__ = [name for name in dir(sys.modules[__name__]) if name.startswith("cmd_")]
+
+
+# ------------------------------------------------------------------------------ compare
+
+
+def cmd_compare(args):
+    from ijckd_bounds.compare import run_compare
+
+    written = run_compare(args.run_dirs, args.out, published=args.published or (),
+                          published_file=args.published_file, columns=args.columns or ())
+    _echo(f"wrote {', '.join(str(p) for p in written)}")

@@ -19,9 +19,9 @@ def load_yaml(path):
     """Read a YAML mapping from ``path``; a malformed file gives one readable line."""
     import yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise IJCKDError(f"config file {str(path)!r} does not exist")
+    from ijckd_bounds.io import require_file
+
+    path = require_file(path, "config file", "a YAML file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

@@ -74,6 +74,7 @@ def _config(dataset, settings, *, run_dir, seed, teacher_mode, method="ce", teac
         "run": {"run_dir": str(run_dir), "seed": seed, "ckpt_every": 1,
                 "device": settings.device, "amp": settings.amp,
                 "channels_last": settings.channels_last},
+        "track": {"layers": True},  # layers.csv and its figures
     })
 
 
@@ -92,7 +93,8 @@ def run_experiment(dataset="digits", out="demo_out", *, seeds=(0,), epochs=None,
     from ijckd_bounds.audit import run_audit
     from ijckd_bounds.io import check_writable_dir
     from ijckd_bounds.plotting import make_all_figures
-    from ijckd_bounds.tracking.table import collect
+    from ijckd_bounds.plotting.layers import make_layer_figures
+    from ijckd_bounds.tracking.table import collect, collect_layers
     from ijckd_bounds.tracking.track import BoundTracker, EstimatorSettings, track_run
     from ijckd_bounds.train import distill, latest_checkpoint, train_teacher
 
@@ -104,28 +106,33 @@ def run_experiment(dataset="digits", out="demo_out", *, seeds=(0,), epochs=None,
     check_writable_dir(out, need_bytes=200 << 20)
     started = time.perf_counter()
     timings = {"train": 0.0, "track": 0.0}
-
     teacher_dir = out / "teacher"
-    print(f"[{dataset}] teacher {settings.teacher} -> {teacher_dir}", flush=True)
-    t0 = time.perf_counter()
+    teacher_ckpt = teacher_dir / "teacher.pt"
     teacher_cfg = _config(dataset, settings, run_dir=teacher_dir, seed=seeds[0],
                           teacher_mode=True, data_dir=data_dir)
-    if not (teacher_dir / "teacher.pt").is_file():
+    jobs = [(seed, method) for seed in seeds for method in methods]
+    student_cfgs = {job: _config(dataset, settings, seed=job[0], method=job[1],
+                                 run_dir=out / "students" / f"{job[1]}-s{job[0]}",
+                                 teacher_mode=False, teacher_ckpt=teacher_ckpt, epochs=epochs,
+                                 data_dir=data_dir) for job in jobs}
+    # a folder of another demo's runs would show that demo's results as this one's
+    _check_existing_runs(out, {teacher_dir: teacher_cfg,
+                               **{Path(c.run.run_dir): c for c in student_cfgs.values()}})
+
+    print(f"[{dataset}] teacher {settings.teacher} -> {teacher_dir}", flush=True)
+    t0 = time.perf_counter()
+    if not teacher_ckpt.is_file():
         train_teacher(teacher_cfg, resume=latest_checkpoint(teacher_dir) is not None)
     timings["train"] += time.perf_counter() - t0
-    teacher_ckpt = teacher_dir / "teacher.pt"
 
     run_dirs = []
-    jobs = [(seed, method) for seed in seeds for method in methods]
     for i, (seed, method) in enumerate(jobs, 1):
         estimator = EstimatorSettings(seed=seed)
         run_dir = out / "students" / f"{method}-s{seed}"
         run_dirs.append(run_dir)
         print(f"[{dataset}] student {i}/{len(jobs)}: {method} ({settings.student}, seed {seed})"
               f" -> {run_dir}", flush=True)
-        cfg = _config(dataset, settings, run_dir=run_dir, seed=seed, teacher_mode=False,
-                      method=method, teacher_ckpt=teacher_ckpt, epochs=epochs,
-                      data_dir=data_dir)
+        cfg = student_cfgs[(seed, method)]
         tracker = _TimedTracker(BoundTracker(run_dir, estimator, data_dir=data_dir))
         t0 = time.perf_counter()
         last = latest_checkpoint(run_dir)
@@ -142,7 +149,10 @@ def run_experiment(dataset="digits", out="demo_out", *, seeds=(0,), epochs=None,
     bounds = collect(run_dirs)
     per_class = collect(run_dirs, kind="per_class")
     margins = collect(run_dirs, kind="margins")
-    figures = make_all_figures(bounds, per_class, margins, out / "figures")
+    calibration = collect(run_dirs, kind="calibration")
+    figures = make_all_figures(bounds, per_class, margins, out / "figures",
+                               calibration_df=calibration)
+    figures += make_layer_figures(collect_layers(run_dirs, missing_ok=True), out / "figures")
 
     errors, last = _final_error(bounds)
     report = None
@@ -154,6 +164,7 @@ def run_experiment(dataset="digits", out="demo_out", *, seeds=(0,), epochs=None,
         report = run_audit(teacher=str(teacher_ckpt), student=str(weakest_ckpt),
                            data_dir=data_dir, out=out / "audit", seed=seeds[0])
 
+    index = write_index(out)
     total = time.perf_counter() - started
     print("", flush=True)
     print(f"final student error (what each student predicts with), {dataset}:")
@@ -168,8 +179,77 @@ def run_experiment(dataset="digits", out="demo_out", *, seeds=(0,), epochs=None,
     print(f"figures:       {out / 'figures'} ({len(figures)} files)")
     if report is not None:
         print(f"audit:         {report}")
+    first = [out / "figures" / "final_comparison.png"] + ([report] if report else [])
+    print(f"\nopen first: {index} (every figure and table, one line each), then "
+          + " and ".join(str(p) for p in first if Path(p).is_file()))
     return {"figures": figures, "report": report, "timings": timings, "errors": errors,
-            "run_dirs": run_dirs}
+            "run_dirs": run_dirs, "index": index}
+
+
+# one line per file stem of the demo's folder; a figure or table without an entry (one a
+# newer version adds) is listed by its name
+DESCRIPTIONS = {
+    "final_comparison": "final student error per method with its interval, next to the "
+                        "teacher's: open this first",
+    "final_table": "the numbers of the final comparison as a table",
+    "terms": "every bound term across epochs, one panel per term",
+    "bounds": "each bound on the student error across epochs, against the error itself",
+    "decomposition": "the student error split into the terms of THEORY.md's budget",
+    "per_class": "teacher-student disagreement per class at each epoch, one run",
+    "margins": "teacher margin against the feature distance per evaluation sample, one run",
+    "report": "the audit of the weakest student: its error budget and what to try",
+    "bounds.json": "the audit's numbers, machine-readable",
+    "bounds.csv": "one row per checkpoint: every term with its 95% interval",
+    "per_class.csv": "per class and checkpoint: disagreement and errors",
+    "margins.csv": "per evaluation sample and checkpoint: teacher margin, feature distance",
+    "history.csv": "per epoch: every loss term and the accuracies",
+    "steps.csv": "per optimizer step: every loss term",
+}
+
+
+def _describe(path):
+    """The index line's description of ``path``: by its name, its stem, or the longest
+    described stem it starts or ends with (``per_class_kd-s0``, ``digits_terms``)."""
+    for key in (path.name, path.stem):
+        if key in DESCRIPTIONS:
+            return DESCRIPTIONS[key]
+    stems = [k for k in DESCRIPTIONS if "." not in k
+             and (path.stem.startswith(k + "_") or path.stem.endswith("_" + k))]
+    return DESCRIPTIONS[max(stems, key=len)] if stems else None
+
+
+def write_index(out):
+    """``OUT/index.md``: every figure (PNG, with its PDF) and table in the demo's folder,
+    one line each, from the files actually there. Returns its path."""
+    from ijckd_bounds.io import atomic_write_text
+
+    out = Path(out)
+    sections = {"Figures": [], "Tables": [], "Audit": []}
+    for path in sorted(out.rglob("*")):
+        relative = path.relative_to(out)
+        if not path.is_file() or any(part.startswith(".") for part in relative.parts):
+            continue  # caches and temporary files
+        if relative.parts[0] == "audit" and path.suffix in (".md", ".json", ".png"):
+            section = "Audit"
+        elif path.suffix == ".png":
+            section = "Figures"
+        elif path.suffix in (".csv", ".md") and relative != Path("index.md"):
+            section = "Tables"
+        else:
+            continue  # PDFs and .tex (beside their PNG / .md), checkpoints, configs
+        text = _describe(path)
+        also = [s for s in (".pdf", ".tex") if path.with_suffix(s).is_file()]
+        extra = f" (and {', '.join(also)})" if also else ""
+        line = f"- [`{relative.as_posix()}`]({relative.as_posix()}){extra}"
+        sections[section].append(line + (f": {text}" if text else ""))
+    lines = ["# What this folder holds", "",
+             "Generated by `ijckd-bounds demo` from the files written. Start with "
+             "`figures/final_comparison.png`, then `audit/report.md`.", ""]
+    for title, entries in sections.items():
+        if entries:
+            lines += [f"## {title}", "", *entries, ""]
+    atomic_write_text(out / "index.md", "\n".join(lines))
+    return out / "index.md"
 
 
 def run_demo(dataset="digits", out="demo_out", epochs=None, seed=0):
@@ -178,6 +258,38 @@ def run_demo(dataset="digits", out="demo_out", epochs=None, seed=0):
         raise IJCKDError(f"the demo runs on {', '.join(DEMO)}, got {dataset!r}; for larger "
                          f"data use experiments/bound_tracking.py")
     return run_experiment(dataset, out, seeds=(seed,), epochs=epochs)
+
+
+# a setting that differs from an earlier demo's in the same folder, and the flag giving it
+_DEMO_FLAGS = {"optim.epochs": "--epochs"}
+
+
+def _check_existing_runs(out, configs):
+    """Refuse (before any work) a folder holding runs made with other settings: their old
+    results would otherwise be shown as this command's. ``configs``: run dir -> the
+    TrainConfig this command would train there."""
+    import yaml
+
+    from ijckd_bounds.config import to_dict
+    from ijckd_bounds.train.runner import CONFIG_FILE, absolute_data_paths, config_difference
+
+    for run_dir, cfg in configs.items():
+        saved_path = Path(run_dir) / CONFIG_FILE
+        if not saved_path.is_file():
+            continue
+        try:
+            saved = yaml.safe_load(saved_path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue  # training reports what is wrong with it
+        difference = config_difference(saved, to_dict(absolute_data_paths(cfg)))
+        if difference is None:
+            continue
+        key, old, new = difference
+        flag = _DEMO_FLAGS.get(key)
+        again = f"pass {flag} {old} to show it" if flag else "repeat its options to show it"
+        raise IJCKDError(f"{str(out)!r} holds a demo made with {key}={old!r} "
+                         f"({str(run_dir)!r}), this command asks for {new!r}; {again}, or "
+                         f"choose another --out (or delete {str(out)!r}) to start over")
 
 
 def _epoch_of(path):

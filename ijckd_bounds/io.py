@@ -126,19 +126,47 @@ def save_torch(obj, path):
         torch.save(obj, tmp)
 
 
+def require_file(path, what, expected):
+    """``path`` as a Path if it is a regular file; else one line saying what it is instead
+    (missing, or a directory) and what was expected (e.g. "a .pt file")."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise IJCKDError(f"{what} {str(path)!r} is a directory, expected {expected}")
+    if path.exists():
+        raise IJCKDError(f"{what} {str(path)!r} is not a regular file, expected {expected}")
+    raise IJCKDError(f"{what} {str(path)!r} does not exist")
+
+
+def _first_sentences(message, limit=300):
+    """The start of an exception's message, whole sentences only: its first line, cut
+    after the last full stop before ``limit`` characters when longer."""
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    if len(first) <= limit:
+        return first
+    cut = first.rfind(". ", 0, limit)
+    return first[:cut + 1] if cut > 0 else first[:limit].rsplit(" ", 1)[0] + " ..."
+
+
 def load_torch(path, *, what="checkpoint"):
     """Load a ``.pt`` file without running code; one-line error when it is unreadable."""
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise IJCKDError(f"{what} {str(path)!r} does not exist")
+    path = require_file(path, what, "a .pt file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/truncated files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+        refused = re.search(r"WeightsUnpickler error: (.*?\.)(\s|$)", message)
+        if refused:  # a whole file that holds objects a safe load does not build
+            raise IJCKDError(
+                f"{what} {str(path)!r} holds Python objects that a safe load "
+                f"(weights_only=True) refuses: {refused.group(1)} Save tensors, dicts, "
+                f"lists, strings and numbers only") from None
+        first = _first_sentences(message) or type(exc).__name__
         raise IJCKDError(
-            f"{what} {str(path)!r} is corrupt, truncated or not a torch file ({first[:160]})"
+            f"{what} {str(path)!r} is corrupt, truncated or not a torch file ({first})"
         ) from None
 
 
@@ -146,15 +174,21 @@ def load_arrays(path, *, what="feature file"):
     """Load a ``.npz`` or ``.pt`` file of named arrays into a dict of numpy arrays."""
     import numpy as np
 
-    path = Path(path)
-    if not path.is_file():
-        raise IJCKDError(f"{what} {str(path)!r} does not exist")
+    import zipfile
+
+    path = require_file(path, what, "a .npz or .pt file")
     if path.suffix == ".npz":
+        # numpy calls any non-zip bytes "pickled data" and suggests loading them unsafely
+        if not zipfile.is_zipfile(path):
+            raise IJCKDError(f"{what} {str(path)!r} is not a readable .npz file (no zip "
+                             f"structure: corrupt, truncated or another format); write it "
+                             f"with numpy.savez")
         try:
             with np.load(path, allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}
         except Exception as exc:
-            raise IJCKDError(f"{what} {str(path)!r} is not a readable .npz file ({exc})") from None
+            raise IJCKDError(f"{what} {str(path)!r} is not a readable .npz file "
+                             f"({_first_sentences(str(exc)) or type(exc).__name__})") from None
     if path.suffix in (".pt", ".pth"):
         obj = load_torch(path, what=what)
         if not isinstance(obj, dict):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ijckd_bounds import schema
 from ijckd_bounds.estimators.audit import ADVICE, DIAGNOSES, UNDETERMINED
+from ijckd_bounds.reporting_fidelity import fidelity_section
 
 RATE_TERMS = ("teacher_err", "student_err", "student_own_err", "disagreement", "delta_gamma",
               "joint_err_T", "joint_err_S", "ideal_joint", "teacher_probe_err",
@@ -249,6 +250,7 @@ def audit_markdown(*, title, row, budgets, per_class, figures=(), notes=(), deta
     if _small_n(row):
         parts += ["Discrepancy terms marked (n < 10·d) were measured with fewer than ten "
                   "samples per feature dimension; read them as rough.", ""]
+    parts += fidelity_section(row, (details or {}).get("ece_gap"))
     parts += ["## Classes that carry the gap", "", classes_table(per_class), ""]
     extra = [build(row, dict(details or {})) for build in EXTRA_SECTIONS] + list(sections)
     for section in extra:

@@ -30,6 +30,20 @@ INTERVAL_TERMS = (
     "connected_probe_err",
 )
 
+# Fidelity and calibration (THEORY "Fidelity and calibration"): how closely the student's
+# predictive distribution follows the teacher's, and how calibrated each one is.
+FIDELITY_TERMS = (
+    "top1_agreement",
+    "pred_kl",
+    "teacher_nll",
+    "student_nll",
+    "teacher_brier",
+    "student_brier",
+    "teacher_ece",
+    "student_ece",
+)
+INTERVAL_TERMS = INTERVAL_TERMS + FIDELITY_TERMS
+
 # Bounds on student_err (THEORY "Bounds"); each also carries _lo/_hi.
 EXACT_BOUNDS = ("bound_coupled", "bound_margin", "bound_feat_markov", "bound_logit_markov",
                 "bound_ideal_joint")
@@ -112,3 +126,31 @@ LABELS = {
     "joint_chosen": "$\\hat h^*$ chosen",
     "joint_probe_share": "share of replicates with $\\hat h^*$ = probe",
 }
+
+# fidelity and calibration
+LABELS.update({
+    "top1_agreement": "top-1 agreement with the teacher",
+    "pred_kl": "predictive KL$(p_T\\|p_S)$",
+    "teacher_nll": "teacher NLL",
+    "student_nll": "student NLL",
+    "teacher_brier": "teacher Brier score",
+    "student_brier": "student Brier score",
+    "teacher_ece": "teacher ECE (15 bins)",
+    "student_ece": "student ECE (15 bins)",
+})
+
+# ---- layers.csv (THEORY "Layers"): one row per stage probe and per stage pair.
+LAYER_TERMS = ("stage_probe_err", "stage_cka")
+LAYER_KEYS = ("run", "method", "epoch", "checkpoint", "split")
+# probe rows fill model, stage, stage_index, depth; CKA rows the teacher_/student_ ones
+LAYER_ESTIMATE_COLUMNS = (
+    "model", "stage", "stage_index", "depth",
+    "teacher_stage", "teacher_index", "student_stage", "student_index",
+    *interval_columns("stage_probe_err"), *interval_columns("stage_cka"),
+    "n_eval", "n_fit", "dim",
+)
+LAYER_COLUMNS = LAYER_KEYS + LAYER_ESTIMATE_COLUMNS
+LABELS.update({
+    "stage_probe_err": "stage probe error",
+    "stage_cka": "stage CKA (debiased)",
+})

@@ -586,7 +586,10 @@ def with_change(**changes):
 
 @pytest.mark.parametrize("changes, message", [
     ({"x_fit": np.full((6, 3), np.nan)}, "`x_fit` has NaN or inf values in 6 sample"),
-    ({"y_train": np.arange(10) % 2 * 1.0}, "`y_train` must hold integer labels, got float64"),
+    ({"y_train": np.arange(10) % 2 * 0.5},
+     "`y_train` must hold integer class indices, got non-integer values"),
+    ({"y_train": np.arange(10) % 2 == 1}, "`y_train` must hold integer class indices, got "
+                                          "dtype bool"),
     ({"y_eval": np.array([0, 1, -1, 0, 1, 0])}, "`y_eval` has negative labels"),
     ({"y_fit": np.zeros(6, dtype=np.int64)}, "fit split must hold >= 2 classes"),
     ({"x_eval": np.zeros((6, 4))}, r"eval inputs must have shape \(n, 3\) like train"),

@@ -54,6 +54,16 @@ def test_track_plot_audit_end_to_end(tiny_runs, tmp_path):
     ij = pd.read_csv(runs[1] / "bounds.csv")
     assert kd["student_own_err"].notna().all()  # own head: its error is reported
     assert ij["student_own_err"].isna().all()  # predicts with h_T: no own head
+    # fidelity: an h_T student agrees exactly where it does not disagree
+    assert np.allclose(ij["top1_agreement"], 1.0 - ij["disagreement"])
+    for run in runs:
+        calibration = pd.read_csv(run / "calibration.csv")
+        assert sorted(calibration["checkpoint"].unique()) == ["epoch_0001.pt", "epoch_0002.pt"]
+        per_checkpoint = calibration.groupby(["checkpoint", "model"])["n"]
+        assert (per_checkpoint.sum() == pd.read_csv(run / "bounds.csv")["n_eval"].iloc[0]).all()
+        assert (per_checkpoint.count() == 15).all()
+        per_class = pd.read_csv(run / "per_class.csv")
+        assert per_class["top1_agreement"].between(0, 1).all()
 
     # re-running track adds nothing and duplicates nothing
     cli("track", runs[0], "--n-bootstrap", 100, "--n-permutations", 50)
@@ -66,6 +76,8 @@ def test_track_plot_audit_end_to_end(tiny_runs, tmp_path):
     cli("plot", *runs, "--out", figures)
     pngs = sorted(figures.glob("*.png"))
     assert len(pngs) >= 6
+    assert {"fidelity.png", "reliability_kd.png", "reliability_ijckd.png"} <= {
+        p.name for p in pngs}
     for png in pngs:
         assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5000
         assert png.with_suffix(".pdf").stat().st_size > 1000
@@ -75,7 +87,9 @@ def test_track_plot_audit_end_to_end(tiny_runs, tmp_path):
         "--n-bootstrap", 100)
     text = (audit / "report.md").read_text()
     assert "## Diagnosis" in text and "## Error budget" in text
+    assert "## Fidelity and calibration" in text and "calibrated" in text
     payload = json.loads((audit / "bounds.json").read_text())
+    assert payload["ece_gap"]["lo"] <= payload["ece_gap"]["value"] <= payload["ece_gap"]["hi"]
     primary = payload["budgets"][0]
     assert primary["target"] == "student_own_err"
     assert set(primary["pieces"]) == {"teacher", "fit", "capacity", "head"}
@@ -131,3 +145,23 @@ def test_audit_names_a_known_defect(tmp_path, kind, diagnosis):
     expected = {"alignment": "alignment-limited (IJC violated)",
                 "capacity": "capacity-limited"}[diagnosis]
     assert f"**{expected}**" in text
+
+
+@pytest.mark.slow
+def test_the_audit_margin_figure_names_the_student_it_read(tiny_runs, tmp_path, monkeypatch):
+    """It was titled "student: audit, epoch 0" whatever the checkpoint."""
+    import ijckd_bounds.plotting as plotting
+
+    _root, runs = tiny_runs
+    titles = []
+    save = plotting.save_figure
+
+    def recording_save(fig, path, **kwargs):
+        titles.append(fig.get_suptitle())
+        return save(fig, path, **kwargs)
+
+    monkeypatch.setattr(plotting, "save_figure", recording_save)
+    cli("audit", "--student", runs[0] / "checkpoints" / "epoch_0001.pt", "--out",
+        tmp_path / "audit", "--n-bootstrap", 50)
+    assert len(titles) == 1
+    assert titles[0].startswith("KD: epoch_0001.pt, epoch 1 (")

@@ -231,6 +231,10 @@ def reference_terms(method, weights, student, teacher, connector, x, y):
     if method == "simkd":
         terms["loss"] = weights["beta"] * terms["feat_mse"]
         return terms, logits
+    if method == "ce_connector":
+        terms = {"ce": cross_entropy(logits, y)}
+        terms["loss"] = weights["ce_weight"] * terms["ce"]
+        return terms, logits
     terms["ce"] = cross_entropy(logits, y)
     terms["logit_mse"] = mse(logits, t_logits)
     terms["loss"] = (weights["ce_weight"] * terms["ce"] + weights["alpha"] * terms["logit_mse"]
@@ -255,7 +259,7 @@ def _batch(seed=1, n=6):
     return x, y
 
 
-METHOD_NAMES = ["ce", "kd", "fitnet", "srrl", "simkd", "ijckd"]
+METHOD_NAMES = ["ce", "kd", "fitnet", "srrl", "simkd", "ijckd", "ce_connector"]
 
 
 @pytest.mark.parametrize("kind", ["conv", "vector"])
@@ -287,6 +291,7 @@ def test_reference_defaults_of_each_method():
         "srrl": {"ce_weight": 1.0, "kl_weight": 1.0, "beta": 1.0, "temperature": 4.0},
         "simkd": {"beta": 1.0, "reduction": 2},
         "ijckd": {"ce_weight": 1.0, "alpha": 1.0, "beta": 1.0, "reduction": 2},
+        "ce_connector": {"ce_weight": 1.0, "reduction": 2},
     }
     for name, weights in expect.items():
         assert method_weights(MethodConfig(name=name)) == weights, name
@@ -307,7 +312,7 @@ def test_unknown_method_and_unused_weight_fail_with_one_line():
     student, teacher = _models("conv")
     x, _ = _batch()
     with pytest.raises(IJCKDError, match=r"unknown method 'ijkd'.*did you mean 'ijckd'.*valid: ce, "
-                                         r"fitnet, ijckd, kd, simkd, srrl"):
+                                         r"ce_connector, fitnet, ijckd, kd, simkd, srrl"):
         build_objective(MethodConfig(name="ijkd"), student, teacher, x[:2])
     with pytest.raises(IJCKDError, match=r"method.alpha is not used by method 'kd'; it uses "
                                          r"ce_weight, kl_weight, temperature"):
@@ -318,7 +323,7 @@ def test_unknown_method_and_unused_weight_fail_with_one_line():
         build_objective(MethodConfig(name="kd", temperature=0.0), student, teacher, x[:2])
 
 
-@pytest.mark.parametrize("method", ["kd", "fitnet", "srrl", "simkd", "ijckd"])
+@pytest.mark.parametrize("method", ["kd", "fitnet", "srrl", "simkd", "ijckd", "ce_connector"])
 def test_teacher_is_frozen_in_eval_mode_and_gets_no_gradient(method):
     student, teacher = _models("conv")
     x, y = _batch()
@@ -344,7 +349,7 @@ def test_teacher_is_frozen_in_eval_mode_and_gets_no_gradient(method):
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.parametrize("method", ["simkd", "ijckd"])
+@pytest.mark.parametrize("method", ["simkd", "ijckd", "ce_connector"])
 def test_teacher_classifier_students_never_train_their_own_head(method):
     student, teacher = _models("conv")
     x, y = _batch()

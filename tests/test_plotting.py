@@ -14,6 +14,7 @@ import zlib
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_hex
 
 from ijckd_bounds import schema
@@ -33,7 +34,17 @@ from ijckd_bounds.plotting import (
     to_latex,
     to_markdown,
 )
-from ijckd_bounds.plotting.figures import SMALL_SAMPLE_NOTE
+from ijckd_bounds.plotting.figures import (
+    INTERVAL_BAND_LABEL,
+    OFF_SCALE_LABEL,
+    SMALL_SAMPLE_NOTE,
+)
+from ijckd_bounds.plotting.style import (
+    BOUND_STYLES,
+    STUDENT_UNDER_BOUNDS_STYLE,
+    contrast_on_white,
+    darker,
+)
 
 # final student error, teacher-space distance scale, has its own head
 METHODS = {"ce": (0.20, 1.6, True), "kd": (0.15, 1.3, True), "fitnet": (0.14, 1.1, True),
@@ -95,6 +106,14 @@ def synthetic_bounds(methods=("ce", "kd", "simkd", "ijckd"), epochs=range(0, 21,
                                                + values["pair_disc"])
                 values["bound_ben_david"] = (TEACHER_ERR + 0.5 * values["proxy_a_mlp"]
                                              + values["ideal_joint"])
+                # fidelity and calibration
+                values.update({
+                    "top1_agreement": 1.0 - disagreement - (0.01 if own_head else 0.0),
+                    "pred_kl": 0.8 * scale_dist * (1 - 0.7 * progress),
+                    "teacher_nll": 0.3, "student_nll": 0.3 + 1.5 * student,
+                    "teacher_brier": 0.12, "student_brier": 0.12 + 0.8 * (student - TEACHER_ERR),
+                    "teacher_ece": 0.02, "student_ece": 0.02 + 0.2 * (student - TEACHER_ERR),
+                })
                 for term, value in values.items():
                     lo, hi = _interval(value)
                     if term in ("feat_msd", "logit_msd", "mmd2", "feat_cka", "feat_rel",
@@ -153,8 +172,13 @@ def bounds_df():
     return synthetic_bounds(methods=("ce", "kd", "simkd", "ijckd", "mynet"), seeds={"kd": 3})
 
 
+def data_lines(ax):
+    """The lines that draw table values (not the edge markers of off-scale points)."""
+    return [line for line in ax.get_lines() if not line.get_label().startswith("_off")]
+
+
 def line_colours(ax):
-    return [to_hex(line.get_color()) for line in ax.get_lines()]
+    return [to_hex(line.get_color()) for line in data_lines(ax)]
 
 
 # ----------------------------------------------------------------------------- imports
@@ -204,14 +228,14 @@ def test_plot_terms_draws_one_line_per_run_with_the_table_values(bounds_df):
     assert len(fig.axes) == len(terms)
     n_runs = bounds_df["run"].nunique()
     for ax, term in zip(fig.axes, terms):
-        assert len(ax.get_lines()) == n_runs
+        assert len(data_lines(ax)) == n_runs
         assert len(ax.collections) == n_runs  # one interval band per run
     ijckd = bounds_df[bounds_df["run"] == "ijckd-s0"].sort_values("epoch")
-    line = next(ln for ln in fig.axes[0].get_lines()
+    line = next(ln for ln in data_lines(fig.axes[0])
                 if to_hex(ln.get_color()) == METHOD_COLOURS["ijckd"])
     np.testing.assert_allclose(line.get_xdata(), ijckd["epoch"])
     np.testing.assert_allclose(line.get_ydata(), ijckd["student_err"] * 100)  # percent
-    mmd_line = fig.axes[2].get_lines()[0]
+    mmd_line = data_lines(fig.axes[2])[0]
     assert np.nanmax(mmd_line.get_ydata()) < 1  # not a rate: drawn on its own scale
     assert fig.axes[0].get_ylabel() == "error rate (%)"
     assert fig.axes[-1].get_xlabel() == "epoch"
@@ -238,21 +262,104 @@ def test_plot_bounds_one_panel_per_method_with_the_estimate_dashed(bounds_df):
     assert schema.LABELS["bound_ben_david"] in legend
     assert "(estimate)" in schema.LABELS["bound_ben_david"]
     ijckd_ax = next(ax for ax in fig.axes if ax.get_title(loc="left") == "IJCKD")
-    styles = {to_hex(ln.get_color()): ln.get_linestyle() for ln in ijckd_ax.get_lines()}
+    styles = {to_hex(ln.get_color()): ln.get_linestyle() for ln in data_lines(ijckd_ax)}
     assert styles["#882255"] == "--"  # Ben-David estimate
     assert styles["#332288"] == "-"  # coupled bound, exact
     rows = bounds_df[bounds_df["run"] == "ijckd-s0"].sort_values("epoch")
-    student = [ln for ln in ijckd_ax.get_lines() if ln.get_linewidth() == 1.6]
-    assert len(student) == 1
-    np.testing.assert_allclose(student[0].get_ydata(), rows["student_err"] * 100)
+    student = _student_line(ijckd_ax)
+    np.testing.assert_allclose(student.get_ydata(), rows["student_err"] * 100)
     # the exact coupled bound lies on or above the student's error everywhere
-    coupled = next(ln for ln in ijckd_ax.get_lines() if to_hex(ln.get_color()) == "#332288")
-    assert np.all(coupled.get_ydata() >= student[0].get_ydata())
+    coupled = _bound_line(ijckd_ax, "bound_coupled")
+    assert np.all(coupled.get_ydata() >= student.get_ydata())
     single = plot_bounds(bounds_df, method="kd")
     assert len(single.axes) == 1 and single.axes[0].get_title(loc="left") == "KD (3 seeds)"
-    # the Markov bounds exceed 100% early on: the panel says they run off scale
-    assert "cut at 100%" in _notes(single.axes[0])
+    # the Markov bounds exceed 100%: the panel says they run off scale
+    assert "▲ above 100%" in _notes(single.axes[0])
     assert single.axes[0].get_ylim()[1] <= 100
+
+
+def _student_line(ax):
+    lines = [ln for ln in data_lines(ax)
+             if to_hex(ln.get_color()) == STUDENT_UNDER_BOUNDS_STYLE["color"]]
+    assert len(lines) == 1
+    return lines[0]
+
+
+def _bound_line(ax, bound):
+    colour = BOUND_STYLES[bound]["color"]
+    return next(ln for ln in data_lines(ax) if to_hex(ln.get_color()) == colour)
+
+
+def test_the_coupled_bound_is_drawn_on_top_of_the_student_error(bounds_df):
+    """The coupled bound often equals the student's error: drawn under the student's line
+    it disappeared. It must lie above in drawing order and the student's line must show
+    around it (wider, and of another colour)."""
+    ax = plot_bounds(bounds_df, method="ijckd").axes[0]
+    student, coupled = _student_line(ax), _bound_line(ax, "bound_coupled")
+    assert coupled.get_zorder() > student.get_zorder()
+    assert student.get_linewidth() > 2 * coupled.get_linewidth()
+    assert to_hex(student.get_color()) != to_hex(coupled.get_color())
+
+
+def _above_markers(ax):
+    return {to_hex(ln.get_color()): ln for ln in ax.get_lines()
+            if ln.get_label() == "_off_scale_above"}
+
+
+def test_bounds_above_the_top_are_marked_and_named_in_the_legend(bounds_df):
+    df = bounds_df.copy()
+    df["bound_feat_markov"] = 1.5  # vacuous at every epoch, as on real data
+    fig = plot_bounds(df, method=("kd", "ijckd"))
+    legend = {t.get_text() for t in fig.legends[0].get_texts()}
+    assert schema.LABELS["bound_feat_markov"] + ": above 100% ▲" in legend
+    assert schema.LABELS["bound_coupled"] in legend  # on scale: no note
+    for ax in fig.axes:
+        markers = _above_markers(ax)
+        feat = markers[BOUND_STYLES["bound_feat_markov"]["color"]]
+        assert list(feat.get_ydata()) == [1.0]  # at the top edge, in axes coordinates
+        assert not feat.get_clip_on()
+        assert BOUND_STYLES["bound_coupled"]["color"] not in markers
+
+
+def test_small_errors_get_room_on_the_bounds_axis():
+    """Errors of a few percent beside bounds near 100%: on a linear 0-100% axis the
+    student's curve took a tenth of the panel."""
+    df = synthetic_bounds(methods=("ijckd",), epochs=range(10, 21, 2))
+    df["bound_feat_markov"] = 1.5  # vacuous, as on real data
+    ax = plot_bounds(df).axes[0]
+    student = _student_line(ax).get_ydata()
+    assert student.max() < 20 and ax.get_ylim()[1] == 100  # a vacuous bound sets the top
+    bottom, top = ax.transAxes.transform([(0, 0), (0, 1)])[:, 1]
+    highest = ax.transData.transform([(0, student.max())])[0, 1]
+    assert (highest - bottom) / (top - bottom) > 0.3
+    lowest = ax.transData.transform([(0, 100 * df["teacher_err"].min())])[0, 1]
+    assert lowest > bottom  # the teacher's error is inside the panel, above its bottom
+    assert ax.get_yscale() == "symlog"
+
+
+def test_plot_terms_takes_its_y_range_from_the_later_epochs():
+    df = synthetic_bounds(methods=("kd", "ijckd"), epochs=range(0, 21))
+    fig = plot_terms(df, terms=("student_err", "feat_cka"), ncols=2)
+    ax = fig.axes[0]
+    first = 100 * df.loc[df["epoch"] == 0, "student_err"].max()
+    later = df[df["epoch"] >= 5]
+    bottom, top = ax.get_ylim()
+    assert top < 0.65 * first  # epoch 0 no longer sets the range
+    assert bottom <= 100 * later["student_err_lo"].min()
+    assert top >= 100 * later["student_err_hi"].max()
+    # the values left outside are marked at the top edge, in their method's colour
+    marks = [ln for ln in ax.get_lines() if ln.get_label() == "_off_scale"]
+    assert {to_hex(ln.get_color()) for ln in marks} == {METHOD_COLOURS["kd"],
+                                                          METHOD_COLOURS["ijckd"]}
+    assert all(np.allclose(ln.get_ydata(), top) for ln in marks)
+    assert all(ln.get_xdata().max() < 5 for ln in marks)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert OFF_SCALE_LABEL in legend
+    # a panel whose first epochs are not far off keeps every value in range
+    flat = df.assign(student_err=0.1, student_err_lo=0.09, student_err_hi=0.11)
+    flat_fig = plot_terms(flat, terms=("student_err",))
+    assert not [ln for ln in flat_fig.axes[0].get_lines() if ln.get_label() == "_off_scale"]
+    assert OFF_SCALE_LABEL not in [t.get_text() for t in flat_fig.legends[0].get_texts()]
 
 
 def test_plot_decomposition_draws_the_transfer_gap_within_disagreement(bounds_df):
@@ -265,6 +372,25 @@ def test_plot_decomposition_draws_the_transfer_gap_within_disagreement(bounds_df
     np.testing.assert_allclose(by_colour["#332288"].get_ydata(), rows["disagreement"] * 100)
     assert np.all(np.abs(gap) <= by_colour["#332288"].get_ydata())
     assert len(plot_decomposition(bounds_df).axes) == bounds_df["method"].nunique()
+
+
+def test_decomposition_panels_share_one_y_range_and_name_the_band(bounds_df):
+    fig = plot_decomposition(bounds_df)
+    limits = {ax.get_ylim() for ax in fig.axes}
+    assert len(limits) == 1  # one range for every method
+    (bottom, top), = limits
+    gap = 100 * (bounds_df["student_err"] - bounds_df["teacher_err"])
+    assert bottom <= gap.min() and top >= 100 * bounds_df["disagreement_hi"].max()
+    legend = fig.legends[0]
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert INTERVAL_BAND_LABEL in texts
+    band = legend.legend_handles[texts.index(INTERVAL_BAND_LABEL)]
+    # the legend's swatch looks like the teacher's band: same colour, same alpha
+    teacher_band = fig.axes[0].collections[0]
+    assert to_hex(band.get_facecolor()) == to_hex(teacher_band.get_facecolor()[0])
+    assert band.get_alpha() == pytest.approx(teacher_band.get_alpha())
+    for ax in fig.axes:
+        assert "percent" not in ax.get_ylabel() and "%" in ax.get_ylabel()
 
 
 def test_plot_margins_marks_the_disagreeing_samples():
@@ -281,13 +407,27 @@ def test_plot_margins_marks_the_disagreeing_samples():
     assert ax_pts.get_xlim() == ax_pts.get_ylim()  # shared scale: y = x is the diagonal
     cdf = ax_cdf.get_lines()[0]
     np.testing.assert_allclose(cdf.get_xdata(), np.sort(chosen["teacher_margin"]))
-    assert "epoch 20" in fig.get_suptitle()
+    assert fig.get_suptitle() == "KD: kd-s0, epoch 20 (1500 samples)"
     early = plot_margins(margins, run="kd-s0", epoch=0)
     assert "epoch 0" in early.get_suptitle()
+    undated = plot_margins(margins[margins["epoch"] == 20].assign(epoch=np.nan), run="kd-s0")
+    assert undated.get_suptitle() == "KD: kd-s0 (1500 samples)"
     with pytest.raises(IJCKDError, match="pass run="):
         plot_margins(margins)
     with pytest.raises(IJCKDError, match="epochs present: 0, 20"):
         plot_margins(margins, run="kd-s0", epoch=7)
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_COLOURS) + ["user_method"])
+def test_margin_points_stand_out_on_white_whatever_the_method_colour(method):
+    """KD's orange (and a user's yellow) points at alpha 0.35 were nearly invisible."""
+    margins = synthetic_margins(methods=("kd",), n=300).assign(method=method)
+    palette = {method: "#f0e442"} if method == "user_method" else None
+    agree = plot_margins(margins, palette=palette).axes[1].collections[-2]
+    assert agree.get_alpha() >= 0.6
+    edge = to_hex(agree.get_edgecolor()[0][:3])
+    assert contrast_on_white(edge) >= 3.0  # WCAG's minimum for graphics
+    assert contrast_on_white("#f0e442") < 1.5 < contrast_on_white(darker("#f0e442"))
 
 
 def test_plot_per_class_heatmap_holds_the_table_in_percent():
@@ -298,11 +438,39 @@ def test_plot_per_class_heatmap_holds_the_table_in_percent():
     expected = rows.pivot(index="class", columns="epoch", values="disagreement") * 100
     np.testing.assert_allclose(np.asarray(image), expected.to_numpy())
     assert image.shape == (10, 6)  # classes x epochs
-    assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "class"
+    assert ax.get_xlabel() == "epoch" and ax.get_ylabel().startswith("class")
     two_seeds = pd.concat([per_class, per_class.assign(run="ijckd-s1")])
     with pytest.raises(IJCKDError, match="pass run="):
         plot_per_class(two_seeds, "ijckd")
     assert plot_per_class(two_seeds, "ijckd", run="ijckd-s1").images
+
+
+def test_per_class_heatmaps_of_one_table_share_one_colour_scale():
+    per_class = synthetic_per_class()
+    kd, ijckd = (plot_per_class(per_class, m).images[0] for m in ("kd", "ijckd"))
+    assert kd.get_clim() == ijckd.get_clim()
+    assert kd.get_clim()[1] == pytest.approx(100 * per_class["disagreement"].max())
+    own = per_class[per_class["method"] == "ijckd"]["disagreement"].max()
+    assert own < per_class["disagreement"].max()  # ijckd alone would have set a lower top
+    assert plot_per_class(per_class, "kd", vmax=50).images[0].get_clim() == (0.0, 50.0)
+
+
+def test_per_class_figure_shows_n_and_the_last_epochs_intervals():
+    per_class = synthetic_per_class()
+    per_class["n"] = 150 + per_class["class"]
+    ax = plot_per_class(per_class, "kd")
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[0] == "0 (n=150)" and labels[3] == "3 (n=153)"
+    side = ax.per_class_intervals
+    last = per_class[(per_class["method"] == "kd") & (per_class["epoch"] == 20)]
+    last = last.sort_values("class")
+    segments = side.collections[0].get_segments()
+    lo = [segment[0][0] for segment in segments]
+    hi = [segment[1][0] for segment in segments]
+    np.testing.assert_allclose(lo, 100 * last["disagreement_lo"])
+    np.testing.assert_allclose(hi, 100 * last["disagreement_hi"])
+    np.testing.assert_allclose(side.get_lines()[0].get_xdata(), 100 * last["disagreement"])
+    assert "20" in side.get_xlabel()
 
 
 def test_plot_final_comparison_bars_are_the_last_checkpoint(bounds_df):
@@ -316,6 +484,35 @@ def test_plot_final_comparison_bars_are_the_last_checkpoint(bounds_df):
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert labels == ["CE", "KD\n(3 seeds)", "SimKD", "IJCKD", "mynet"]
     assert ax.get_ylabel() == "error rate (%)"
+
+
+def _rendered(ax):
+    renderer = FigureCanvasAgg(ax.figure).get_renderer()
+    ax.figure.draw(renderer)
+    return renderer
+
+
+def test_final_comparison_legend_title_teacher_interval_and_seed_count(bounds_df):
+    ax = plot_final_comparison(bounds_df)
+    renderer = _rendered(ax)
+    legend = ax.get_legend().get_window_extent(renderer)
+    frame = ax.get_window_extent(renderer)
+    assert legend.x0 >= frame.x0 - 1 and legend.x1 <= frame.x1 + 1  # no wider than the plot
+    assert ax.get_title(loc="left") == "cifar10"
+    # a grey band per run from the teacher's lo to hi
+    final = bounds_df[bounds_df["epoch"] == bounds_df["epoch"].max()]
+    bands = [c for c in ax.collections if c.get_label() == "_teacher_interval"]
+    assert len(bands) == len(final)
+    spans = sorted((round(b.get_paths()[0].vertices[:, 1].min(), 6),
+                    round(b.get_paths()[0].vertices[:, 1].max(), 6)) for b in bands)
+    expected = sorted(zip(np.round(100 * final["teacher_err_lo"], 6),
+                          np.round(100 * final["teacher_err_hi"], 6)))
+    assert spans == expected
+    # two runs of one seed are not two seeds
+    same_seed = pd.concat([bounds_df[bounds_df["run"] == "ijckd-s0"],
+                           bounds_df[bounds_df["run"] == "ijckd-s0"].assign(run="ijckd-again")])
+    labels = [t.get_text() for t in plot_final_comparison(same_seed).get_xticklabels()]
+    assert labels == ["IJCKD\n(2 runs, 1 seed)"]
 
 
 def test_a_model_audited_once_without_epochs_still_gets_its_final_bars(tmp_path, caplog):
@@ -403,15 +600,15 @@ def test_make_all_figures_writes_every_figure_and_skips_empty_tables(tmp_path, c
     margins = synthetic_margins(methods=("kd",), n=300)
     paths = make_all_figures(bounds, per_class, margins, tmp_path)
     names = sorted(p.name for p in paths)
-    assert len(names) == 6 * 2 + 2
-    for stem in ("terms", "bounds", "decomposition", "final_comparison",
+    assert len(names) == 7 * 2 + 2
+    for stem in ("terms", "bounds", "decomposition", "final_comparison", "fidelity",
                  "per_class_ijckd-s0", "margins_kd-s0"):
         assert f"{stem}.png" in names and f"{stem}.pdf" in names
     assert "final_table.md" in names and "final_table.tex" in names
     assert all(p.stat().st_size > 0 for p in paths)
     with caplog.at_level(logging.INFO, logger="ijckd_bounds.plotting.output"):
         only_bounds = make_all_figures(bounds, per_class.iloc[:0], None, tmp_path / "b")
-    assert len(only_bounds) == 10  # 4 figures x 2 formats + 2 tables
+    assert len(only_bounds) == 12  # 5 figures x 2 formats + 2 tables
     assert "per_class table is empty" in caplog.text
     assert "no margins table was given" in caplog.text
 
@@ -434,3 +631,103 @@ def test_bad_inputs_raise_one_readable_line(bounds_df):
         plot_bounds(bounds_df, method="dino")
     with pytest.raises(IJCKDError, match="must be a pandas DataFrame"):
         plot_terms(bounds_df.to_dict())
+
+
+# ------------------------------------------------------------- fidelity and calibration
+
+
+def synthetic_calibration(methods=("kd", "ijckd"), epochs=(5, 10), n_bins=15, n=2000):
+    """Reliability bins: a calibrated teacher and an over-confident student."""
+    rows = []
+    edges = np.linspace(0, 1, n_bins + 1)
+    for method in methods:
+        for epoch in epochs:
+            for model, shift in (("teacher", 0.0), ("student", 0.06 * epoch / 10)):
+                weights = np.exp(4 * edges[1:])
+                counts = np.floor(n * weights / weights.sum()).astype(int)
+                counts[: n_bins // 3] = 0  # confidences below 1/K do not occur
+                for b in range(n_bins):
+                    conf = (edges[b] + edges[b + 1]) / 2
+                    acc = max(conf - shift, 0.0)
+                    rows.append({"run": f"{method}-s0", "method": method, "epoch": epoch,
+                                 "checkpoint": f"epoch_{epoch:04d}.pt", "split": "eval",
+                                 "model": model, "bin": b, "bin_lo": edges[b],
+                                 "bin_hi": edges[b + 1], "n": counts[b],
+                                 "confidence": conf if counts[b] else np.nan,
+                                 "accuracy": acc if counts[b] else np.nan})
+    return pd.DataFrame(rows)
+
+
+def test_plot_fidelity_draws_the_tables_agreement_kl_and_ece():
+    from ijckd_bounds.plotting import FIDELITY_CURVES, plot_fidelity
+
+    df = synthetic_bounds(methods=("kd", "ijckd"), epochs=(0, 5, 10))
+    fig = plot_fidelity(df)
+    assert len(fig.axes) == len(FIDELITY_CURVES) == 3
+    for ax, term in zip(fig.axes, FIDELITY_CURVES):
+        assert ax.get_title(loc="left") == schema.LABELS[term]
+        factor = 100.0 if term != "pred_kl" else 1.0
+        lines = [line.get_ydata() for line in ax.get_lines()]
+        for run in ("kd-s0", "ijckd-s0"):
+            want = df.loc[df["run"] == run, term].to_numpy() * factor
+            assert any(np.allclose(y, want) for y in lines), (term, run)
+    assert fig.axes[0].get_ylabel() == "agreement (%)"
+    assert fig.axes[1].get_ylabel() == "nats"
+
+
+def test_plot_reliability_draws_teacher_beside_student_with_bin_counts():
+    from ijckd_bounds.plotting import plot_reliability
+
+    calibration = synthetic_calibration()
+    fig = plot_reliability(calibration, run="kd-s0")
+    top_teacher, counts_teacher, top_student, counts_student = fig.axes
+    last = calibration[(calibration["run"] == "kd-s0") & (calibration["epoch"] == 10)]
+    for model, top, counts in (("teacher", top_teacher, counts_teacher),
+                               ("student", top_student, counts_student)):
+        mine = last[(last["model"] == model) & (last["n"] > 0)].sort_values("bin")
+        bars = top.containers[0]
+        assert np.allclose([b.get_height() for b in bars], mine["accuracy"])
+        gaps = top.containers[1]
+        assert np.allclose([g.get_height() for g in gaps],
+                           (mine["confidence"] - mine["accuracy"]).abs())
+        assert np.allclose([b.get_height() for b in counts.containers[0]], mine["n"])
+        assert counts.get_yscale() == "log"
+        assert f"{int(mine['n'].sum())} samples" in top.get_title(loc="left")
+    assert "student (KD)" in top_student.get_title(loc="left")
+    assert "epoch 10" in fig._suptitle.get_text()
+    # the student's bars sit under the diagonal (over-confident), the teacher's on it
+    assert (last.loc[last["model"] == "student", "accuracy"].dropna()
+            < last.loc[last["model"] == "student", "confidence"].dropna()).all()
+    earlier = plot_reliability(calibration, run="kd-s0", epoch=5)
+    first = calibration[(calibration["run"] == "kd-s0") & (calibration["epoch"] == 5)
+                        & (calibration["model"] == "student") & (calibration["n"] > 0)]
+    assert np.allclose([b.get_height() for b in earlier.axes[2].containers[0]],
+                       first.sort_values("bin")["accuracy"])
+    with pytest.raises(IJCKDError, match="pass run= to pick one"):
+        plot_reliability(calibration)
+    with pytest.raises(IJCKDError, match="no calibration bins at epoch 7"):
+        plot_reliability(calibration, run="kd-s0", epoch=7)
+    with pytest.raises(IJCKDError, match="no student bins"):
+        plot_reliability(calibration[calibration["model"] == "teacher"], run="kd-s0")
+    with pytest.raises(IJCKDError, match="lacks column 'accuracy'"):
+        plot_reliability(calibration.drop(columns="accuracy"), run="kd-s0")
+
+
+def test_make_all_figures_adds_the_fidelity_figure_and_a_reliability_diagram_per_run(
+        tmp_path):
+    bounds = synthetic_bounds(methods=("kd", "ijckd"), epochs=(0, 5, 10))
+    paths = make_all_figures(bounds, None, None, tmp_path,
+                             calibration_df=synthetic_calibration())
+    names = {p.name for p in paths}
+    assert {"fidelity.png", "reliability_kd-s0.png", "reliability_ijckd-s0.png",
+            "reliability_kd-s0.pdf"} <= names
+
+
+def test_final_table_has_agreement_and_ece_columns():
+    df = synthetic_bounds(methods=("kd", "ijckd"), epochs=(0, 10))
+    table = final_table(df)
+    for column in ("top1_agreement", "teacher_ece", "student_ece"):
+        assert column in table.columns
+    kd = df[(df["method"] == "kd") & (df["epoch"] == 10)].iloc[0]
+    assert table.loc[0, "student_ece"].startswith(f"{100 * kd['student_ece']:.1f} [")
+    assert "| top1_agreement (%) |" in to_markdown(table)

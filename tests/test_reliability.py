@@ -34,7 +34,8 @@ TRACK_SETTINGS = ["--n-bootstrap", "50", "--n-permutations", "20"]
 # each table and the columns that identify one of its rows within a run
 TABLE_KEYS = {"bounds.csv": ["checkpoint", "split"],
               "per_class.csv": ["checkpoint", "class"],
-              "margins.csv": ["checkpoint", "sample"]}
+              "margins.csv": ["checkpoint", "sample"],
+              "calibration.csv": ["checkpoint", "model", "bin"]}
 COMMON = ["data.name=digits", "data.batch_size=64", "optim.lr=0.05", "run.device=cpu",
           "run.progress=false"]
 

@@ -110,12 +110,12 @@ def test_indicators_and_margins_agree_with_the_terms(report):
 def test_per_class_table(report):
     df = report.per_class()
     expected = ["class", "n"]
-    for name in ("student_err", "teacher_err", "disagreement"):
+    for name in ("student_err", "teacher_err", "disagreement", "top1_agreement"):
         expected += [name, f"{name}_lo", f"{name}_hi"]
     assert list(df.columns) == expected
     assert df["n"].sum() == 120
     row = report.row()
-    for name in ("student_err", "teacher_err", "disagreement"):
+    for name in ("student_err", "teacher_err", "disagreement", "top1_agreement"):
         assert (df[name] * df["n"]).sum() / 120 == pytest.approx(row[name])
         assert np.all((df[f"{name}_lo"] <= df[name]) & (df[name] <= df[f"{name}_hi"]))
 

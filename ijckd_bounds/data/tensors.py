@@ -10,8 +10,8 @@ which array names are present:
 3. ``x_train``, ``y_train``, ``x_fit``, ``y_fit``, ``x_eval``, ``y_eval``: all as given.
 
 An optional ``class_names`` array (K strings) may ride along. ``x`` arrays must be finite
-numbers with the same per-sample shape in every split; ``y`` arrays integer labels in
-``[0, K)``, where K is ``num_classes=`` if given, else ``len(class_names)``, else the
+numbers with the same per-sample shape in every split; ``y`` arrays integer labels (whole-numbered floats are
+taken as integers, the rule of ``ijckd-bounds estimate``) in ``[0, K)``, where K is ``num_classes=`` if given, else ``len(class_names)``, else the
 largest label + 1. Every split must be non-empty and hold at least two classes, and a
 given fit split must not hold the eval split's samples. Inputs are used as they are (no
 standardisation). ``.pt`` files are loaded with ``weights_only=True`` and ``.npz`` files
@@ -73,14 +73,23 @@ def _check_inputs(x, name, where):
 
 
 def _check_labels(y, name, n, where):
+    """``y`` as int64 class indices. The rule of ``estimate`` (``estimators.report``):
+    integer dtypes, or floats whose every value is a whole number (labels saved as
+    float32); booleans, complex numbers and fractional values are refused."""
+    if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+        y = y.astype(np.int64)
+    elif y.dtype.kind == "f":
+        raise IJCKDError(f"{where}: `{name}` must hold integer class indices, got "
+                         f"non-integer values")
     if y.dtype.kind not in "iu":
-        hint = " (convert with .astype(int))" if y.dtype.kind in "fb" else ""
-        raise IJCKDError(f"{where}: `{name}` must hold integer labels, got {y.dtype}{hint}")
+        raise IJCKDError(f"{where}: `{name}` must hold integer class indices, got dtype "
+                         f"{y.dtype}")
     if y.shape != (n,):
         raise IJCKDError(f"{where}: `{name}` must have shape ({n},) like its inputs, "
                          f"got {y.shape}")
     if y.min() < 0:
         raise IJCKDError(f"{where}: `{name}` has negative labels (min {y.min()})")
+    return y
 
 
 def _num_classes(labels_by_split, num_classes, class_names, where):
@@ -155,9 +164,9 @@ def tensors(seed=0, data_dir=None, *, path=None, fractions=(0.6, 0.2, 0.2), fit_
     for key, value in arrays.items():
         if key.startswith("x"):
             _check_inputs(value, key, where)
-    for key, value in arrays.items():
+    for key, value in list(arrays.items()):
         if key.startswith("y"):
-            _check_labels(value, key, len(arrays["x" + key[1:]]), where)
+            arrays[key] = _check_labels(value, key, len(arrays["x" + key[1:]]), where)
 
     if layout == "pool":
         pool_x, pool_y = arrays["x"], arrays["y"]

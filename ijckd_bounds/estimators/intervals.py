@@ -33,6 +33,8 @@ __all__ = [
     "percentile_interval",
     "check_level",
     "derived_seed",
+    "t_interval",
+    "welch_interval",
 ]
 
 
@@ -217,3 +219,58 @@ class PairedBootstrap:
         """``Estimate`` of the plain mean of ``per_sample`` (n,) with its bootstrap interval."""
         x = torch.as_tensor(per_sample).to(torch.float64)
         return self.estimate(float(x.mean()), self.means(x))
+
+
+# ------------------------------------------------------------- intervals over replicates
+# Whole training runs (one per seed) are the replicates here, not evaluation samples: a
+# handful of values, so Student's t instead of a bootstrap.
+
+
+def t_interval(values, level=0.95):
+    """``Estimate`` of the mean of ``values`` (m,) (one per seed) with the Student-t
+    interval ``mean ± t_{(1+level)/2, m-1} · s / √m`` (s: the sample std, ddof 1).
+
+    With fewer than two values there is no interval: lo and hi are NaN and ``method``
+    says why."""
+    import numpy as np
+    from scipy.stats import t as student_t
+
+    level = check_level(level)
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0 or not np.all(np.isfinite(values)):
+        raise IJCKDError(f"t_interval needs finite values, got {values.tolist()}")
+    mean = float(values.mean())
+    if values.size < 2:
+        return Estimate(mean, math.nan, math.nan, int(values.size),
+                        "no interval: an interval over seeds needs at least two", level)
+    half = (float(student_t.ppf((1 + level) / 2, values.size - 1))
+            * float(values.std(ddof=1)) / math.sqrt(values.size))
+    return Estimate(mean, mean - half, mean + half, int(values.size), "student-t", level)
+
+
+def welch_interval(a, b, level=0.95):
+    """``Estimate`` of ``mean(a) − mean(b)`` with Welch's interval
+    ``± t_{(1+level)/2, ν} · √(s_a²/m_a + s_b²/m_b)``, ν the Welch–Satterthwaite degrees
+    of freedom. a (m_a,), b (m_b,): one value per seed; ``n`` = m_a + m_b. Needs at least
+    two values on each side (NaN interval otherwise, ``method`` says why); when both
+    sample variances are 0 the interval is the point."""
+    import numpy as np
+    from scipy.stats import t as student_t
+
+    level = check_level(level)
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    if a.size == 0 or b.size == 0:
+        raise IJCKDError("welch_interval needs at least one value on each side")
+    diff = float(a.mean() - b.mean())
+    if a.size < 2 or b.size < 2:
+        return Estimate(diff, math.nan, math.nan, int(a.size + b.size),
+                        "no interval: a Welch interval needs at least two seeds on each side",
+                        level)
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return Estimate(diff, diff, diff, int(a.size + b.size), "welch", level)
+    dof = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
+    half = float(student_t.ppf((1 + level) / 2, dof)) * se
+    return Estimate(diff, diff - half, diff + half, int(a.size + b.size), "welch", level)

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from ijckd_bounds import schema
-from ijckd_bounds.errors import IJCKDError
-from ijckd_bounds.estimators import composite, terms
+from ijckd_bounds.errors import IJCKDError, closest
+from ijckd_bounds.estimators import composite, fidelity, terms
 from ijckd_bounds.estimators.cka import CKA_BOOTSTRAP, cka_method, debiased_cka
 from ijckd_bounds.estimators.intervals import (
     Estimate,
@@ -57,7 +57,8 @@ class BoundsReport:
     ``schema.BOUNDS`` name). scalars: dict of ``schema.SCALARS``. per_class_rows: list of
     dicts (class, n, Estimates). notes: list of str (how the report was made, warnings).
     details: dict of plain values (which joint classifier was chosen, probe strengths,
-    seeds, ...). ``report["student_err"]`` and ``report.student_err`` give an Estimate.
+    seeds, ``ece_gap`` = student_ece − teacher_ece with its interval, ``calibration`` =
+    the reliability bins, ...). ``report["student_err"]`` and ``report.student_err`` give an Estimate.
     """
 
     terms: dict
@@ -101,20 +102,33 @@ class BoundsReport:
 
     def per_class(self):
         """pandas DataFrame, one row per class present in the evaluation split: class, n,
-        student_err, teacher_err, disagreement, each with _lo/_hi (Clopper–Pearson)."""
+        student_err, teacher_err, disagreement, top1_agreement (of what the student
+        predicts with), each with _lo/_hi (Clopper–Pearson)."""
         import pandas as pd
 
+        names = ("student_err", "teacher_err", "disagreement", "top1_agreement")
         columns = ["class", "n"]
-        for name in ("student_err", "teacher_err", "disagreement"):
+        for name in names:
             columns += [name, f"{name}_lo", f"{name}_hi"]
         records = []
         for row in self.per_class_rows:
             record = {"class": row["class"], "n": row["n"]}
-            for name in ("student_err", "teacher_err", "disagreement"):
+            for name in names:
                 est = row[name]
                 record.update({name: est.value, f"{name}_lo": est.lo, f"{name}_hi": est.hi})
             records.append(record)
         return pd.DataFrame.from_records(records, columns=columns)
+
+    def calibration(self):
+        """pandas DataFrame of the reliability-diagram data (THEORY "Fidelity and
+        calibration"): one row per model (teacher, student) x confidence bin, columns
+        model, bin, bin_lo, bin_hi, n, confidence, accuracy (NaN for an empty bin)."""
+        import pandas as pd
+
+        columns = ["model", "bin", "bin_lo", "bin_hi", "n", "confidence", "accuracy"]
+        frame = pd.DataFrame.from_records(self.details.get("calibration", []),
+                                          columns=columns)
+        return frame.astype({"confidence": float, "accuracy": float})
 
     def margins(self):
         """Per evaluation sample (numpy arrays, in the order of the given samples):
@@ -564,8 +578,9 @@ def estimate_bounds(z_t, z_s, y, weight, bias, *, fit=None, s=None, s_fit=None,
                     "device": str(device)})
 
     pairs = per_sample.pop("pairs")
+    own_logits = None if data.student_logits is None else data.student_logits[data.order]
     per_class_rows = terms.per_class_terms(pairs.logits_t, pairs.logits_s, data.y, n_classes,
-                                           level=level)
+                                           level=level, logits_own=own_logits)
     # back to the order of the given samples
     sample_index = data.sample_index
     back = torch.argsort(sample_index)
@@ -721,6 +736,15 @@ def _compute_terms(data, *, level, n_permutations, n_bootstrap, seed, mmd_max_n,
                                                                bootstrap=bootstrap)
         clock.stop(f"domain classifier ({kind})")
 
+    # fidelity and calibration of what the student predicts with: its own head where it
+    # has one, else h_T(z_S) (THEORY "Fidelity and calibration")
+    predictive = pairs.logits_s if student_logits is None else student_logits[order]
+    fidelity_terms = fidelity.terms(pairs.logits_t, predictive, y, bootstrap=bootstrap)
+    details["ece_gap"] = fidelity_terms.pop("ece_gap").as_dict()
+    details["calibration"] = fidelity.calibration_rows(pairs.logits_t, predictive, y)
+    out.update(fidelity_terms)
+    clock.stop("fidelity and calibration")
+
     # MMD² and CKA share one block pass over the pairwise matrices; the float64 copy of
     # the bootstrap weights (B·n·8 bytes) is not needed there
     bootstrap.release_cache()
@@ -776,6 +800,16 @@ def estimate_bounds_from_file(path, **kwargs):
     from ijckd_bounds.io import load_arrays
 
     arrays = load_arrays(path)
+    known = FILE_ARRAYS + FIT_ARRAYS + OPTIONAL_ARRAYS
+    unknown = sorted(set(arrays) - set(known))
+    if unknown:
+        # a misspelled optional array (t_fit, s_fit_) would otherwise change the estimate
+        # silently: without its fit split the file is split in two
+        hint = closest(unknown[0], known)
+        raise IJCKDError(f"feature file {str(path)!r} has unknown array(s) "
+                         f"{', '.join(unknown)}"
+                         + (f" (did you mean {hint!r} for {unknown[0]!r}?)" if hint else "")
+                         + f"; valid: {', '.join(known)}")
     missing = [k for k in FILE_ARRAYS if k not in arrays]
     if missing:
         raise IJCKDError(f"feature file {str(path)!r} is missing array(s) "
@@ -785,8 +819,6 @@ def estimate_bounds_from_file(path, **kwargs):
         absent = [k for k in FIT_ARRAYS if k not in arrays]
         raise IJCKDError(f"feature file {str(path)!r} has {', '.join(present)} but not "
                          f"{', '.join(absent)}: the fit split needs all three")
-    known = set(FILE_ARRAYS + FIT_ARRAYS + OPTIONAL_ARRAYS)
-    unknown = sorted(set(arrays) - known)
 
     def tensor(key):
         array = np.asarray(arrays[key])
@@ -804,6 +836,4 @@ def estimate_bounds_from_file(path, **kwargs):
             kwargs[k] = tensor(k)
     report = estimate_bounds(call["z_t"], call["z_s"], call["y"], call["weight"], call["bias"],
                              **kwargs)
-    if unknown:
-        report.notes.append(f"ignored arrays in {str(path)!r}: {', '.join(unknown)}")
     return report

@@ -123,21 +123,26 @@ def disagreement(logits_s, logits_t, *, level=0.95):
     return proportion(predict(logits_s) != predict(logits_t), level)
 
 
-def per_class_terms(logits_t, logits_s, y, n_classes, *, level=0.95):
-    """Per-class ``teacher_err``, ``student_err`` and ``disagreement`` (Clopper–Pearson).
+def per_class_terms(logits_t, logits_s, y, n_classes, *, level=0.95, logits_own=None):
+    """Per-class ``teacher_err``, ``student_err``, ``disagreement`` and ``top1_agreement``
+    (Clopper–Pearson).
 
-    logits_t, logits_s (n, K); y (n,). Returns a list of dicts, one per class present in
+    logits_t, logits_s (n, K); y (n,). ``logits_own`` (n, K): the student's own head, for
+    the agreement of what the student predicts with (default ``logits_s``, where the
+    agreement is ``1 − disagreement``). Returns a list of dicts, one per class present in
     ``y`` (ascending): ``{"class": c, "n": n_c, "teacher_err": Estimate, ...}``.
     """
     pred_t, pred_s = predict(logits_t), predict(logits_s)
+    pred_own = pred_s if logits_own is None else predict(logits_own).to(pred_t.device)
     y = y.to(pred_t.device)
-    columns = torch.stack([pred_t != y, pred_s != y, pred_s != pred_t], dim=1).long()
-    counts = torch.zeros(n_classes, 3, dtype=torch.long, device=y.device)
+    columns = torch.stack([pred_t != y, pred_s != y, pred_s != pred_t, pred_own == pred_t],
+                          dim=1).long()
+    counts = torch.zeros(n_classes, columns.shape[1], dtype=torch.long, device=y.device)
     counts.index_add_(0, y, columns)
     sizes = torch.bincount(y, minlength=n_classes).cpu().numpy()
     counts = counts.cpu().numpy()
     present = np.flatnonzero(sizes)
-    names = ("teacher_err", "student_err", "disagreement")
+    names = ("teacher_err", "student_err", "disagreement", "top1_agreement")
     rows = [{"class": int(c), "n": int(sizes[c])} for c in present]
     if not rows:
         return rows

@@ -30,6 +30,18 @@ def model_names():
     return MODELS.names()
 
 
+def model_options(name):
+    """The options zoo model ``name`` takes (``model.teacher_options`` /
+    ``model.student_options``) and their defaults, as ``{option: default}``."""
+    import inspect
+
+    _import_zoo()
+    parameters = inspect.signature(MODELS.get(name)).parameters.values()
+    return {p.name: p.default for p in parameters
+            if p.name not in ("num_classes", "input_shape")
+            and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
 def _import_zoo():
     # Importing the modules registers their factories.
     import importlib
@@ -50,4 +62,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'ijckd_bounds.models' has no attribute {name!r}")
 
 
-__all__ = ["MODELS", "FeatureModel", "ZooModel", "build_model", "model_names", "pool_to"]
+__all__ = ["MODELS", "FeatureModel", "ZooModel", "build_model", "model_names",
+           "model_options", "pool_to"]

@@ -36,6 +36,10 @@ class FeatureModel(ZooModel):
             read d features.
         map_layer: optional dotted name of the layer whose output is the last feature map
             (e.g. ``"layer4"``, giving (n, C, H, W)); without it the map is the features.
+        stage_layers: optional list of dotted layer names, shallowest first (e.g.
+            ``["layer1", "layer2", "layer3"]``): the stages ``forward_stages`` returns
+            (each output global-average-pooled; a layer called several times gives its
+            last call's output) before the pooled features, stage ``"pool"``.
 
     ``model(x) -> (logits, features)``: logits (n, K) are the classifier's own output in
     the module's forward, features (n, d) the flattened feature layer output. When the
@@ -46,7 +50,8 @@ class FeatureModel(ZooModel):
     (CRD's last blocks return ``(out, preact)``) contributes its first element.
     """
 
-    def __init__(self, module, feature_layer, classifier_layer, map_layer=None):
+    def __init__(self, module, feature_layer, classifier_layer, map_layer=None,
+                 stage_layers=None):
         super().__init__()
         if not isinstance(module, nn.Module):
             raise IJCKDError(f"`module` must be a torch.nn.Module, got {type(module).__name__}")
@@ -56,6 +61,15 @@ class FeatureModel(ZooModel):
         self.classifier_layer = _resolve(module, layers, classifier_layer, "classifier_layer")
         self.map_layer = None if map_layer is None else _resolve(module, layers, map_layer,
                                                                  "map_layer")
+        if isinstance(stage_layers, str):
+            raise IJCKDError(f"`stage_layers` must be a list of layer names, "
+                             f"got the string {stage_layers!r}")
+        names = [_resolve(module, layers, name, "stage_layers")
+                 for name in (stage_layers or ())]
+        if len(set(names)) != len(names) or "pool" in names:
+            raise IJCKDError(f"`stage_layers` must name distinct layers other than 'pool', "
+                             f"got {names!r}")
+        self.stage_layers = {name: name for name in names}
         head = layers[self.classifier_layer]
         if not isinstance(head, nn.Linear):
             raise IJCKDError(f"`classifier_layer` {classifier_layer!r} must be an nn.Linear, "
@@ -70,6 +84,9 @@ class FeatureModel(ZooModel):
     def classifier(self):
         """The wrapped ``nn.Linear`` classifier (d -> K)."""
         return self.module.get_submodule(self.classifier_layer)
+
+    def _stage_module(self, path):
+        return self.module.get_submodule(path)
 
     def forward_with_map(self, x):
         """Return ``(logits (n, K), features (n, d), fmap)``; fmap is the map layer's
@@ -104,7 +121,8 @@ class FeatureModel(ZooModel):
 
     def extra_repr(self):
         return (f"feature_layer={self.feature_layer!r}, classifier_layer="
-                f"{self.classifier_layer!r}, map_layer={self.map_layer!r}")
+                f"{self.classifier_layer!r}, map_layer={self.map_layer!r}, "
+                f"stage_layers={list(self.stage_layers)!r}")
 
 
 def _resolve(module, layers, name, argument):

@@ -83,7 +83,11 @@ class ImageNetResNet(FcClassifier):
     Args:
         block: ``BasicBlock`` (expansion 1) or ``Bottleneck`` (expansion 4).
         blocks_per_stage: four block counts, e.g. (2, 2, 2, 2) for ResNet-18.
+
+    Stages: ``layer1``, ``layer2``, ``layer3``, then ``pool`` (the pooled ``layer4``).
     """
+
+    stage_layers = {"layer1": "layer1", "layer2": "layer2", "layer3": "layer3"}
 
     def __init__(self, block, blocks_per_stage, num_classes, in_channels=3):
         super().__init__()
@@ -132,7 +136,10 @@ def depthwise_separable(in_channels, out_channels, stride):
 
 class MobileNetV1(FcClassifier):
     """MobileNet at width 1.0. Input (n, C, H, W); ``forward_map`` -> (n, 1024,
-    ceil(H/32), ceil(W/32)); features (n, 1024)."""
+    ceil(H/32), ceil(W/32)); features (n, 1024). Stages: the last block at each resolution
+    (blocks 1, 3, 5 and 11), then ``pool``."""
+
+    stage_layers = {f"block{k}": f"model.{k}" for k in (1, 3, 5, 11)}
 
     def __init__(self, num_classes, in_channels=3):
         super().__init__()

@@ -79,6 +79,8 @@ class MobileNetV2(ZooModel):
                                               block_expansion or expansion))
                 width = out_channels
             self.blocks.append(nn.Sequential(*group))
+        # stages: each group of inverted residuals, then the pooled 1x1 conv
+        self.stage_layers = {f"blocks{k + 1}": f"blocks.{k}" for k in range(len(self.blocks))}
         last_channels = int(1280 * width_mult) if width_mult > 1.0 else 1280
         self.conv2 = conv_bn_relu(width, last_channels, 1)
         self.classifier = nn.Linear(last_channels, num_classes)

@@ -59,8 +59,10 @@ class CifarResNet(ZooModel):
     ``(depth - 2) // 6`` basic blocks with ``widths[1:]`` channels.
 
     Input (n, C, H, W); ``forward_map`` -> (n, widths[3], H/4, W/4); features
-    (n, widths[3]).
+    (n, widths[3]). Stages: ``layer1``, ``layer2``, then ``pool`` (the pooled ``layer3``).
     """
+
+    stage_layers = {"layer1": "layer1", "layer2": "layer2"}
 
     def __init__(self, depth, widths, num_classes, in_channels=3):
         super().__init__()

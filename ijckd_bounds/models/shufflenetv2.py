@@ -82,7 +82,11 @@ class DownUnit(nn.Module):
 
 
 class ShuffleNetV2(ZooModel):
-    """Input (n, C, H, W); ``forward_map`` -> (n, 1024, ceil(H/8), ceil(W/8))."""
+    """Input (n, C, H, W); ``forward_map`` -> (n, 1024, ceil(H/8), ceil(W/8)).
+
+    Stages: ``layer1``, ``layer2``, ``layer3``, then ``pool`` (the pooled 1x1 conv)."""
+
+    stage_layers = {"layer1": "layer1", "layer2": "layer2", "layer3": "layer3"}
 
     def __init__(self, num_classes, in_channels=3):
         super().__init__()

@@ -33,6 +33,9 @@ class MLP(ZooModel):
             width = hidden
         self.body = nn.Sequential(*layers)
         self.classifier = nn.Linear(width, num_classes)
+        # stages: every hidden layer's ReLU but the last, which is the pooled stage
+        self.stage_layers = {f"hidden{k + 1}": f"body.{2 * k + 2}"
+                             for k in range(len(hidden_sizes) - 1)}
 
     def forward_map(self, x):
         if tuple(x.shape[1:]) != self.input_shape:
@@ -65,6 +68,9 @@ class ConvNet(ZooModel):
             width = out_channels
         self.body = nn.Sequential(*layers)
         self.classifier = nn.Linear(width, num_classes)
+        # stages: every block's ReLU but the last, which is the pooled stage
+        self.stage_layers = {f"conv{k + 1}": f"body.{3 * k + 2}"
+                             for k in range(len(channels) - 1)}
         he_init(self)
 
     def forward_map(self, x):

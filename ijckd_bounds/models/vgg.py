@@ -32,11 +32,15 @@ class VGG(ZooModel):
         super().__init__()
         layers = []
         width = in_channels
+        # stages: the last ReLU of each conv stage but the last, which is the pooled stage
+        self.stage_layers = {}
         for index, stage in enumerate(stages):
             for out_channels in stage:
                 layers += [nn.Conv2d(width, out_channels, 3, padding=1),
                            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
                 width = out_channels
+            if index < len(stages) - 1:
+                self.stage_layers[f"stage{index + 1}"] = f"features.{len(layers) - 1}"
             if index < 3 or (index == 3 and pool_before_last_stage):
                 layers.append(nn.MaxPool2d(2, 2))
         self.features = nn.Sequential(*layers)

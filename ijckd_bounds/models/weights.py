@@ -16,9 +16,17 @@ Checks, each failing with one IJCKDError line:
 - the shapes: the first tensor whose shape differs from the model's.
 
 Accepted containers: a plain state dict, or a checkpoint dict holding it under
-``state_dict`` or ``model`` (common in distillation code). A ``module.`` prefix on every
-key (left by ``DataParallel``) is removed. BatchNorm's ``num_batches_tracked`` counters,
-absent from torchvision's older files, are set to 0 when missing, as PyTorch itself does.
+``state_dict`` or ``model`` (common in distillation code), beside other entries such as
+``optimizer``, ``epoch`` or ``best_acc``. A ``module.`` prefix on every key (left by
+``DataParallel``) is removed. A whole mdistiller distiller (keys ``student.*``, and
+``teacher.*`` plus the method's own modules when it distilled) gives its ``student.*``
+part: the network that run trained. BatchNorm's ``num_batches_tracked`` counters, absent
+from torchvision's older files, are set to 0 when missing, as PyTorch itself does.
+
+Key names: torchvision's (the zoo's ImageNet models use them), the zoo's own, and for the
+CIFAR zoo models those of RepDistiller and mdistiller (``models.layouts``: ``fc`` for the
+zoo's ``classifier`` and the other differences listed there), recognised from the keys.
+An error then names the file's own key beside the zoo's.
 """
 
 import hashlib
@@ -30,11 +38,13 @@ import torch.nn as nn
 
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.io import load_torch
+from ijckd_bounds.models.layouts import CIFAR_CODEBASES, cifar_codebase_names
 
 # torchvision's file names: "<name>-<hash prefix>.pth", e.g. resnet34-b627a593.pth.
 HASH_IN_NAME = re.compile(r"-([0-9a-f]{8})\.pth?$")
 WRAPPER_KEYS = ("state_dict", "model")
 DATA_PARALLEL_PREFIX = "module."
+DISTILLER_STUDENT_PREFIX = "student."  # mdistiller saves the whole distiller module
 
 
 def sha256_of(path):
@@ -93,12 +103,27 @@ def extract_state_dict(loaded, where, expected_keys=()):
                          f"got a {kind}{keys}")
     if _all_prefixed(state) and not _all_prefixed(expected_keys):
         state = {key[len(DATA_PARALLEL_PREFIX):]: value for key, value in state.items()}
+    expected_keys = list(expected_keys)
+    if (expected_keys and not any(k.startswith(DISTILLER_STUDENT_PREFIX) for k in expected_keys)
+            and any(k.startswith(DISTILLER_STUDENT_PREFIX) for k in state)):
+        state = {key[len(DISTILLER_STUDENT_PREFIX):]: value for key, value in state.items()
+                 if key.startswith(DISTILLER_STUDENT_PREFIX)}
     return dict(state)
 
 
-def check_state_dict(model, state, where):
+def check_state_dict(model, state, where, file_keys=None):
     """One IJCKDError line for the first key or shape of ``state`` (str -> tensor) that
-    does not fit ``model``'s state dict; missing BN counters are filled in ``state``."""
+    does not fit ``model``'s state dict; missing BN counters are filled in ``state``.
+
+    ``file_keys``: ``{key of state: the key as the file names it}`` where the two differ
+    (a renamed layout); the message then names both.
+    """
+    file_keys = file_keys or {}
+
+    def named(key):
+        original = file_keys.get(key, key)
+        return f"{key!r}" if original == key else f"{key!r} (the file's {original!r})"
+
     expected = model.state_dict()
     for key, tensor in expected.items():
         if key.endswith("num_batches_tracked") and key not in state:
@@ -109,13 +134,15 @@ def check_state_dict(model, state, where):
     if missing or unexpected:
         first, problem = (missing[0], "missing key") if missing else (unexpected[0],
                                                                        "unexpected key")
-        raise IJCKDError(f"weights file {where} does not fit {model_name}: {problem} {first!r} "
-                         f"({len(missing)} missing, {len(unexpected)} unexpected in all)")
+        raise IJCKDError(f"weights file {where} does not fit {model_name}: {problem} "
+                         f"{named(first)} ({len(missing)} missing, {len(unexpected)} "
+                         f"unexpected in all)")
     for key, tensor in expected.items():
         if state[key].shape != tensor.shape:
-            raise IJCKDError(f"weights file {where} does not fit {model_name}: {key!r} has shape "
-                             f"{tuple(state[key].shape)} in the file but {tuple(tensor.shape)} "
-                             f"in the model (another number of classes or architecture?)")
+            raise IJCKDError(f"weights file {where} does not fit {model_name}: {named(key)} has "
+                             f"shape {tuple(state[key].shape)} in the file but "
+                             f"{tuple(tensor.shape)} in the model (another number of classes "
+                             f"or architecture?)")
     return state
 
 
@@ -139,9 +166,17 @@ def load_torchvision_weights(model, path, *, check_hash=True):
         raise IJCKDError(f"weights file {where} does not exist")
     if check_hash:
         check_file_hash(path)
+    expected_keys = list(model.state_dict())
     state = extract_state_dict(load_torch(path, what="weights file"), where,
-                               expected_keys=list(model.state_dict()))
-    state = check_state_dict(model, state, where)
+                               expected_keys=expected_keys)
+    file_keys = None
+    if not set(state) <= set(expected_keys):
+        names = cifar_codebase_names(model, state)
+        if names is not None:
+            state = {new: state[old] for new, old in names.items()}
+            file_keys = names
+            where = f"{where} ({CIFAR_CODEBASES} key names)"
+    state = check_state_dict(model, state, where, file_keys)
     model.load_state_dict(state, strict=True)
     return model
 

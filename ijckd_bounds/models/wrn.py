@@ -46,7 +46,11 @@ class PreActBlock(nn.Module):
 
 
 class WideResNet(ZooModel):
-    """WRN-``depth``-``widen``: input (n, C, H, W); ``forward_map`` -> (n, 64*widen, H/4, W/4)."""
+    """WRN-``depth``-``widen``: input (n, C, H, W); ``forward_map`` -> (n, 64*widen, H/4, W/4).
+
+    Stages: ``block1``, ``block2``, ``block3`` (before the final BN-ReLU), ``pool``."""
+
+    stage_layers = {"block1": "block1", "block2": "block2", "block3": "block3"}
 
     def __init__(self, depth, widen, num_classes, in_channels=3):
         super().__init__()

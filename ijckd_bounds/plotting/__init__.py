@@ -22,6 +22,11 @@ from ijckd_bounds.plotting.figures import (  # noqa: E402
     plot_per_class,
     plot_terms,
 )
+from ijckd_bounds.plotting.fidelity import (  # noqa: E402
+    FIDELITY_CURVES,
+    plot_fidelity,
+    plot_reliability,
+)
 from ijckd_bounds.plotting.output import make_all_figures, save_figure  # noqa: E402
 from ijckd_bounds.plotting.style import (  # noqa: E402
     COLUMN_WIDTH,
@@ -43,4 +48,6 @@ __all__ = [
     "PAPER_RC", "final_table", "make_all_figures", "method_palette", "paper_style",
     "plot_bounds", "plot_decomposition", "plot_final_comparison", "plot_margins",
     "plot_per_class", "plot_terms", "save_figure", "to_latex", "to_markdown",
+    # fidelity and calibration
+    "FIDELITY_CURVES", "plot_fidelity", "plot_reliability",
 ]

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullLocator
 
 from ijckd_bounds import schema
 from ijckd_bounds.errors import IJCKDError
@@ -24,11 +24,12 @@ from ijckd_bounds.plotting.style import (
     DECOMPOSITION_STYLES,
     DISCREPANCY_TERMS,
     FULL_WIDTH,
-    STUDENT_STYLE,
+    STUDENT_UNDER_BOUNDS_STYLE,
     TEACHER_STYLE,
     UNITS,
     method_label,
     method_order,
+    darker,
     method_palette,
     new_figure,
     paper_style,
@@ -99,16 +100,33 @@ def _runs_per_method(df):
     return df.groupby("method")["run"].nunique().to_dict()
 
 
+def _seed_note(rows):
+    """The legend's note on a method's runs: " (3 seeds)" for three runs of three seeds;
+    runs that share a seed are not counted as seeds (" (2 runs, 1 seed)"); "" for one."""
+    n_runs = rows["run"].nunique()
+    if n_runs <= 1:
+        return ""
+    if "seed" not in rows.columns or rows["seed"].isna().all():
+        return f" ({n_runs} runs)"
+    n_seeds = rows["seed"].dropna().nunique()
+    if n_seeds == n_runs:
+        return f" ({n_seeds} seeds)"
+    return f" ({n_runs} runs, {n_seeds} seed{'s' if n_seeds != 1 else ''})"
+
+
+def _seed_notes(df):
+    return {str(method): _seed_note(rows) for method, rows in df.groupby("method")}
+
+
 def _method_line_style(colour, n_runs):
     # several seeds: thin lines so that they stay separable where they cross
     return {"color": colour, "linewidth": 0.9 if n_runs > 1 else 1.4, "linestyle": "-"}
 
 
-def _method_handles(methods, colours, runs_per_method):
+def _method_handles(methods, colours, seed_notes):
     handles = []
     for method in methods:
-        n_runs = runs_per_method.get(method, 1)
-        label = method_label(method) + (f" ({n_runs} seeds)" if n_runs > 1 else "")
+        label = method_label(method) + seed_notes.get(method, "")
         handles.append(Line2D([], [], color=colours[method], linewidth=1.4, label=label))
     return handles
 
@@ -122,6 +140,71 @@ def _finite_max(column):
     values = column.to_numpy(dtype=float)
     values = values[np.isfinite(values)]
     return float(values.max()) if values.size else 0.0
+
+
+FOCUS_FROM = 0.25  # share of the epoch range whose values may fall outside a panel's y-range
+FOCUS_SLACK = 1.5  # keep the full range unless it is this much wider than the focused one
+
+
+def _drawn_values(ax):
+    """``(x, y)`` of every line and interval band drawn on ``ax`` so far, as flat arrays."""
+    xs, ys = [], []
+    for line in ax.get_lines():
+        xs.append(np.asarray(line.get_xdata(), dtype=float))
+        ys.append(np.asarray(line.get_ydata(), dtype=float))
+    for band in ax.collections:
+        for path in band.get_paths():
+            xs.append(path.vertices[:, 0])
+            ys.append(path.vertices[:, 1])
+    if not xs:
+        return np.zeros(0), np.zeros(0)
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    keep = np.isfinite(x) & np.isfinite(y)
+    return x[keep], y[keep]
+
+
+def _focus_on_later_epochs(ax):
+    """Set the y-range from the later epochs, so that the first epochs' large values (a
+    student still far from its teacher) do not squash the epochs where methods differ.
+
+    The range spans everything drawn at epochs past the first ``FOCUS_FROM`` of the epoch
+    range, padded; where the full range is not much wider (``FOCUS_SLACK``) it is kept.
+    Values left outside are marked at the panel's edge with a triangle in the line's
+    colour (``OFF_SCALE_LABEL`` in the legend). Returns the number of points left outside.
+    """
+    x, y = _drawn_values(ax)
+    if not y.size:
+        return 0
+    start = x.min() + FOCUS_FROM * (x.max() - x.min())
+    later = y[x >= start] if (x >= start).any() else y
+    lo, hi = float(later.min()), float(later.max())
+    full_lo, full_hi = float(y.min()), float(y.max())
+    span = hi - lo or abs(hi) or 1.0
+    if (full_hi - full_lo) <= FOCUS_SLACK * span:
+        return 0
+    pad = 0.08 * span
+    bottom = lo - pad if full_lo < lo - pad else full_lo - pad
+    top = hi + pad if full_hi > hi + pad else full_hi + pad
+    ax.set_ylim(bottom, top)
+    outside = 0
+    for line in list(ax.get_lines()):
+        lx = np.asarray(line.get_xdata(), dtype=float)
+        ly = np.asarray(line.get_ydata(), dtype=float)
+        for mask, edge, marker in ((ly > top, top, "^"), (ly < bottom, bottom, "v")):
+            if mask.any():
+                ax.plot(lx[mask], np.full(mask.sum(), edge), linestyle="none", marker=marker,
+                        markersize=3.0, color=line.get_color(), clip_on=False, zorder=4,
+                        label="_off_scale")
+                outside += int(mask.sum())
+    return outside
+
+
+OFF_SCALE_LABEL = "beyond the panel (early epochs)"
+
+
+def _off_scale_handle():
+    return Line2D([], [], linestyle="none", marker="^", markersize=3.0, color="#555555",
+                  label=OFF_SCALE_LABEL)
 
 
 def _flag_small_sample(ax):
@@ -152,7 +235,10 @@ def plot_terms(df, terms=DEFAULT_TERMS, *, split="eval", dataset=None, ncols=3,
     ``df``: bounds table (columns ``schema.TABLE_COLUMNS``; at least run, method, epoch
     and each term with ``_lo``/``_hi``). Rates are drawn in percent. Discrepancy panels
     (proxy A-distance, CKA, MMD²) carry a "n < 10·d" note when any drawn row was measured
-    with fewer than 10 evaluation samples per feature dimension. Returns the Figure.
+    with fewer than 10 evaluation samples per feature dimension. Each panel's y-range
+    comes from the later epochs (see ``_focus_on_later_epochs``): the first epochs'
+    values, far above the rest, would otherwise squash the epochs where methods differ;
+    values left outside are marked with triangles at the panel's edge. Returns the Figure.
     """
     terms = tuple(terms) if not isinstance(terms, str) else (terms,)
     if not terms:
@@ -162,10 +248,11 @@ def plot_terms(df, terms=DEFAULT_TERMS, *, split="eval", dataset=None, ncols=3,
     methods = method_order(rows_all["method"].astype(str).unique())
     colours = _palette(methods, palette)
     runs_per_method = _runs_per_method(rows_all)
-    legend_cols = min(len(methods), 7 if len(terms) > 1 else 3)
+    legend_cols = min(len(methods) + 1, 7 if len(terms) > 1 else 3)
+    off_scale = 0
     with paper_style():
         fig, axes = _grid(len(terms), ncols,
-                          legend_rows=math.ceil(len(methods) / legend_cols))
+                          legend_rows=math.ceil((len(methods) + 1) / legend_cols))
         for ax, term in zip(axes, terms):
             for method, _run, rows in select.runs_of(rows_all):
                 n_runs = runs_per_method[method]
@@ -174,29 +261,60 @@ def plot_terms(df, terms=DEFAULT_TERMS, *, split="eval", dataset=None, ncols=3,
                     style=_method_line_style(colours[method], n_runs),
                     band_alpha=0.2 if n_runs == 1 else 0.1,
                     markers=len(rows) <= MARKERS_UP_TO)
+            off_scale += _focus_on_later_epochs(ax)
             ax.set_title(term_label(term), loc="left")
             ax.set_ylabel(UNITS.get(term, ""))
             if term in DISCREPANCY_TERMS and select.small_sample_rows(rows_all).any():
                 _flag_small_sample(ax)
-        _legend_below(fig, _method_handles(methods, colours, runs_per_method), legend_cols)
+        handles = _method_handles(methods, colours, _seed_notes(rows_all))
+        _legend_below(fig, handles + ([_off_scale_handle()] if off_scale else []),
+                      legend_cols)
     return fig
+
+
+BOUNDS_LINEAR_BELOW = 1.0  # percent: the bounds axis is linear below, logarithmic above
+
+
+def _bounds_ticks(top):
+    return [t for t in (0, 1, 2, 5, 10, 20, 50, 100, 200, 500) if t <= top]
+
+
+def _mark_above(ax, x, values, top, colour, slot):
+    """A triangle at the panel's top edge, in the bound's colour, at the last epoch where
+    the bound is above ``top``; ``slot`` shifts it sideways when several bounds share it."""
+    above = np.isfinite(values) & (values > top)
+    if not above.any():
+        return False
+    at = float(x[above][-1])
+    transform = ax.get_xaxis_transform()  # x in data, y in axes coordinates
+    span = float(np.nanmax(x) - np.nanmin(x)) or 1.0
+    ax.plot([at - 0.025 * span * slot], [1.0], transform=transform, linestyle="none",
+            marker="^", markersize=4.0, color=colour, clip_on=False, zorder=5,
+            label="_off_scale_above")
+    return True
 
 
 def plot_bounds(df, method=None, *, bounds=schema.BOUNDS, split="eval", dataset=None,
                 ncols=3, ymax=100.0):
     """The student's error beside each bound on it, across epochs: one panel per method.
 
-    ``student_err`` (thick black, with its interval) must lie under every exact bound
-    (solid lines); the Ben-David bound is an estimate (dashed, labelled "(estimate)") and
-    may not. ``teacher_err`` is drawn dotted for reference. Values above ``ymax`` percent
-    (vacuous bounds) run off the top of the panel, which then says so. Returns the Figure.
+    ``student_err`` (a thick grey line with its interval, drawn under the bounds so that
+    the coupled bound, which often equals it, stays visible on top) must lie under every
+    exact bound (solid lines); the Ben-David bound is an estimate (dashed, labelled
+    "(estimate)") and may not. ``teacher_err`` is drawn dotted for reference. The y-axis
+    is linear below 1% and logarithmic above, from just under the lowest error drawn up to
+    ``ymax`` percent at most, so that errors of a few percent and bounds near 100% both
+    get room. A bound above ``ymax``
+    (vacuous) is marked by a triangle in its colour at the top edge, at the last epoch
+    where it is above; one above ``ymax`` in every panel says so in the legend. Returns
+    the Figure.
     """
     bounds = tuple(bounds)
     valid = schema.BOUNDS + ("student_err", "teacher_err")
     select.require_terms(df, ("student_err", "teacher_err") + bounds, "df", valid)
     rows_all = select.select_bounds_rows(df, split=split, dataset=dataset)
     methods = _panel_methods(rows_all, method)
-    drawn = set()
+    drawn, visible = set(), set()
     legend_cols = 4 if len(methods) > 1 else 2
     legend_rows = math.ceil((2 + len(bounds)) / legend_cols)
     with paper_style():
@@ -204,36 +322,58 @@ def plot_bounds(df, method=None, *, bounds=schema.BOUNDS, split="eval", dataset=
         for ax, name in zip(axes, methods):
             mine = rows_all[rows_all["method"].astype(str) == name]
             several = mine["run"].nunique() > 1
-            top = 0.0
+            top, above, lowest = 0.0, [], np.inf
             for _method, _run, rows in select.runs_of(mine):
                 x = rows["epoch"].to_numpy(dtype=float)
                 markers = len(rows) <= MARKERS_UP_TO
                 for bound in bounds:
-                    style = {**BOUND_STYLES[bound], "linewidth": 0.8 if several else 1.1}
+                    style = {**BOUND_STYLES[bound], "linewidth": 0.8 if several else 1.1,
+                             "zorder": 3}
                     if _draw_interval_line(ax, x, rows, bound, style=style,
                                            band_alpha=0.0 if several else 0.08,
                                            markers=False):
                         drawn.add(bound)
-                        top = max(top, _finite_max(rows[bound]) * 100)
-                _draw_interval_line(ax, x, rows, "teacher_err", style=TEACHER_STYLE,
+                        values = rows[bound].to_numpy(dtype=float) * 100
+                        if (values[np.isfinite(values)] <= ymax).any():
+                            visible.add(bound)
+                            top = max(top, float(np.nanmax(np.minimum(values, ymax))))
+                        if bound not in above and _mark_above(
+                                ax, x, values, ymax, BOUND_STYLES[bound]["color"], len(above)):
+                            above.append(bound)
+                _draw_interval_line(ax, x, rows, "teacher_err",
+                                    style={**TEACHER_STYLE, "zorder": 3},
                                     band_alpha=0.0, markers=False)
-                student = {**STUDENT_STYLE, "linewidth": 1.0 if several else 1.6}
+                student = {**STUDENT_UNDER_BOUNDS_STYLE,
+                           "linewidth": STUDENT_UNDER_BOUNDS_STYLE["linewidth"] * (
+                               0.7 if several else 1.0)}
                 _draw_interval_line(ax, x, rows, "student_err", style=student,
                                     band_alpha=0.12 if several else 0.2, markers=markers)
                 top = max(top, _finite_max(rows["student_err"]) * 100)
-            ax.set_ylim(0, min(top * 1.05, ymax) if top > 0 else 1.0)
-            if top > ymax:
-                ax.text(1.0, 1.0, f"cut at {ymax:g}%", transform=ax.transAxes,
+                for column in ("student_err_lo", "teacher_err"):
+                    values = rows[column].to_numpy(dtype=float) * 100
+                    if np.isfinite(values).any():
+                        lowest = min(lowest, float(np.nanmin(values)))
+            ax.set_yscale("symlog", linthresh=BOUNDS_LINEAR_BELOW, linscale=0.6)
+            upper = min(top * 1.3, ymax) if top > 0 else 1.0
+            # no room below the lowest error drawn: a zero error keeps the axis from 0
+            bottom = lowest / 1.5 if np.isfinite(lowest) and lowest > 0 else 0.0
+            ax.set_ylim(bottom, ymax if above else upper)
+            ticks = [t for t in _bounds_ticks(ax.get_ylim()[1]) if t >= bottom]
+            ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+            ax.yaxis.set_minor_locator(NullLocator())
+            if above:
+                ax.text(1.0, 1.0, f"▲ above {ymax:g}%", transform=ax.transAxes,
                         ha="right", va="bottom", fontsize=6.5, fontstyle="italic",
                         color="#555555")
-            n_runs = mine["run"].nunique()
-            ax.set_title(method_label(name) + (f" ({n_runs} seeds)" if n_runs > 1 else ""),
-                         loc="left")
+            ax.set_title(method_label(name) + _seed_note(mine), loc="left")
             ax.set_ylabel("error rate (%)")
-        handles = [Line2D([], [], label=term_label("student_err"), **STUDENT_STYLE),
+        handles = [Line2D([], [], label=term_label("student_err"), **STUDENT_UNDER_BOUNDS_STYLE),
                    Line2D([], [], label=term_label("teacher_err"), **TEACHER_STYLE)]
-        handles += [Line2D([], [], label=term_label(b), linewidth=1.1, **BOUND_STYLES[b])
-                    for b in bounds if b in drawn]
+        for b in bounds:
+            if b not in drawn:
+                continue
+            label = term_label(b) + ("" if b in visible else f": above {ymax:g}% ▲")
+            handles.append(Line2D([], [], label=label, linewidth=1.1, **BOUND_STYLES[b]))
         _legend_below(fig, handles, legend_cols)
     return fig
 
@@ -244,15 +384,17 @@ def plot_decomposition(df, *, split="eval", dataset=None, ncols=3, method=None):
     Lines: ``teacher_err``; the transfer gap ``student_err − teacher_err`` (no band: the
     table holds no interval for the difference); ``disagreement`` δ, which bounds the
     gap's size (|gap| ≤ δ, coupled bound); and ``ijc_gap``, how far the teacher's
-    classifier is from the ideal joint classifier. All in percent. Returns the Figure.
+    classifier is from the ideal joint classifier. Shaded: each line's 95% interval (the
+    teacher's in grey). All in percent of the evaluation samples, on one y-range shared
+    by every panel so that methods compare at a glance. Returns the Figure.
     """
     needed = ("teacher_err", "student_err", "disagreement", "ijc_gap")
     select.require_terms(df, needed, "df", PLOTTABLE_TERMS)
     rows_all = select.select_bounds_rows(df, split=split, dataset=dataset)
     methods = _panel_methods(rows_all, method)
-    legend_cols = 4 if len(methods) > 1 else 2
+    legend_cols = 5 if len(methods) > 1 else 2
     with paper_style():
-        fig, axes = _grid(len(methods), ncols, legend_rows=4 // legend_cols)
+        fig, axes = _grid(len(methods), ncols, legend_rows=math.ceil(5 / legend_cols))
         for ax, name in zip(axes, methods):
             mine = rows_all[rows_all["method"].astype(str) == name]
             several = mine["run"].nunique() > 1
@@ -268,39 +410,32 @@ def plot_decomposition(df, *, split="eval", dataset=None, ncols=3, method=None):
                 gap = (rows["student_err"] - rows["teacher_err"]).to_numpy(dtype=float)
                 ax.plot(x, gap * 100, marker="o" if markers else None, markersize=2.2,
                         **{**DECOMPOSITION_STYLES["transfer_gap"], "linewidth": width})
-            n_runs = mine["run"].nunique()
-            ax.set_title(method_label(name) + (f" ({n_runs} seeds)" if n_runs > 1 else ""),
-                         loc="left")
-            ax.set_ylabel("percent (%)")
+            ax.set_title(method_label(name) + _seed_note(mine), loc="left")
+            ax.set_ylabel(DECOMPOSITION_UNIT)
+        _share_y_range(axes)
         handles = [Line2D([], [], label=term_label(t), linewidth=1.3,
                           **DECOMPOSITION_STYLES[t]) for t in DECOMPOSITION_TERMS]
+        handles.append(Patch(facecolor="#000000", alpha=0.15, linewidth=0,
+                             label=INTERVAL_BAND_LABEL))
         _legend_below(fig, handles, legend_cols)
     return fig
 
 
+DECOMPOSITION_UNIT = "% of samples"
+INTERVAL_BAND_LABEL = "95% interval (shaded)"
+
+
+def _share_y_range(axes):
+    """One y-range for every panel: the union of the ranges each panel chose."""
+    limits = np.array([ax.get_ylim() for ax in axes], dtype=float)
+    bottom, top = float(limits[:, 0].min()), float(limits[:, 1].max())
+    for ax in axes:
+        ax.set_ylim(bottom, top)
+
+
 def _select_margin_checkpoint(margins_df, run, method, epoch):
-    select.require_columns(margins_df, select.MARGIN_COLUMNS, "margins_df")
-    rows = margins_df
-    if method is not None:
-        rows = select.select_one(rows, "method", method, "margins_df")
-    if run is not None:
-        rows = select.select_one(rows, "run", run, "margins_df")
-    runs = sorted(rows["run"].astype(str).unique())
-    if len(runs) > 1:
-        raise IJCKDError(f"`margins_df` holds {len(runs)} runs ({', '.join(runs[:6])}"
-                         f"{', ...' if len(runs) > 6 else ''}): pass run= to pick one")
-    if epoch is None:
-        epochs = rows["epoch"].dropna()
-        if not epochs.empty:
-            rows = rows[rows["epoch"] == epochs.max()]
-    else:
-        rows = rows[pd.to_numeric(rows["epoch"], errors="coerce") == float(epoch)]
-        if rows.empty:
-            present = sorted(margins_df[margins_df["run"].astype(str) == runs[0]]["epoch"]
-                             .dropna().unique())
-            raise IJCKDError(f"run {runs[0]!r} has no margins at epoch {epoch}; epochs "
-                             f"present: {', '.join(map(select.format_number, present))}")
-    return rows
+    return select.select_checkpoint(margins_df, select.MARGIN_COLUMNS, "margins_df", run=run,
+                                    method=method, epoch=epoch, rows_name="margins")
 
 
 def plot_margins(margins_df, *, run=None, method=None, epoch=None, palette=None):
@@ -312,7 +447,8 @@ def plot_margins(margins_df, *, run=None, method=None, epoch=None, palette=None)
     ``epoch`` (default: the run's last). Left: the two distributions as empirical CDFs on
     one distance axis. Right: each sample's distance against its margin; a sample can
     only disagree with the teacher above the line ‖z_S − z_T‖ = γ(z_T), and the samples
-    that do disagree are marked. Returns the Figure.
+    that do disagree are marked. The title is read from the selected rows: their
+    ``method``, ``run`` and ``epoch`` (a missing epoch is left out). Returns the Figure.
     """
     rows = _select_margin_checkpoint(margins_df, run, method, epoch)
     margin = pd.to_numeric(rows["teacher_margin"], errors="coerce").to_numpy(dtype=float)
@@ -350,9 +486,11 @@ def plot_margins(margins_df, *, run=None, method=None, epoch=None, palette=None)
         ax_pts.plot([0, limit], [0, limit], color="#444444", linewidth=0.8,
                     linestyle="--", zorder=1, label="$\\|z_S - z_T\\| = \\gamma(z_T)$")
         agree = ~disagree
-        ax_pts.scatter(margin[agree], dist[agree], s=3, color=colour, alpha=0.35,
-                       linewidths=0, rasterized=True, zorder=2,
-                       label=f"agrees with teacher ({agree.sum()})")
+        # a light method colour (KD's orange, a user's yellow) fades into white at small
+        # sizes: each point gets a darker rim of its own hue
+        ax_pts.scatter(margin[agree], dist[agree], s=6, facecolors=colour,
+                       edgecolors=darker(colour), alpha=0.75, linewidths=0.35,
+                       rasterized=True, zorder=2, label=f"agrees with teacher ({agree.sum()})")
         ax_pts.scatter(margin[disagree], dist[disagree], s=7, color="#000000",
                        marker="x", linewidths=0.5, alpha=0.8, rasterized=True, zorder=3,
                        label=f"disagrees ({disagree.sum()})")
@@ -374,11 +512,16 @@ def plot_margins(margins_df, *, run=None, method=None, epoch=None, palette=None)
 def plot_per_class(per_class_df, method, *, run=None, value="disagreement", ax=None,
                    cmap="YlGnBu", vmax=None):
     """Heatmap of one per-class rate (default ``disagreement``), classes × epochs, for one
-    run of ``method`` (``run=`` is needed when the method has several).
+    run of ``method`` (``run=`` is needed when the method has several), and beside it the
+    last epoch's value of each class with its 95% interval.
 
-    ``per_class_df``: columns run, method, epoch, class and ``value`` (a rate in [0, 1]),
-    one row per class per checkpoint. Drawn in percent; colour scale from 0 to ``vmax``
-    percent (default: the largest value drawn). Returns the Axes.
+    ``per_class_df``: columns run, method, epoch, class and ``value`` (a rate in [0, 1])
+    with ``_lo``/``_hi`` where the table has them, and ``n`` (evaluation samples of the
+    class, shown in the class labels) where it has it; one row per class per checkpoint.
+    Drawn in percent. The colour scale runs from 0 to ``vmax`` percent, by default the
+    largest ``value`` anywhere in ``per_class_df`` (every method and run), so that the
+    heatmaps of one table share one scale and compare across methods. Returns the Axes of
+    the heatmap (the interval panel is ``ax.per_class_intervals``).
     """
     if value not in ("student_err", "teacher_err", "disagreement"):
         raise IJCKDError(f"`value` must be student_err, teacher_err or disagreement, "
@@ -400,29 +543,63 @@ def plot_per_class(per_class_df, method, *, run=None, value="disagreement", ax=N
                                                                   keep="last")
     grid = rows.pivot(index="class", columns="epoch", values=value) * 100.0
     classes, epochs = list(grid.index), list(grid.columns)
+    last = rows[rows["epoch"] == epochs[-1]].set_index("class").reindex(classes)
+    if vmax is None:
+        vmax = _finite_max(pd.to_numeric(per_class_df[value], errors="coerce")) * 100.0
     with paper_style():
         if ax is None:
-            height = min(1.0 + 0.14 * len(classes), 4.5)
-            ax = new_figure(COLUMN_WIDTH, height).subplots()
+            height = min(1.2 + 0.14 * len(classes), 4.7)
+            fig = new_figure(COLUMN_WIDTH, height)
+            ax, side = fig.subplots(1, 2, sharey=True, width_ratios=(4.0, 1.2))
+        else:
+            side = ax.inset_axes([1.04, 0.0, 0.26, 1.0], sharey=ax)
         fig = ax.figure
-        top = vmax if vmax is not None else np.nanmax(grid.to_numpy(dtype=float))
         image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap=cmap,
-                          vmin=0.0, vmax=top if top and top > 0 else 1.0,
+                          vmin=0.0, vmax=vmax if vmax and vmax > 0 else 1.0,
                           interpolation="nearest")
-        colourbar = fig.colorbar(image, ax=ax, pad=0.02, fraction=0.06)
-        colourbar.set_label(f"{value.replace('_', ' ')} (%)")
+        colourbar = fig.colorbar(image, ax=ax, location="top", pad=0.02, fraction=0.05,
+                                 aspect=30)
+        colourbar.set_label(f"{value.replace('_', ' ')} (%)", labelpad=1.5)
         colourbar.outline.set_linewidth(0.5)
-        for side in ("left", "bottom"):
-            ax.spines[side].set_visible(False)
+        for side_name in ("left", "bottom"):
+            ax.spines[side_name].set_visible(False)
         x_ticks = _thinned(len(epochs), 9)
         ax.set_xticks(x_ticks, [f"{epochs[i]:g}" for i in x_ticks])
         y_ticks = _thinned(len(classes), 12)
-        ax.set_yticks(y_ticks, [str(classes[i]) for i in y_ticks])
+        sizes = last["n"] if "n" in last.columns else None
+        ax.set_yticks(y_ticks, [_class_label(classes[i], None if sizes is None
+                                             else sizes.iloc[i]) for i in y_ticks])
         ax.tick_params(length=0)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("class")
+        ax.set_ylabel("class (evaluation samples)" if sizes is not None else "class")
         ax.set_title(f"{method_label(method)}: {runs[0]}", loc="left")
+        _draw_class_intervals(side, last, value, epochs[-1])
+        ax.per_class_intervals = side
     return ax
+
+
+def _class_label(name, size):
+    if size is None or not pd.notna(size):
+        return str(name)
+    return f"{name} (n={int(size)})"
+
+
+def _draw_class_intervals(side, last, value, epoch):
+    """The last epoch's per-class ``value`` as dots with their 95% intervals."""
+    y = np.arange(len(last))
+    centre = pd.to_numeric(last[value], errors="coerce").to_numpy(dtype=float) * 100
+    has_interval = f"{value}_lo" in last.columns and f"{value}_hi" in last.columns
+    if has_interval:
+        lo = pd.to_numeric(last[f"{value}_lo"], errors="coerce").to_numpy(dtype=float) * 100
+        hi = pd.to_numeric(last[f"{value}_hi"], errors="coerce").to_numpy(dtype=float) * 100
+        side.hlines(y, lo, hi, color="#333333", linewidth=0.9, label="_interval")
+    side.plot(centre, y, linestyle="none", marker="o", markersize=2.4, color="#000000")
+    side.set_xlim(left=0)
+    side.xaxis.set_major_locator(MaxNLocator(nbins=3))
+    side.tick_params(axis="y", length=0, labelleft=False)
+    side.set_xlabel(f"epoch {epoch:g} (%)")
+    side.set_title("95% interval" if has_interval else "value", loc="left", fontsize=7)
+    side.grid(axis="x", linewidth=0.4, color="#dddddd")
 
 
 def _thinned(n, most):
@@ -442,7 +619,9 @@ def plot_final_comparison(df, *, split="eval", dataset=None, ax=None, palette=No
     Grouped bars (one group per method, one bar per run): ``student_err`` (error under
     the teacher's classifier, solid) and, where the student has its own head,
     ``student_own_err`` (hatched), each with its 95% interval as an error bar. A black
-    line marks each run's ``teacher_err``. Percent. Returns the Axes.
+    line marks each run's ``teacher_err``, its 95% interval a grey band behind it. The
+    title names the dataset (when the table has a ``dataset`` column); a method's label
+    counts its distinct seeds. Percent. Returns the Axes.
     """
     select.require_terms(df, ("student_err", "teacher_err"), "df", PLOTTABLE_TERMS)
     has_own = "student_own_err" in df.columns
@@ -498,11 +677,16 @@ def plot_final_comparison(df, *, split="eval", dataset=None, ax=None, palette=No
                 ax.plot([start - 0.5, position - 0.5], [teacher, teacher],
                         color="#000000", linewidth=1.0, solid_capstyle="butt")
                 top = max(top, teacher)
+                t_lo, t_hi = row["teacher_err_lo"] * 100, row["teacher_err_hi"] * 100
+                if pd.notna(t_lo) and pd.notna(t_hi):
+                    ax.fill_between([start - 0.5, position - 0.5], [t_lo, t_lo], [t_hi, t_hi],
+                                    color=TEACHER_BAND_COLOUR, alpha=TEACHER_BAND_ALPHA,
+                                    linewidth=0, zorder=2.5, label="_teacher_interval")
+                    top = max(top, t_hi)
             centres.setdefault(method, []).extend([start, position - 1.0])
-        runs_per_method = _runs_per_method(final)
+        seed_notes = _seed_notes(final)
         ax.set_xticks([(min(c) + max(c)) / 2 for c in centres.values()],
-                      [method_label(m) + (f"\n({runs_per_method[m]} seeds)"
-                                          if runs_per_method[m] > 1 else "")
+                      [method_label(m) + seed_notes[m].replace(" (", "\n(")
                        for m in centres],
                       rotation=30, ha="right", rotation_mode="anchor")
         ax.set_ylim(0, top * 1.08 if top > 0 else 1.0)
@@ -510,11 +694,24 @@ def plot_final_comparison(df, *, split="eval", dataset=None, ax=None, palette=No
         ax.set_xlim(-0.5 - run_gap, position - 0.5 + run_gap)
         ax.tick_params(axis="x", length=0)
         handles = [Patch(facecolor="#888888", edgecolor="#888888",
-                         label="student, teacher's classifier")]
+                         label="student, teacher's head")]
         if own_present:
             handles.append(Patch(facecolor="white", edgecolor="#888888", hatch="/////",
                                  label="student, own head"))
         handles.append(Line2D([], [], color="#000000", linewidth=1.0, label="teacher"))
-        ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0),
-                  ncols=len(handles), borderaxespad=0.2, handlelength=1.4)
+        handles.append(Patch(facecolor=TEACHER_BAND_COLOUR, alpha=TEACHER_BAND_ALPHA,
+                             linewidth=0, label="its 95% interval"))
+        # two columns: the legend stays within the plot's width
+        ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.0),
+                  ncols=2, borderaxespad=0.2, handlelength=1.4, columnspacing=0.8)
+        if "dataset" in final.columns:
+            datasets = sorted(final["dataset"].dropna().astype(str).unique())
+            if datasets:
+                ax.set_title(", ".join(datasets), loc="left", pad=4.0 * PANEL_TITLE_PAD,
+                             fontweight="bold")
     return ax
+
+
+TEACHER_BAND_COLOUR = "#000000"
+TEACHER_BAND_ALPHA = 0.2  # drawn over the bars: they stay readable through it
+PANEL_TITLE_PAD = 7.0  # points per legend row: the title sits above the two-row legend

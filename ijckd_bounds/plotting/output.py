@@ -9,6 +9,7 @@ import pandas as pd
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.io import atomic_path, atomic_write_text
 from ijckd_bounds.plotting import select
+from ijckd_bounds.plotting.fidelity import FIDELITY_CURVES, plot_fidelity, plot_reliability
 from ijckd_bounds.plotting.figures import (
     plot_bounds,
     plot_decomposition,
@@ -68,21 +69,26 @@ def _usable(df, name):
     return True
 
 
-def make_all_figures(bounds_df, per_class_df, margins_df, out_dir, *, split="eval"):
+def make_all_figures(bounds_df, per_class_df, margins_df, out_dir, *, split="eval",
+                     calibration_df=None):
     """Every figure of the paper set (and the final table) under ``out_dir``.
 
     From ``bounds_df``: terms, bounds, decomposition, final comparison, and
     ``final_table.md``/``.tex`` (per dataset, with the dataset in the file name when
     there are several). From ``per_class_df``: one disagreement heatmap per run. From
-    ``margins_df``: one margin figure per run at its last epoch. A table that is None or
-    empty is skipped with a logged reason. Returns the written paths.
+    ``margins_df``: one margin figure per run at its last epoch. From ``calibration_df``:
+    one reliability diagram per run at its last epoch; the bounds table also gives the
+    fidelity figure (agreement, predictive KL, ECE across epochs). A table that is None
+    or empty is skipped with a logged reason. Returns the written paths.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     usable = {"bounds": _usable(bounds_df, "bounds"),
               "per_class": _usable(per_class_df, "per_class"),
-              "margins": _usable(margins_df, "margins")}
-    tables = {"bounds": bounds_df, "per_class": per_class_df, "margins": margins_df}
+              "margins": _usable(margins_df, "margins"),
+              "calibration": _usable(calibration_df, "calibration")}
+    tables = {"bounds": bounds_df, "per_class": per_class_df, "margins": margins_df,
+              "calibration": calibration_df}
     methods = set()
     for name, df in tables.items():
         if usable[name] and "method" in df.columns:
@@ -108,6 +114,9 @@ def make_all_figures(bounds_df, per_class_df, margins_df, out_dir, *, split="eva
                 makers += [("terms", lambda: plot_terms(chosen, palette=palette, **options)),
                            ("bounds", lambda: plot_bounds(chosen, **options)),
                            ("decomposition", lambda: plot_decomposition(chosen, **options))]
+                if all(term in chosen.columns for term in FIDELITY_CURVES):
+                    makers.append(("fidelity", lambda: plot_fidelity(chosen, palette=palette,
+                                                                     **options)))
             else:
                 logger.info("skipping the figures across epochs%s: no row has an epoch",
                             f" of {dataset}" if dataset else "")
@@ -135,4 +144,10 @@ def make_all_figures(bounds_df, per_class_df, margins_df, out_dir, *, split="eva
         for run in sorted(margins_df["run"].astype(str).unique()):
             fig = plot_margins(margins_df, run=run, palette=palette)
             written += save_figure(fig, out_dir / f"margins_{_safe_name(run)}")
+
+    if usable["calibration"]:
+        select.require_columns(calibration_df, select.CALIBRATION_COLUMNS, "calibration_df")
+        for run in sorted(calibration_df["run"].astype(str).unique()):
+            fig = plot_reliability(calibration_df, run=run, split=split, palette=palette)
+            written += save_figure(fig, out_dir / f"reliability_{_safe_name(run)}")
     return written

@@ -12,6 +12,8 @@ from ijckd_bounds.errors import IJCKDError, unknown_name
 BOUNDS_KEYS = ("run", "method", "epoch")
 PER_CLASS_COLUMNS = ("run", "method", "epoch", "class")
 MARGIN_COLUMNS = ("run", "method", "epoch", "teacher_margin", "feat_dist", "disagree")
+CALIBRATION_COLUMNS = ("run", "method", "epoch", "model", "bin", "bin_lo", "bin_hi", "n",
+                       "confidence", "accuracy")
 
 
 def require_frame(df, what):
@@ -94,6 +96,36 @@ def runs_of(df):
     """``[(method, run, rows)]`` with each run's rows sorted by epoch."""
     return [(str(rows["method"].iloc[0]), str(run), rows)
             for run, rows in sort_runs(df).groupby("run", sort=True)]
+
+
+
+def select_checkpoint(df, columns, what, *, run=None, method=None, epoch=None,
+                      rows_name="rows"):
+    """The rows of one checkpoint of one run of a per-checkpoint table (margins,
+    calibration bins): ``run``/``method`` pick the run (needed when several are present),
+    ``epoch`` the checkpoint (default: the run's last). ``columns``: the columns needed."""
+    require_columns(df, columns, what)
+    rows = df
+    if method is not None:
+        rows = select_one(rows, "method", method, what)
+    if run is not None:
+        rows = select_one(rows, "run", run, what)
+    runs = sorted(rows["run"].astype(str).unique())
+    if len(runs) > 1:
+        raise IJCKDError(f"`{what}` holds {len(runs)} runs ({', '.join(runs[:6])}"
+                         f"{', ...' if len(runs) > 6 else ''}): pass run= to pick one")
+    if epoch is None:
+        epochs = rows["epoch"].dropna()
+        if not epochs.empty:
+            rows = rows[rows["epoch"] == epochs.max()]
+    else:
+        rows = rows[pd.to_numeric(rows["epoch"], errors="coerce") == float(epoch)]
+        if rows.empty:
+            present = sorted(df[df["run"].astype(str) == runs[0]]["epoch"]
+                             .dropna().unique())
+            raise IJCKDError(f"run {runs[0]!r} has no {rows_name} at epoch {epoch}; epochs "
+                             f"present: {', '.join(map(format_number, present))}")
+    return rows
 
 
 def final_rows(df, *, what="df"):

@@ -10,6 +10,7 @@ one colour for good, so a method looks the same in every figure.
 import zlib
 
 import matplotlib
+from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 
 from ijckd_bounds import schema
@@ -108,6 +109,24 @@ def method_palette(methods):
     return palette
 
 
+def darker(colour, factor=0.55):
+    """``colour`` (any matplotlib colour) with its RGB channels scaled by ``factor``: the
+    same hue, dark enough to outline small markers of a light colour on white."""
+    red, green, blue = to_rgb(colour)
+    return to_hex((red * factor, green * factor, blue * factor))
+
+
+def contrast_on_white(colour):
+    """WCAG 2 contrast ratio of ``colour`` against white (1 to 21; text wants >= 4.5,
+    graphics >= 3)."""
+    def linear(channel):
+        return channel / 12.92 if channel <= 0.04045 else ((channel + 0.055) / 1.055) ** 2.4
+
+    red, green, blue = (linear(c) for c in to_rgb(colour))
+    luminance = 0.2126 * red + 0.7152 * green + 0.0722 * blue
+    return 1.05 / (luminance + 0.05)
+
+
 def method_order(methods):
     """Built-in methods in their canonical order, then the others alphabetically."""
     names = {str(m) for m in methods}
@@ -128,6 +147,9 @@ PERCENT_TERMS = frozenset({
     "teacher_probe_err", "connected_probe_err",
 })
 
+# fidelity and calibration: agreement and ECE are shares of samples too
+PERCENT_TERMS = PERCENT_TERMS | {"top1_agreement", "teacher_ece", "student_ece"}
+
 # Discrepancy estimates that need n >> d (THEORY: flagged when n_eval < 10 * dim).
 DISCREPANCY_TERMS = frozenset({"proxy_a_linear", "proxy_a_mlp", "feat_cka", "mmd2"})
 
@@ -146,6 +168,13 @@ UNITS = {
     "teacher_probe_err": _ERROR_UNIT, "connected_probe_err": _ERROR_UNIT,
 }
 
+# fidelity and calibration
+UNITS.update({
+    "top1_agreement": "agreement (%)", "pred_kl": "nats", "teacher_nll": "nats",
+    "student_nll": "nats", "teacher_brier": "Brier score", "student_brier": "Brier score",
+    "teacher_ece": "ECE (%)", "student_ece": "ECE (%)",
+})
+
 TERM_LABELS = {**schema.LABELS, "transfer_gap": "transfer gap $\\epsilon_S - \\epsilon_T$"}
 
 
@@ -161,6 +190,10 @@ def scale(term):
 # Fixed styles for quantities drawn beside each other inside one method's panel.
 STUDENT_STYLE = {"color": "#000000", "linewidth": 1.6, "linestyle": "-"}
 TEACHER_STYLE = {"color": "#000000", "linewidth": 0.9, "linestyle": ":"}
+# the student's error under the bounds: wide and light, so that a bound equal to it (the
+# coupled bound often is) is drawn on top of it and stays visible
+STUDENT_UNDER_BOUNDS_STYLE = {"color": "#a6a6a6", "linewidth": 3.0, "linestyle": "-",
+                              "solid_capstyle": "butt", "zorder": 2}
 BOUND_STYLES = {  # Paul Tol "muted": disjoint from the method colours above
     "bound_coupled": {"color": "#332288", "linestyle": "-"},
     "bound_margin": {"color": "#117733", "linestyle": "-"},

@@ -17,6 +17,8 @@ from ijckd_bounds.plotting.style import PERCENT_TERMS, method_label, method_orde
 
 FINAL_TERMS = ("student_err", "student_own_err", "teacher_err", "disagreement",
                "feat_cka", "ideal_joint", "ijc_gap", "bound_coupled")
+# fidelity and calibration
+FINAL_TERMS = FINAL_TERMS + ("top1_agreement", "teacher_ece", "student_ece")
 MISSING = "–"  # en dash: a term the run does not have (e.g. own head of SimKD)
 ID_COLUMNS = ("method", "dataset", "run", "seed", "epoch")
 
@@ -62,7 +64,9 @@ def final_table(df, terms=FINAL_TERMS, *, split="eval"):
     rows = df
     if "split" in df.columns and split is not None:
         rows = select.select_one(df, "split", split, "df")
-    final = select.final_rows(rows)
+    # copied: a frame read from CSV holds a block per column, and adding the sort column
+    # to one of over 100 columns makes pandas warn that it is fragmented
+    final = select.final_rows(rows).copy()
     order = {m: i for i, m in enumerate(method_order(final["method"].astype(str).unique()))}
     final = final.assign(_order=final["method"].astype(str).map(order))
     sort_by = ["_order"] + [c for c in ("dataset", "seed", "run") if c in final.columns]

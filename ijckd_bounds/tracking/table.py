@@ -3,6 +3,8 @@
 ``bounds.csv``: one row per run x checkpoint x split, columns ``schema.TABLE_COLUMNS``.
 ``per_class.csv``: one row per run x checkpoint x class.
 ``margins.csv``: one row per evaluation sample x checkpoint (margin figure).
+``calibration.csv``: one row per checkpoint x model (teacher, student) x confidence bin
+(reliability diagram).
 
 Appending writes the new file through a temporary file and a rename, inside an
 exclusive ``fcntl`` lock on ``<table>.lock``, so a killed process leaves the old or the
@@ -30,6 +32,12 @@ PER_CLASS_COLUMNS = ("run", "method", "epoch", "checkpoint", "class", "n",
                      "disagreement", "disagreement_lo", "disagreement_hi")
 MARGIN_COLUMNS = ("run", "method", "epoch", "checkpoint", "teacher_margin", "feat_dist",
                   "disagree")
+
+# fidelity and calibration (THEORY): per-class agreement, reliability-diagram bins
+PER_CLASS_COLUMNS = PER_CLASS_COLUMNS + ("top1_agreement", "top1_agreement_lo",
+                                         "top1_agreement_hi")
+CALIBRATION_COLUMNS = ("run", "method", "epoch", "checkpoint", "split", "model", "bin",
+                       "bin_lo", "bin_hi", "n", "confidence", "accuracy")
 
 
 @contextlib.contextmanager
@@ -176,6 +184,10 @@ def append_per_class(path, df):
     upsert_block(path, df, columns=PER_CLASS_COLUMNS)
 
 
+def append_calibration(path, df):
+    upsert_block(path, df, columns=CALIBRATION_COLUMNS)
+
+
 def append_margins(path, df):
     df = df.copy()
     df["sample"] = range(len(df)) if "sample" not in df else df["sample"]
@@ -185,10 +197,10 @@ def append_margins(path, df):
 def drop_incomplete_checkpoints(bounds_path, companion_paths):
     """Remove from ``bounds_path`` the rows of checkpoints that a companion table lacks.
 
-    A checkpoint is tracked once its rows are in ``bounds.csv``, ``per_class.csv`` and
-    ``margins.csv``; the three files are written one after the other, so a tracker killed
-    in between leaves a checkpoint that ``bounds.csv`` lists (and a re-run would skip)
-    without its per-class or margin rows. Dropping its bounds row makes the re-run
+    A checkpoint is tracked once its rows are in ``bounds.csv`` and every companion
+    (``per_class.csv``, ``margins.csv``, ``calibration.csv``); the files are written one
+    after the other, so a tracker killed in between leaves a checkpoint that
+    ``bounds.csv`` lists (and a re-run would skip) without its companion rows. Dropping its bounds row makes the re-run
     estimate it again; the companions are upserted, so nothing is duplicated. Returns the
     ``(run, checkpoint)`` pairs dropped.
     """
@@ -217,7 +229,8 @@ def drop_incomplete_checkpoints(bounds_path, companion_paths):
 def collect(paths, *, kind="bounds"):
     """Concatenate the tables of several runs (files or run directories)."""
     frames = []
-    name = {"bounds": "bounds.csv", "per_class": "per_class.csv", "margins": "margins.csv"}[kind]
+    name = {"bounds": "bounds.csv", "per_class": "per_class.csv", "margins": "margins.csv",
+            "calibration": "calibration.csv"}[kind]
     for item in paths:
         item = Path(item)
         files = [item] if item.is_file() else sorted(item.rglob(name))
@@ -244,3 +257,43 @@ def remove_stale_temp_files(directory):
     a live writer: a second tracker on the same run directory must not pull the file
     from under the first one's rename (see ``io.remove_stale_temp_files``)."""
     return io.remove_stale_temp_files(directory)
+
+
+# ---- layers.csv (THEORY "Layers"): a checkpoint's stage rows form one block
+
+
+def check_layers_table(df):
+    """Check the layer table's schema and intervals; raise IJCKDError naming the problem."""
+    _check_columns(df, schema.LAYER_COLUMNS, "layers")
+    for term in schema.LAYER_TERMS:
+        value, lo, hi = df[term], df[f"{term}_lo"], df[f"{term}_hi"]
+        bad = value.notna() & ((lo > value + 1e-9) | (hi < value - 1e-9))
+        if bad.any():
+            i = bad.idxmax()
+            raise IJCKDError(f"layers table row {i}: {term} = {value[i]} lies outside its "
+                             f"interval [{lo[i]}, {hi[i]}]")
+    return df
+
+
+def append_layers(path, rows):
+    """Upsert one checkpoint's rows (dicts with every ``schema.LAYER_COLUMNS`` key) into
+    ``layers.csv``, replacing that checkpoint's earlier rows as a block."""
+    df = check_layers_table(pd.DataFrame(list(rows)))
+    upsert_block(path, df, columns=schema.LAYER_COLUMNS)
+
+
+def collect_layers(paths, *, missing_ok=False):
+    """Concatenate the ``layers.csv`` tables of several runs (files or run directories).
+    With ``missing_ok``, runs without one are skipped (none at all: an empty table)."""
+    files = []
+    for item in map(Path, paths):
+        if item.is_file():
+            files.extend([item] if item.name == "layers.csv" or not missing_ok else [])
+        else:
+            files.extend(sorted(item.rglob("layers.csv")))
+    if not files:
+        if missing_ok:
+            return pd.DataFrame(columns=list(schema.LAYER_COLUMNS))
+        raise IJCKDError(f"no layers.csv found under {', '.join(map(str, paths))}")
+    return check_layers_table(pd.concat([read_table(f, kind="layers") for f in files],
+                                        ignore_index=True))

@@ -24,6 +24,7 @@ once per run:
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from ijckd_bounds.checkpoint import (LoadedTeacher, capture_rng, load_student, l
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators import estimate_bounds, fit_connector
 from ijckd_bounds.io import load_torch, save_torch
-from ijckd_bounds.tracking import table
+from ijckd_bounds.tracking import layers, table
 from ijckd_bounds.tracking.extract import (barrier, extract_features, rank_and_world,
                                            split_fingerprint)
 from ijckd_bounds.train.distributed import resolve_device as resolve_run_device
@@ -44,6 +45,9 @@ from ijckd_bounds.train.distributed import resolve_device as resolve_run_device
 BOUNDS_CSV = "bounds.csv"
 PER_CLASS_CSV = "per_class.csv"
 MARGINS_CSV = "margins.csv"
+CALIBRATION_CSV = "calibration.csv"
+# the tables written beside bounds.csv for each checkpoint (bounds.csv last)
+COMPANION_CSVS = (PER_CLASS_CSV, MARGINS_CSV, CALIBRATION_CSV)
 TEACHER_CACHE = "teacher_features.pt"
 STUDENT_FEATURES = "student_features"
 # Rank 0 estimates while the other ranks wait; a barrier of its own with a long timeout
@@ -56,7 +60,10 @@ class EstimatorSettings:
     """How the terms are estimated and the features extracted.
 
     The fields left at None are taken from the run (``resolved``): its config's ``track``
-    section, then its ``data`` section, then the defaults below.
+    section, then its ``data`` section, then the defaults below. ``n_bootstrap``,
+    ``n_permutations`` and ``seed`` given as None follow the run's ``track`` section
+    (defaults 1000, 200, 0): ``ijckd-bounds track`` without those flags estimates a run
+    with the settings it was tracked with online.
 
     - ``batch_size``: extraction batch (``track.batch_size``, ``data.eval_batch_size``,
       512);
@@ -70,9 +77,9 @@ class EstimatorSettings:
       evaluation pairs; 0 for all pairs (``track.mmd_max_n``, all).
     """
 
-    n_bootstrap: int = 1000
-    n_permutations: int = 200
-    seed: int = 0
+    n_bootstrap: int | None = 1000
+    n_permutations: int | None = 200
+    seed: int | None = 0
     batch_size: int | None = None
     mmd_max_n: int | None = None
     device: str | None = None
@@ -101,7 +108,9 @@ class EstimatorSettings:
 
         mmd_max_n = pick("mmd_max_n", track.get("mmd_max_n"), 0)
         return EstimatorSettings(
-            n_bootstrap=self.n_bootstrap, n_permutations=self.n_permutations, seed=self.seed,
+            n_bootstrap=int(pick("n_bootstrap", track.get("n_bootstrap"), 1000)),
+            n_permutations=int(pick("n_permutations", track.get("n_permutations"), 200)),
+            seed=int(pick("seed", track.get("seed"), 0)),
             batch_size=int(pick("batch_size", track.get("batch_size"),
                                 data.get("eval_batch_size"), 512)),
             mmd_max_n=int(mmd_max_n) or None,
@@ -362,7 +371,7 @@ def _keys(student, run, checkpoint):
 
 
 def rows_for(report, keys):
-    """The bounds row, per-class rows and margin rows of one report."""
+    """The bounds row, per-class rows, margin rows and calibration rows of one report."""
     row = dict(keys)
     row.update(report.row())
     per_class = report.per_class().copy()
@@ -372,16 +381,20 @@ def rows_for(report, keys):
     margins = margins.rename(columns={"gamma": "teacher_margin", "distance": "feat_dist"})
     for name in ("run", "method", "epoch", "checkpoint"):
         margins[name] = keys[name]
-    return row, per_class, margins
+    calibration = report.calibration()
+    for name in ("run", "method", "epoch", "checkpoint", "split"):
+        calibration[name] = keys[name]
+    return row, per_class, margins, calibration
 
 
-def write_rows(run_dir, row, per_class, margins):
-    """Companion tables first, ``bounds.csv`` last: a checkpoint listed in ``bounds.csv``
-    is complete, so a tracker killed in between (which re-runs skip by ``bounds.csv``)
-    leaves only upserted companion rows that the re-run replaces."""
+def write_rows(run_dir, row, per_class, margins, calibration):
+    """Companion tables (``COMPANION_CSVS``) first, ``bounds.csv`` last: a checkpoint
+    listed in ``bounds.csv`` is complete, so a tracker killed in between (which re-runs
+    skip by ``bounds.csv``) leaves only upserted companion rows that the re-run replaces."""
     run_dir = Path(run_dir)
     table.append_per_class(run_dir / PER_CLASS_CSV, per_class)
     table.append_margins(run_dir / MARGINS_CSV, margins)
+    table.append_calibration(run_dir / CALIBRATION_CSV, calibration)
     table.append_bounds(run_dir / BOUNDS_CSV, [row])
 
 
@@ -409,32 +422,76 @@ def _teacher_cache(student, splits, run_dir, settings, group=None, progress=Fals
                             group=group, progress=progress)
 
 
+class _CheckpointProgress:
+    """Progress of tracking: a tqdm bar over checkpoints on a terminal, one line per
+    tracked checkpoint on stdout when stdout is not a terminal (``run.progress``
+    semantics: ``setting`` False shows neither)."""
+
+    def __init__(self, setting, *, total, initial=0, desc):
+        from tqdm.auto import tqdm
+
+        from ijckd_bounds.train.callbacks import progress_modes
+
+        bars, self.lines = progress_modes(setting)
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="ckpt",
+                        disable=not bars, dynamic_ncols=True, leave=False)
+        self.started = time.perf_counter()
+
+    def done(self, checkpoint, row):
+        self.bar.update(1)
+        if self.bar.total and self.bar.n >= self.bar.total:
+            self.bar.close()
+        if self.lines:
+            def pct(term):
+                return f"{100 * row[term]:.1f}%" if math.isfinite(row[term]) else "n/a"
+
+            print(f"tracked {checkpoint}: student_err {pct('student_err')}, teacher_err "
+                  f"{pct('teacher_err')}, bound_coupled {pct('bound_coupled')} "
+                  f"({time.perf_counter() - self.started:.1f} s)", flush=True)
+        self.started = time.perf_counter()
+
+    def close(self):
+        self.bar.close()
+
+
 def track_run(run_dir, settings=None, *, data_dir=None, progress=True):
     """Estimate the bound terms at every checkpoint of ``run_dir`` not yet in its table.
 
-    ``settings`` None: the run's own (its config's ``track`` section).
+    ``settings`` None: the run's own (its config's ``track`` section). ``progress``: a bar
+    on a terminal, a line per checkpoint otherwise (``run.progress=None``); False: quiet.
     """
-    from tqdm.auto import tqdm
-
     run_dir = Path(run_dir)
     table.remove_stale_temp_files(run_dir)
     # rows a tracker of an older write order left without their companions
     table.drop_incomplete_checkpoints(run_dir / BOUNDS_CSV,
-                                      [run_dir / PER_CLASS_CSV, run_dir / MARGINS_CSV])
+                                      [run_dir / name for name in COMPANION_CSVS])
     done = set()
     if (run_dir / BOUNDS_CSV).is_file():
         done = set(table.read_table(run_dir / BOUNDS_CSV)["checkpoint"].astype(str))
-    todo = [p for p in checkpoints_of(run_dir) if p.name not in done]
+    todo = layers.pending(run_dir, checkpoints_of(run_dir), done, settings)
     cache = None
-    for path in tqdm(todo, desc=f"track {run_dir.name}", disable=not progress or None,
-                     unit="ckpt"):
-        student = load_student(path)
-        run_settings = settings or EstimatorSettings.from_config(student.meta.get("config"))
-        if cache is None:
-            cache = _teacher_cache(student, _dataset_for(student, data_dir), run_dir,
-                                   run_settings, progress=progress)
-        report, _ = estimate_checkpoint(student, cache, run_settings)
-        write_rows(run_dir, *rows_for(report, _keys(student, run_dir.name, path.name)))
+    shown = _CheckpointProgress(None if progress else False, total=len(todo),
+                                desc=f"track {run_dir.name}")
+    try:
+        for path in todo:
+            student = load_student(path)
+            run_settings = settings or EstimatorSettings.from_config(student.meta.get("config"))
+            if cache is None:
+                cache = _teacher_cache(student, _dataset_for(student, data_dir), run_dir,
+                                       run_settings, progress=progress)
+            keys = _keys(student, run_dir.name, path.name)
+            if layers.layers_wanted(student, run_settings):  # before bounds.csv, a companion
+                layers.track_layers(student, cache, run_dir,
+                                    run_settings.resolved(student.meta.get("config")), keys)
+            if path.name in done:
+                shown.bar.update(1)
+                continue  # only its layer rows were missing
+            report, _ = estimate_checkpoint(student, cache, run_settings)
+            rows = rows_for(report, keys)
+            write_rows(run_dir, *rows)
+            shown.done(path.name, rows[0])
+    finally:
+        shown.close()
     return table.read_table(run_dir / BOUNDS_CSV)
 
 
@@ -457,6 +514,7 @@ class BoundTracker:
         self._cache = None
         self._group = None
         self._idle = False  # a rank other than 0 with in-memory splits: nothing to do
+        self._progress = None  # rank 0: the run's bar / lines of tracked checkpoints
 
     def _process_group(self):
         import datetime
@@ -482,6 +540,7 @@ class BoundTracker:
             restore_rng(rng)
 
     def _track(self, path, group):
+        self._started = time.perf_counter()
         rank, _ = rank_and_world(group)
         if self._idle:
             return
@@ -493,10 +552,27 @@ class BoundTracker:
                 self._idle = True  # in-memory splits: rank 0 alone, in seconds
                 return
             self._cache = _teacher_cache(student, splits, self.run_dir, settings, group)
+        keys = _keys(student, self.run_dir.name, Path(path).name)
+        if layers.layers_wanted(student, settings):  # every rank: image splits are sharded
+            layers.track_layers(student, self._cache, self.run_dir,
+                                settings.resolved(student.meta.get("config")), keys, group=group)
         report, _ = estimate_checkpoint(student, self._cache, settings, group=group)
         if rank == 0:
-            write_rows(self.run_dir, *rows_for(report, _keys(student, self.run_dir.name,
-                                                             Path(path).name)))
+            rows = rows_for(report, keys)
+            write_rows(self.run_dir, *rows)
+            self._shown(student).done(Path(path).name, rows[0])
+
+    def _shown(self, student):
+        if self._progress is None:
+            config = student.meta.get("config") or {}
+            run, optim = config.get("run") or {}, config.get("optim") or {}
+            epochs, every = int(optim.get("epochs") or 0), int(run.get("ckpt_every") or 1)
+            total = epochs // every + (1 if epochs % every else 0)
+            done = (int(student.meta.get("epoch") or 1) - 1) // every
+            self._progress = _CheckpointProgress(run.get("progress"), total=total,
+                                                 initial=done, desc="tracked")
+        self._progress.started = self._started
+        return self._progress
 
     def on_epoch_end(self, epoch, metrics):
         pass

@@ -4,7 +4,8 @@
 train_acc, eval_acc, best_eval_acc, best_epoch, seconds. Rewritten atomically each epoch.
 ``steps.csv``: one row per optimizer step: epoch, step, lr, every loss term, acc;
 appended at each epoch's end. On resume, rows past the checkpoint's epoch are dropped
-from both.
+from both. ``TensorBoardLogger`` (``run.tensorboard=true``) shows the same numbers and the
+tracked bound terms in TensorBoard.
 """
 
 import csv
@@ -98,22 +99,45 @@ class HistoryWriter(Callback):
                  metrics["best_epoch"])
 
 
-class ProgressBars(Callback):
-    """tqdm bars over epochs and batches with the loss terms in the batch bar.
+def progress_modes(setting):
+    """``(bars, lines)`` for ``run.progress`` = ``setting``: tqdm bars on stderr (None: when
+    stderr is a terminal; True: always), one plain line per epoch or checkpoint on stdout
+    when stdout is not a terminal (a log file or a pipe). False: neither."""
+    if setting is False:
+        return False, False
+    bars = True if setting else sys.stderr.isatty()
+    return bars, not sys.stdout.isatty()
 
-    ``enabled=None``: bars only when stderr is a terminal.
+
+def epoch_line(epoch, epochs, metrics, seconds):
+    """``epoch 3/15: loss 0.51, ce 0.3, kl 0.21, train acc 0.9123, eval acc 0.8811, 1.2 s``."""
+    terms = ", ".join(f"{k[6:]} {v:.4g}" for k, v in metrics.items()
+                      if k.startswith("train_") and k != "train_acc")
+    return (f"epoch {epoch}/{epochs}: {terms}, train acc {metrics['train_acc']:.4f}, "
+            f"eval acc {metrics['eval_acc']:.4f}, {seconds:.1f} s")
+
+
+class ProgressBars(Callback):
+    """tqdm bars over epochs and batches with the loss terms in the batch bar, and one
+    line per epoch (``epoch_line``) on stdout when stdout is not a terminal.
+
+    ``enabled``: ``run.progress`` (see ``progress_modes``).
     """
 
     def __init__(self, first_epoch, epochs, enabled=None):
         from tqdm.auto import tqdm
 
         self.tqdm = tqdm
-        self.disable = (not sys.stderr.isatty()) if enabled is None else not enabled
+        bars, self.lines = progress_modes(enabled)
+        self.disable = not bars
+        self.epochs = epochs
         self.epoch_bar = tqdm(total=epochs, initial=first_epoch - 1, desc="epochs",
                               unit="epoch", disable=self.disable, dynamic_ncols=True)
         self.batch_bar = None
+        self.started = time.perf_counter()
 
     def batches(self, batches, epoch):
+        self.started = time.perf_counter()
         self.batch_bar = self.tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False,
                                    disable=self.disable, dynamic_ncols=True)
         return self.batch_bar
@@ -128,8 +152,71 @@ class ProgressBars(Callback):
             self.epoch_bar.update(1)
             self.epoch_bar.set_postfix(loss=f"{metrics['train_loss']:.4g}",
                                        eval_acc=f"{metrics['eval_acc']:.4f}")
+        if self.lines:
+            print(epoch_line(epoch, self.epochs, metrics, time.perf_counter() - self.started),
+                  flush=True)
 
     def close(self):
         if self.batch_bar is not None:
             self.batch_bar.close()
         self.epoch_bar.close()
+
+
+TENSORBOARD_DIR = "tensorboard"
+
+
+class TensorBoardLogger(Callback):
+    """``run.tensorboard=true``: every loss term, the accuracies and the learning rate per
+    epoch, and every bound term that tracking wrote for a checkpoint (its ``bounds.csv``
+    row, so this callback comes after the tracker), as TensorBoard scalars in
+    RUN_DIR/tensorboard. The CSV tables stay the record; this is a view of them.
+
+    Needs the ``tensorboard`` package (``pip install 'ijckd_bounds[tensorboard]'``), imported
+    only when the callback is made; without it, one line says so.
+    """
+
+    def __init__(self, run_dir, first_epoch=1):
+        from ijckd_bounds.errors import IJCKDError
+
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise IJCKDError("run.tensorboard=true needs the tensorboard package: pip install "
+                             "'ijckd_bounds[tensorboard]' (or tensorboard)") from None
+        self.run_dir = Path(run_dir)
+        # a resumed run rewrites the epochs after its checkpoint: drop their old events
+        self.writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), purge_step=first_epoch)
+
+    def on_epoch_end(self, epoch, metrics):
+        for key, value in metrics.items():
+            if key.startswith("train_"):
+                self.writer.add_scalar(f"train/{key[6:]}", value, epoch)
+        for key in ("eval_acc", "lr"):
+            self.writer.add_scalar(f"epoch/{key}", metrics[key], epoch)
+        self.writer.flush()
+
+    def on_checkpoint(self, path, epoch):
+        import math
+
+        from ijckd_bounds import schema
+
+        bounds = self.run_dir / "bounds.csv"
+        rows, _ = _read_rows(bounds)
+        row = next((r for r in reversed(rows) if r.get("checkpoint") == Path(path).name), None)
+        if row is None:
+            return  # not tracked
+        for term in schema.INTERVAL_TERMS + schema.BOUNDS:
+            value = _float(row.get(term))
+            if value is not None and math.isfinite(value):
+                self.writer.add_scalar(f"bounds/{term}", value, epoch)
+        self.writer.flush()
+
+    def close(self):
+        self.writer.close()
+
+
+def _float(text):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None

@@ -139,7 +139,10 @@ class RunConfig:
     amp: Literal["none", "bf16", "fp16"] = "none"  # CUDA only
     channels_last: bool = False  # CUDA only, 2-d image models
     sync_bn: bool = False  # CUDA DDP only: SyncBatchNorm across ranks
-    progress: Optional[bool] = None  # tqdm bars; None = only on a terminal
+    # tqdm bars on a terminal and one line per epoch on stdout when it is not one (a log
+    # file, a pipe); True: bars always; False: neither
+    progress: Optional[bool] = None
+    tensorboard: bool = False  # also log loss and bound terms to RUN_DIR/tensorboard
 
     def __post_init__(self):
         if self.ckpt_every < 1:
@@ -160,6 +163,7 @@ class TrackConfig:
     batch_size: Optional[int] = None  # extraction batch; None: data.eval_batch_size
     num_workers: Optional[int] = None  # extraction DataLoader workers; None: data.num_workers
     chunk_size: int = 4096  # image splits: samples per resumable, sharded feature chunk
+    layers: bool = False  # also write layers.csv: stage probes and the stage CKA matrix
 
     def __post_init__(self):
         for name in ("n_bootstrap", "n_permutations", "chunk_size"):

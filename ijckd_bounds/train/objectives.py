@@ -21,6 +21,7 @@ batch (``KLDivLoss(reduction="batchmean")``, as in RepDistiller/SimKD ``DistillK
 | srrl    | ce + kl + 1·(feat_mse + logit_mse)   (SimKD repo: -c 1 -d 1 -b 1)   | own head      |
 | simkd   | 1·feat_mse                      (SimKD repo: -c 0 -d 0 -b 1)        | teacher cls.  |
 | ijckd   | ce(h_T(z_S)) + 1·logit_mse(h_T(z_S), h_T(z_T)) + 1·feat_mse          | teacher cls.  |
+| ce_connector | ce(h_T(z_S)) only: the control of simkd/ijckd (same connector)  | teacher cls.  |
 
 Maps are the last feature map of each model (``forward_with_map``; for MLPs the last
 hidden vector). FitNet's hint here is at the *last* stage (RepDistiller's default
@@ -304,6 +305,31 @@ class IJCKD(_TeacherClassifierObjective):
         return {"loss": loss, "ce": ce, "logit_mse": logit, "feat_mse": feat}, logits
 
 
+# ------------------------------------------------------------------------------- controls
+
+
+@METHODS.register("ce_connector")
+class CEThroughConnector(_TeacherClassifierObjective):
+    """The control of SimKD and IJCKD: loss = ce_weight · CE(h_T(z_S), y), nothing else.
+
+    The same trainable parts as they have (student body + SimKD bottleneck ``p`` of
+    ``reduction``, its own head unused) and the same frozen teacher classifier, trained
+    with labels only: no feature or logit matching. Compared with simkd/ijckd at the same
+    reduction and schedule it tells how much of their accuracy comes from the connector's
+    parameters rather than from distillation. The teacher's features are never computed:
+    only its classifier and map shape (to build ``p``) are used."""
+
+    name = "ce_connector"
+    defaults = {"ce_weight": 1.0, "reduction": 2}
+    term_names = ("loss", "ce")
+
+    def forward(self, x, y):
+        own_logits, _, s_map = self.student.forward_with_map(x)
+        logits = self.student_logits(s_map, own_logits)
+        ce = F.cross_entropy(logits, y)
+        return {"loss": self.weights["ce_weight"] * ce, "ce": ce}, logits
+
+
 # --------------------------------------------------------------------------------- build
 
 
@@ -339,5 +365,5 @@ def build_objective(method_cfg, student, teacher, example_x):
     return cls.build(student, teacher, example_x, **weights)
 
 
-__all__ = ["METHODS", "CrossEntropy", "FitNet", "FrozenTeacher", "HintonKD", "IJCKD",
+__all__ = ["METHODS", "CEThroughConnector", "CrossEntropy", "FitNet", "FrozenTeacher", "HintonKD", "IJCKD",
            "Objective", "SRRL", "SimKD", "build_objective", "hinton_kl", "method_weights"]

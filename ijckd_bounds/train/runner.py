@@ -25,7 +25,7 @@ from ijckd_bounds.config import to_dict
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.io import atomic_write_text, check_writable_dir
 from ijckd_bounds.train.callbacks import (HISTORY_CSV, STEPS_CSV, HistoryWriter, ProgressBars,
-                                          truncate_logs)
+                                          TensorBoardLogger, progress_modes, truncate_logs)
 from ijckd_bounds.train.distributed import (Precision, RunData, init_distributed,
                                             shutdown_distributed)
 from ijckd_bounds.train.loop import TrainState, fit
@@ -38,7 +38,8 @@ TEACHER_FILE = "teacher.pt"
 CONFIG_FILE = "config.yaml"
 _CKPT_NAME = re.compile(r"^epoch_(\d{4,})\.pt$")
 # Keys that may change between a run and its resumption without changing the result.
-_RESUME_FREE = {"run.run_dir", "run.device", "run.progress", "data.num_workers",
+_RESUME_FREE = {"run.run_dir", "run.device", "run.progress", "run.tensorboard",
+                "data.num_workers",
                 "data.pin_memory", "data.persistent_workers", "data.prefetch_factor",
                 "data.eval_batch_size", "data.data_dir", "model.teacher_checkpoint",
                 "model.teacher_weights"}
@@ -61,8 +62,8 @@ def checkpoint_path(run_dir, epoch):
     return Path(run_dir) / CHECKPOINT_DIR / f"epoch_{epoch:04d}.pt"
 
 
-def latest_checkpoint(run_dir):
-    """The checkpoint of the highest epoch in RUN_DIR/checkpoints, or None."""
+def run_checkpoints(run_dir):
+    """The checkpoints in RUN_DIR/checkpoints, highest epoch first."""
     found = []
     directory = Path(run_dir) / CHECKPOINT_DIR
     if directory.is_dir():
@@ -70,7 +71,13 @@ def latest_checkpoint(run_dir):
             match = _CKPT_NAME.match(path.name)
             if match:
                 found.append((int(match.group(1)), path))
-    return max(found)[1] if found else None
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def latest_checkpoint(run_dir):
+    """The checkpoint of the highest epoch in RUN_DIR/checkpoints, or None."""
+    found = run_checkpoints(run_dir)
+    return found[0] if found else None
 
 
 def seed_everything(seed):
@@ -90,8 +97,9 @@ def _flatten(tree, prefix=""):
     return out
 
 
-def check_resume_config(saved, current, path):
-    """The resumed run must train the same thing: the first differing key is an error."""
+def config_difference(saved, current):
+    """The first config key (sorted) whose value changes what is trained, as
+    ``(key, saved value, current value)``; None when both configs train the same run."""
     saved_flat, current_flat = _flatten(saved), _flatten(current)
     for key in sorted(set(saved_flat) | set(current_flat)):
         if key in _RESUME_FREE or key.startswith(_RESUME_FREE_SECTIONS):
@@ -100,8 +108,17 @@ def check_resume_config(saved, current, path):
         if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
             old, new = list(old), list(new)
         if old != new:
-            raise IJCKDError(f"cannot resume from {str(path)!r}: config key {key} was {old!r}, "
-                             f"now {new!r}; use the run's own config or another run.run_dir")
+            return key, old, new
+    return None
+
+
+def check_resume_config(saved, current, path):
+    """The resumed run must train the same thing: the first differing key is an error."""
+    difference = config_difference(saved, current)
+    if difference is not None:
+        key, old, new = difference
+        raise IJCKDError(f"cannot resume from {str(path)!r}: config key {key} was {old!r}, "
+                         f"now {new!r}; use the run's own config or another run.run_dir")
 
 
 def _check_teacher_fits(teacher, cfg, splits, path):
@@ -170,9 +187,26 @@ def distill(cfg, *, resume=False, callbacks=()):
     return _run(cfg, teacher_mode=False, resume=resume, callbacks=callbacks)
 
 
+def absolute_data_paths(cfg):
+    """``cfg`` with ``data.data_dir`` and the ``tensors`` dataset's ``path`` option made
+    absolute: the checkpoints record where the data is, so ``track`` and ``audit`` find it
+    from any working directory."""
+    data = cfg.data
+    changes = {}
+    if data.data_dir is not None:
+        changes["data_dir"] = str(Path(data.data_dir).expanduser().resolve())
+    if data.name == "tensors" and data.options.get("path") is not None:
+        changes["options"] = {**data.options,
+                              "path": str(Path(data.options["path"]).expanduser().resolve())}
+    if not changes:
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(data, **changes))
+
+
 def _run(cfg, *, teacher_mode, resume, callbacks):
     from ijckd_bounds.data import build_dataset
 
+    cfg = absolute_data_paths(cfg)
     ctx = init_distributed(cfg.run.device)
     try:
         run_dir = Path(cfg.run.run_dir)
@@ -195,6 +229,8 @@ def _run(cfg, *, teacher_mode, resume, callbacks):
                                            precision, config_dict, teacher, ctx)
         if ctx.is_main:
             _prepare_run_files(run_dir, config_dict, resume_from, state.epoch)
+            _describe_run(run_dir, cfg, config_dict, objective, teacher, teacher_mode,
+                          show=any(progress_modes(cfg.run.progress)))
 
         engine = objective
         if ctx.distributed:
@@ -207,6 +243,8 @@ def _run(cfg, *, teacher_mode, resume, callbacks):
         all_callbacks = [bars]
         if ctx.is_main:
             all_callbacks += [HistoryWriter(run_dir, objective.term_names), *callbacks]
+            if cfg.run.tensorboard:  # after the tracker: it logs the rows tracking wrote
+                all_callbacks.append(TensorBoardLogger(run_dir, first_epoch=state.epoch + 1))
         else:
             all_callbacks += [c for c in callbacks if getattr(c, "every_rank", False)]
         describe = _Describer(cfg, config_dict, splits, teacher, teacher_mode, objective,
@@ -225,6 +263,9 @@ def _run(cfg, *, teacher_mode, resume, callbacks):
                 epochs=cfg.optim.epochs, save_checkpoint=save_checkpoint)
         finally:
             bars.close()
+            for callback in all_callbacks:
+                if isinstance(callback, TensorBoardLogger):
+                    callback.close()
         teacher_path = None
         if teacher_mode and ctx.is_main:
             teacher_path = write_checkpoint(describe(state, describe.last_metrics, training=False),
@@ -252,12 +293,28 @@ def _load_run_teacher(cfg, splits):
 
 
 def _resume_point(run_dir, resume):
-    """The checkpoint to resume from (None: start fresh); refuses to overwrite a run."""
-    latest = latest_checkpoint(run_dir)
-    if latest is not None and not resume:
+    """The checkpoint to resume from (None: start fresh); refuses to overwrite a run.
+
+    A latest checkpoint that does not load (a disk that filled up, a copy cut short) is
+    skipped with a warning for the newest complete one before it; training rewrites it."""
+    checkpoints = run_checkpoints(run_dir)
+    if checkpoints and not resume:
         raise IJCKDError(f"run directory {str(run_dir)!r} already has checkpoints; pass "
                          f"--resume to continue it or choose another run.run_dir")
-    return latest
+    for i, path in enumerate(checkpoints):
+        try:
+            payload = read_checkpoint(path)
+        except IJCKDError as exc:
+            if i + 1 == len(checkpoints):
+                raise  # nothing complete to fall back to
+            reason = str(exc)
+            continue
+        if payload.get("training") and i > 0:
+            warnings.warn(f"{reason}; resuming from the previous complete checkpoint "
+                          f"{str(path)!r} (epoch {payload.get('epoch')}) instead",
+                          stacklevel=3)
+        return path
+    return None
 
 
 def _build_objective(cfg, ctx, splits, teacher, teacher_mode):
@@ -295,6 +352,45 @@ def _prepare_run_files(run_dir, config_dict, resume_from, epoch):
     else:
         for stale in (HISTORY_CSV, STEPS_CSV):
             (run_dir / stale).unlink(missing_ok=True)
+
+
+PARAMS_FILE = "params.json"
+
+
+def _count(module, *, trainable):
+    if module is None:
+        return 0
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
+
+
+def _describe_run(run_dir, cfg, config_dict, objective, teacher, teacher_mode, *, show):
+    """RUN_DIR/params.json (trainable parameters of the student and the connector, the
+    frozen teacher's size); with ``show``, those and the resolved config on stdout."""
+    import json
+
+    name = cfg.model.teacher if teacher_mode else cfg.model.student
+    params = {"model": name, "model_trainable": _count(objective.student, trainable=True),
+              "connector": None if objective.connector is None
+              else objective.connector.spec.get("kind"),
+              "connector_trainable": _count(objective.connector, trainable=True),
+              "teacher": None if teacher is None else teacher.meta.get("model_name"),
+              "teacher_frozen": None if teacher is None
+              else _count(teacher.model, trainable=False)}
+    atomic_write_text(run_dir / PARAMS_FILE, json.dumps(params, indent=2) + "\n")
+    if not show:
+        return
+    role = "teacher" if teacher_mode else "student"
+    line = (f"{run_dir}: {cfg.method.name} {role} {name}, {params['model_trainable']:,} "
+            f"trainable parameters")
+    if params["connector"] is not None:
+        line += f" + {params['connector']} connector {params['connector_trainable']:,}"
+    if teacher is not None:
+        line += f"; teacher {params['teacher']} {params['teacher_frozen']:,} (frozen)"
+    print(line, flush=True)
+    print(f"resolved config (all of it in {run_dir / CONFIG_FILE}):", flush=True)
+    for section, values in config_dict.items():
+        shown = " ".join(f"{k}={v}" for k, v in values.items() if v not in (None, {}, []))
+        print(f"  {section}: {shown}", flush=True)
 
 
 def _restore(path, objective, optimizer, scheduler, precision, config_dict, teacher, ctx):
