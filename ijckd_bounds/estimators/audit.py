@@ -85,8 +85,8 @@ _DEFINITIONS = {
                   "same-recipe probes on z_S = p(s(x)) and on s(x): what the connector "
                   "loses"),
     "alignment": ("student_err − connected_probe_err",
-                  "h_T against a probe on z_S: separable features outside h_T's decision "
-                  "regions (IJC violated)"),
+                  "h_T against a probe on z_S: features separable by a linear classifier, "
+                  "but not by h_T, the IJC violated"),
     "head": ("student_own_err − student_probe_err",
              "the student's own head against a probe on its own features s(x)"),
     "representation": ("connected_probe_err − teacher_probe_err",
