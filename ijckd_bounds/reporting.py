@@ -130,7 +130,8 @@ def diagnosis_text(budget):
             f"{_piece_phrase(budget, best)} and {_piece_phrase(budget, second)} cannot be "
             f"told apart; their difference, on the same bootstrap replicates, is "
             f"{_with_interval(sep)}, which includes 0. What separates them: the {best} piece "
-            f"is {first_piece['meaning']}; the {second} piece is {second_piece['meaning']}.")
+            f"is `{first_piece['formula']}` ({first_piece['meaning']}), the {second} piece "
+            f"`{second_piece['formula']}` ({second_piece['meaning']}).")
         needed = _separating_samples(sep, budget.get("n"))
         if needed is not None:
             parts.append(f"About {needed} evaluation samples (now {budget.get('n')}) would "

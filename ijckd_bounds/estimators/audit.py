@@ -85,8 +85,8 @@ _DEFINITIONS = {
                   "same-recipe probes on z_S = p(s(x)) and on s(x): what the connector "
                   "loses"),
     "alignment": ("student_err − connected_probe_err",
-                  "h_T against a probe on z_S: separable features outside h_T's decision "
-                  "regions (IJC violated)"),
+                  "h_T against a probe on z_S: features separable by a linear classifier, "
+                  "but not by h_T, the IJC violated"),
     "head": ("student_own_err − student_probe_err",
              "the student's own head against a probe on its own features s(x)"),
     "representation": ("connected_probe_err − teacher_probe_err",
@@ -300,6 +300,7 @@ def error_budget(*, teacher_wrong, student_wrong, teacher_probe_wrong, connected
     pieces = tuple(Piece(name, estimate(j + 1), counts[j + 1], formula, meaning)
                    for j, (name, _, formula, meaning) in enumerate(parts))
     column = {p.name: j + 1 for j, p in enumerate(pieces)}
+    by_name = {p.name: p for p in pieces}
     teacher_gap = estimate(len(parts) + 1)
 
     def difference(a, b):
@@ -325,7 +326,7 @@ def error_budget(*, teacher_wrong, student_wrong, teacher_probe_wrong, connected
         advice = ()
     else:
         diagnosis = best.name
-        advice = tuple(name for name in named if pieces[column[name] - 1].lo > 0)
+        advice = tuple(name for name in named if by_name[name].lo > 0)
     return ErrorBudget(target=target, total=total_est, total_count=counts[0], pieces=pieces,
                        diagnosis=diagnosis, named=named, runner_up=runner.name, tie=tie,
                        separation=separation, fit_margins=fit_margins,
