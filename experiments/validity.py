@@ -48,8 +48,7 @@ Targets ("target" column of the tables):
   where the fitted probe is far from h*.
 
 The report's settings: fit split of n fresh pairs beside the n evaluation pairs,
-``n_bootstrap=500`` (``--n-bootstrap``), 200 permutations, every CKA replicate, seed =
-the replicate index.
+``n_bootstrap=500`` (``--n-bootstrap``), 200 permutations, seed = the replicate index.
 """
 
 import argparse
@@ -493,12 +492,13 @@ def _draws(scenario, n, d, rep):
 
 def run_cka_replicate(scenario, n, d, rep, *, n_bootstrap):
     """``feat_cka`` (the report's CKA term function) on the evaluation split of replicate
-    ``rep``: the same draws as ``run_replicate``, every bootstrap replicate."""
+    ``rep``: the same draws as ``run_replicate`` (a bootstrap interval, where the term
+    has one, gets ``n_bootstrap`` resamples, all of them used)."""
     _, _, evaluation, _ = _draws(scenario, n, d, rep)
     accepted = inspect.signature(feat_cka).parameters
-    extra = {"max_bootstrap": None} if "max_bootstrap" in accepted else {}
-    estimate = feat_cka(evaluation["z_t"], evaluation["z_s"], n_bootstrap=n_bootstrap,
-                        seed=rep, **extra)
+    wanted = {"n_bootstrap": n_bootstrap, "seed": rep, "max_bootstrap": None}
+    estimate = feat_cka(evaluation["z_t"], evaluation["z_s"],
+                        **{k: v for k, v in wanted.items() if k in accepted})
     return {"scenario": scenario, "n": n, "d": d, "rep": rep, "term": "feat_cka",
             "value": estimate.value, "lo": estimate.lo, "hi": estimate.hi,
             "this_fit": math.nan}

@@ -378,3 +378,24 @@ def test_a_better_probe_is_chosen_and_its_gap_interval_is_above_zero():
     assert row["ijc_gap"] > 0 and row["ijc_gap_lo"] > 0
     assert row["ideal_joint"] < row["ijc_lambda"]
     assert row["bound_ideal_joint"] >= row["student_err"]
+
+
+def test_duplicate_features_lose_only_mmd_and_keep_the_bounds():
+    """Most feature rows equal: no median bandwidth, so mmd2/mmd_p are missing with a
+    note; the report and bounds 1-3 are still there."""
+    z_t, z_s, y, weight, bias = _case(n=200, seed=4)
+    dup = torch.arange(200) % 10 != 0  # 90% of the rows are one point
+    z_t, z_s = z_t.clone(), z_s.clone()
+    point = z_t[0].clone()
+    z_t[dup] = point
+    z_s[dup] = point
+    args, fit = _split((z_t, z_s, y, weight, bias), 100)
+    r = estimate_bounds(*args, fit=fit, **FAST)
+    row = r.row()
+    assert math.isnan(row["mmd2"]) and math.isnan(row["mmd2_lo"]) and math.isnan(row["mmd_p"])
+    assert "not measured" in r["mmd2"].method
+    note = next(note for note in r.notes if note.startswith("mmd2 and mmd_p not measured"))
+    assert "bandwidth" in note and "pass" not in note
+    for name in schema.EXACT_BOUNDS:
+        assert row[name] >= row["student_err"], name
+    assert not math.isnan(row["bound_ideal_joint"]) and not math.isnan(row["feat_cka"])

@@ -5,10 +5,25 @@ rows in a canonical order (so that the report does not depend on the order of th
 samples), fit the fitted parts on the fit split, compute the terms, and collect them in
 a ``BoundsReport``.
 
-Intervals: proportions use Clopper–Pearson; every composite term (feat_rel, ideal_joint,
-ijc_lambda, ijc_gap, pair_disc, the proxy A-distances, MMD², CKA and every bound) comes
-from ONE paired-bootstrap weight matrix over the evaluation samples, so the intervals of
-a bound and of its pieces come from the same resamples.
+Where each column is computed (the report only calls these):
+
+- ``terms``: teacher_err, student_err, student_own_err, disagreement, delta_gamma,
+  feat_msd, feat_rel, logit_msd, bound_coupled, bound_margin, bound_feat_markov,
+  bound_logit_markov (``proportion`` of ``paired_predictions`` for the rates);
+- ``probes.LogisticProbe`` + ``proportion``: teacher_probe_err, student_probe_err,
+  connected_probe_err (one recipe, one seed, the same fit rows);
+- ``probes.fit_joint_classifier`` + ``composite.choose_joint``: joint_err_T, joint_err_S,
+  joint_chosen, joint_probe_share, and from the choice ``composite.ideal_joint``,
+  ``ijc_lambda``, ``ijc_gap``, ``pair_disc``, ``bound_ideal_joint``;
+- ``probes.DomainClassifier`` + ``composite.proxy_a``: proxy_a_linear, proxy_a_mlp;
+  ``composite.bound_ben_david``;
+- ``mmd.run_mmd_pass``: mmd2, mmd_p, mmd_bandwidth; ``cka.feat_cka``: feat_cka.
+
+Intervals: proportions use Clopper–Pearson; feat_cka a delete-one jackknife; every other
+composite term (feat_rel, ideal_joint, ijc_lambda, ijc_gap, pair_disc, the proxy
+A-distances, MMD² and every bound) comes from ONE paired-bootstrap weight matrix over the
+evaluation samples, so the intervals of a bound and of its pieces come from the same
+resamples.
 """
 
 import hashlib
@@ -22,7 +37,7 @@ import torch
 from ijckd_bounds import schema
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators import composite, fidelity, terms
-from ijckd_bounds.estimators.cka import CKA_BOOTSTRAP, cka_method, debiased_cka
+from ijckd_bounds.estimators.cka import feat_cka
 from ijckd_bounds.estimators.intervals import (
     Estimate,
     PairedBootstrap,
@@ -30,7 +45,7 @@ from ijckd_bounds.estimators.intervals import (
     derived_seed,
     proportion,
 )
-from ijckd_bounds.estimators.mmd import run_mmd_pass
+from ijckd_bounds.estimators.mmd import NoBandwidth, run_mmd_pass
 from ijckd_bounds.estimators.probes import (
     DomainClassifier,
     LogisticProbe,
@@ -512,8 +527,7 @@ def _prepare(z_t, z_s, y, weight, bias, *, fit, s, s_fit, student_logits, seed,
 
 def estimate_bounds(z_t, z_s, y, weight, bias, *, fit=None, s=None, s_fit=None,
                     student_logits=None, level=0.95, n_permutations=200, n_bootstrap=1000,
-                    seed=0, mmd_max_n=None, device=None, fit_fraction=0.5,
-                    cka_bootstrap=CKA_BOOTSTRAP):
+                    seed=0, mmd_max_n=None, device=None, fit_fraction=0.5):
     """Estimate every THEORY.md term and bound for one student.
 
     Args:
@@ -536,12 +550,10 @@ def estimate_bounds(z_t, z_s, y, weight, bias, *, fit=None, s=None, s_fit=None,
         n_permutations: sign-flip permutations of the MMD test.
         n_bootstrap: paired-bootstrap resamples (one weight matrix for every composite).
         seed: every random choice derives from it.
-        mmd_max_n: compute MMD² (and the CKA bootstrap) on a seeded subsample of this many
-            evaluation pairs when there are more.
+        mmd_max_n: compute MMD² on a seeded subsample of this many evaluation pairs when
+            there are more (CKA and its jackknife interval always use every pair).
         device: where to compute (default: the device of ``z_t``).
         fit_fraction: share of the samples used for fitting when ``fit`` is not given.
-        cka_bootstrap: resamples (the first rows of the common weights) for the CKA
-            interval; None for all (cost grows like the MMD bootstrap's).
 
     Returns:
         ``BoundsReport``.
@@ -553,8 +565,6 @@ def estimate_bounds(z_t, z_s, y, weight, bias, *, fit=None, s=None, s_fit=None,
     seed = _check_int(seed, "seed", 0)
     if mmd_max_n is not None:
         mmd_max_n = _check_int(mmd_max_n, "mmd_max_n", MIN_EVAL)
-    if cka_bootstrap is not None:
-        cka_bootstrap = _check_int(cka_bootstrap, "cka_bootstrap", 1)
     device = _check_device(device)
     data = _prepare(z_t, z_s, y, weight, bias, fit=fit, s=s, s_fit=s_fit,
                     student_logits=student_logits, seed=seed, fit_fraction=fit_fraction)
@@ -570,7 +580,7 @@ def estimate_bounds(z_t, z_s, y, weight, bias, *, fit=None, s=None, s_fit=None,
 
     report_terms, scalars, details, per_sample = _compute_terms(
         data, level=level, n_permutations=n_permutations, n_bootstrap=n_bootstrap, seed=seed,
-        mmd_max_n=mmd_max_n, cka_bootstrap=cka_bootstrap, clock=clock)
+        mmd_max_n=mmd_max_n, clock=clock)
     scalars.update({"n_eval": n_eval, "n_fit": data.fit_order.numel(), "dim": d,
                     "n_classes": n_classes})
     details.update({"split": data.split, "seed": seed, "level": level,
@@ -621,8 +631,7 @@ class _StageClock:
         self._last = now
 
 
-def _compute_terms(data, *, level, n_permutations, n_bootstrap, seed, mmd_max_n,
-                   cka_bootstrap, clock):
+def _compute_terms(data, *, level, n_permutations, n_bootstrap, seed, mmd_max_n, clock):
     """The terms on the (canonically ordered) ``_Inputs``. Returns
     ``(terms, scalars, details, per_sample)``."""
     z_t, z_s, y, weight, bias = data.z_t, data.z_s, data.y, data.weight, data.bias
@@ -659,7 +668,6 @@ def _compute_terms(data, *, level, n_permutations, n_bootstrap, seed, mmd_max_n,
         out["student_own_err"] = Estimate.missing(n, level, "no student_logits given")
     out["feat_msd"] = terms.feat_msd(z_t, z_s, bootstrap=bootstrap, order=order)
     out["feat_rel"] = terms.feat_rel(z_t, z_s, bootstrap=bootstrap, order=order)
-    cka_value = debiased_cka(z_t, z_s, order=order)
     out["logit_msd"] = terms.logit_msd(pairs.logits_t, pairs.logits_s, bootstrap=bootstrap)
     out["bound_coupled"] = terms.coupled_bound(pairs, y, bootstrap=bootstrap)
     out["bound_margin"] = terms.margin_bound(pairs, y, bootstrap=bootstrap)
@@ -745,30 +753,31 @@ def _compute_terms(data, *, level, n_permutations, n_bootstrap, seed, mmd_max_n,
     out.update(fidelity_terms)
     clock.stop("fidelity and calibration")
 
-    # MMD² and CKA share one block pass over the pairwise matrices; the float64 copy of
-    # the bootstrap weights (B·n·8 bytes) is not needed there
+    # MMD²: one block pass over the pairwise matrix; the float64 copy of the bootstrap
+    # weights (B·n·8 bytes) is not needed there
     bootstrap.release_cache()
-    mmd_test, cka_reps, cka_count, mmd_pairs = run_mmd_pass(
-        z_t, z_s, n_permutations=n_permutations, seed=seed, bootstrap=bootstrap,
-        max_n=mmd_max_n, cka_bootstrap=cka_bootstrap, order=order)
-    out["mmd2"] = mmd_test.mmd2
-    if math.isnan(cka_value):
-        out["feat_cka"] = Estimate.missing(n, level, "a feature set is constant")
+    try:
+        mmd_test, mmd_pairs = run_mmd_pass(
+            z_t, z_s, n_permutations=n_permutations, seed=seed, bootstrap=bootstrap,
+            max_n=mmd_max_n, order=order)
+    except NoBandwidth as exc:  # degenerate features lose MMD², never the bounds
+        mmd_test, mmd_pairs = None, 0
+        out["mmd2"] = Estimate.missing(n, level, "no median bandwidth")
+        notes.append(f"mmd2 and mmd_p not measured: {exc}")
     else:
-        method = cka_method(bootstrap, cka_count)
+        out["mmd2"] = mmd_test.mmd2
         if mmd_pairs < n:
-            method += f"; resampled within the {mmd_pairs}-pair MMD subsample"
-        out["feat_cka"] = bootstrap.estimate(cka_value, cka_reps, method=method)
-    if mmd_pairs < n:
-        notes.append(f"MMD² (and the CKA interval) computed on a seeded subsample of "
-                     f"{mmd_pairs} of the {n} evaluation pairs")
+            notes.append(f"MMD² computed on a seeded subsample of {mmd_pairs} of the {n} "
+                         "evaluation pairs")
+    clock.stop("MMD²")
+    out["feat_cka"] = feat_cka(z_t, z_s, level=level, order=order)
+    clock.stop("CKA")
 
-    scalars = {"mmd_p": mmd_test.p_value, "mmd_bandwidth": mmd_test.bandwidth,
+    scalars = {"mmd_p": math.nan if mmd_test is None else mmd_test.p_value,
+               "mmd_bandwidth": math.nan if mmd_test is None else mmd_test.bandwidth,
                "feat_markov_tau": feat_markov.tau, "logit_markov_tau": logit_markov.tau,
                "joint_chosen": joint.chosen, "joint_probe_share": joint.probe_share}
-    clock.stop("MMD² and CKA")
-    details.update({"mmd_pairs": mmd_pairs, "cka_bootstrap": cka_count,
-                    "timings_s": clock.stages})
+    details.update({"mmd_pairs": mmd_pairs, "timings_s": clock.stages})
     per_sample = {"pairs": pairs, "teacher_wrong": teacher_wrong,
                   "student_wrong": student_wrong, "disagree": pairs.disagree,
                   "joint_t_wrong": joint_t_wrong, "joint_s_wrong": joint_s_wrong,
