@@ -25,6 +25,9 @@ INTERVAL_TERMS = (
     "ijc_lambda",
     "ijc_gap",
     "pair_disc",
+    # the same-recipe probes beside student_probe_err (THEORY: one recipe, three inputs)
+    "teacher_probe_err",
+    "connected_probe_err",
 )
 
 # Bounds on student_err (THEORY "Bounds"); each also carries _lo/_hi.
@@ -43,14 +46,21 @@ SCALARS = (
     "n_fit",
     "dim",
     "n_classes",
+    # which candidate is ĥ* on the evaluation split ("teacher"/"probe", a string) and
+    # the share of bootstrap replicates in which the probe is ĥ*
+    "joint_chosen",
+    "joint_probe_share",
 )
+
+# Scalars that hold text, not numbers, and the values they may take.
+TEXT_SCALARS = {"joint_chosen": ("teacher", "probe")}
 
 # Identify a row: one row per run x checkpoint x split.
 KEYS = ("run", "method", "dataset", "seed", "epoch", "step", "split", "checkpoint")
 
 # Terms that may legitimately be missing (NaN): the student has no own head, or the
 # caller gave no student-own features.
-OPTIONAL_TERMS = ("student_own_err",)
+OPTIONAL_TERMS = ("student_own_err", "student_probe_err")
 
 
 def interval_columns(term):
@@ -86,7 +96,7 @@ LABELS = {
     "joint_err_T": "joint-probe error, teacher",
     "joint_err_S": "joint-probe error, student",
     "ideal_joint": "ideal joint error $\\hat\\lambda^*$",
-    "student_probe_err": "student probe error",
+    "student_probe_err": "student probe error (own features $s$)",
     "ijc_lambda": "$\\lambda(h_T)$",
     "ijc_gap": "IJC gap",
     "pair_disc": "pair discrepancy",
@@ -96,6 +106,11 @@ LABELS = {
     "bound_logit_markov": "logit Markov bound (exact)",
     "bound_ideal_joint": "ideal-joint bound (exact)",
     "bound_ben_david": "Ben-David bound (estimate)",
+    # same-recipe probes and the choice of the ideal joint classifier
+    "teacher_probe_err": "teacher probe error ($t$)",
+    "connected_probe_err": "connected probe error ($z_S$)",
+    "joint_chosen": "$\\hat h^*$ chosen",
+    "joint_probe_share": "share of replicates with $\\hat h^*$ = probe",
 }
 
 # ---- layers.csv (THEORY "Layers"): one row per stage probe and per stage pair.

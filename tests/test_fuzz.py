@@ -129,7 +129,6 @@ BAD_KWARGS = {
     "mmd_max_n": [0, 5, 10, 12, -1, 1e3],
     "fit_fraction": [0, 1, 0.99, math.nan, "half", 0.3],
     "device": ["cpu", "bogus", "cuda", "cuda:7", 3, "meta"],
-    "cka_bootstrap": [0, 1, None, 2.5, 5],
     "fit": ["fit", (1, 2), {"z_t": 1}, [], None],
 }
 

@@ -80,6 +80,8 @@ def synthetic_bounds(methods=("ce", "kd", "simkd", "ijckd"), epochs=range(0, 21,
                     "joint_err_T": 0.075,
                     "joint_err_S": student - 0.005 - 0.03 * progress * scale_dist,
                     "student_probe_err": student - 0.015,
+                    "teacher_probe_err": TEACHER_ERR + 0.01,
+                    "connected_probe_err": student - 0.01,
                 }
                 values["ideal_joint"] = values["joint_err_T"] + values["joint_err_S"]
                 values["ijc_lambda"] = TEACHER_ERR + student
@@ -102,7 +104,8 @@ def synthetic_bounds(methods=("ce", "kd", "simkd", "ijckd"), epochs=range(0, 21,
                     row[term], row[f"{term}_lo"], row[f"{term}_hi"] = value, lo, hi
                 row.update({"mmd_p": 0.001, "mmd_bandwidth": 3.0, "feat_markov_tau": 1.0,
                             "logit_markov_tau": 1.0, "n_eval": N_EVAL, "n_fit": 5000,
-                            "dim": dim, "n_classes": 10})
+                            "dim": dim, "n_classes": 10, "joint_chosen": "probe",
+                            "joint_probe_share": 0.9})
                 rows.append(row)
     df = pd.DataFrame(rows)
     return df[list(schema.TABLE_COLUMNS)]

@@ -244,25 +244,33 @@ def _manual_joint_error(z_t, z_s, y, weight, bias):
     return err(z_t) + err(z_s)
 
 
-def test_joint_classifier_keeps_the_teacher_when_it_is_ideal():
-    z_t, y = gaussian_classes(200, 4, 4, separation=6.0, seed=10)
-    weight, bias = _teacher(z_t, y, 4)
-    joint = fit_joint_classifier(z_t, z_t + 0.01, y, weight, bias, seed=2)
+def test_joint_probe_is_fitted_on_the_union_of_the_whole_fit_split_pairs_kept_together():
+    z_t, y = gaussian_classes(160, 5, 4, separation=0.7, seed=13)
+    z_s = z_t + 0.8 * torch.randn(z_t.shape, generator=torch.Generator().manual_seed(1),
+                                  dtype=torch.float64)
+    weight = torch.zeros(4, 5, dtype=torch.float64)
+    bias = torch.zeros(4, dtype=torch.float64)
+    joint = fit_joint_classifier(z_t, z_s, y, weight, bias, seed=3, probe_kwargs=TIGHT)
     assert isinstance(joint, JointClassifier)
-    assert joint.chosen == "teacher"
-    assert joint.heldout_joint_err_teacher <= joint.heldout_joint_err_probe
-    assert torch.equal(joint.weight, weight) and torch.equal(joint.bias, bias)
+
+    union = torch.cat([z_t, z_s])
+    union_y = torch.cat([y, y])
+    groups = torch.arange(160).repeat(2)
+    rebuilt = LogisticProbe(seed=3, **TIGHT).fit(union, union_y, num_classes=4, groups=groups)
+    assert joint.l2 == rebuilt.l2_
+    assert torch.allclose(joint.weight, rebuilt.weight_, atol=1e-6)
+    assert torch.allclose(joint.bias, rebuilt.bias_, atol=1e-6)
+    # the nested l2 choice keeps both features of an input on one side
+    fit_idx, held_idx = stratified_split(union_y, 0.25, 3, groups=groups)
+    assert set((fit_idx % 160).tolist()).isdisjoint((held_idx % 160).tolist())
+    # every fit pair enters the final probe: changing any one of them changes it
+    moved_t = z_t.clone()
+    moved_t[int(held_idx[0]) % 160] += 5.0
+    moved = fit_joint_classifier(moved_t, z_s, y, weight, bias, seed=3, probe_kwargs=TIGHT)
+    assert not torch.allclose(moved.weight, joint.weight, atol=1e-6)
 
 
-def test_joint_classifier_ties_go_to_the_teacher():
-    z_t, y = gaussian_classes(120, 3, 3, separation=30.0, seed=11)
-    weight, bias = _teacher(z_t, y, 3)
-    joint = fit_joint_classifier(z_t, z_t.clone(), y, weight, bias)
-    assert joint.heldout_joint_err_teacher == joint.heldout_joint_err_probe == 0.0
-    assert joint.chosen == "teacher"
-
-
-def test_joint_classifier_picks_the_probe_when_the_teacher_fails_on_students():
+def test_joint_probe_separates_both_domains_where_the_teacher_fails_on_students():
     # teacher classes at x0 = -2 / +2 (x1 = 0); the student moved everything by +3 along
     # x0 and +4 along x1, so h_T (boundary x0 = 0) calls every student feature class 1,
     # while the line x0 = 0.75 x1 separates the classes in both domains
@@ -275,53 +283,16 @@ def test_joint_classifier_picks_the_probe_when_the_teacher_fails_on_students():
     weight = torch.tensor([[-1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
     bias = torch.zeros(2, dtype=torch.float64)
 
-    joint = fit_joint_classifier(z_t, z_s, y, weight, bias, seed=4, holdout=0.25)
-    assert joint.chosen == "probe"
-    _, held_idx = stratified_split(y, 0.25, seed=4)
-    held = (z_t[held_idx], z_s[held_idx], y[held_idx])
-    assert joint.heldout_joint_err_teacher == pytest.approx(
-        _manual_joint_error(*held, weight, bias))
-    assert joint.heldout_joint_err_teacher == pytest.approx(0.5, abs=0.05)  # all S -> class 1
-    assert joint.heldout_joint_err_probe == pytest.approx(
-        _manual_joint_error(*held, joint.weight, joint.bias))
-    assert joint.heldout_joint_err_probe < 0.05
+    joint = fit_joint_classifier(z_t, z_s, y, weight, bias, seed=4)
+    assert _manual_joint_error(z_t, z_s, y, weight, bias) == pytest.approx(0.5, abs=0.05)
+    assert _manual_joint_error(z_t, z_s, y, joint.weight, joint.bias) < 0.05
     assert torch.equal(joint.predict(z_s), (z_s @ joint.weight.T + joint.bias).argmax(1))
-
-
-def test_joint_probe_sees_only_the_fitting_part_of_the_fit_pairs():
-    z_t, y = gaussian_classes(160, 5, 4, separation=0.7, seed=13)
-    z_s = z_t + 0.8 * torch.randn(z_t.shape, generator=torch.Generator().manual_seed(1),
-                                  dtype=torch.float64)
-    weight = torch.zeros(4, 5, dtype=torch.float64)  # a useless teacher: the probe wins
-    bias = torch.zeros(4, dtype=torch.float64)
-    joint = fit_joint_classifier(z_t, z_s, y, weight, bias, seed=3, probe_kwargs=TIGHT)
-    assert joint.chosen == "probe"
-
-    part_idx, held_idx = stratified_split(y, 0.25, seed=3)
-    union = torch.cat([z_t[part_idx], z_s[part_idx]])
-    union_y = torch.cat([y[part_idx], y[part_idx]])
-    groups = torch.arange(len(part_idx)).repeat(2)
-    rebuilt = LogisticProbe(seed=3, **TIGHT).fit(union, union_y, num_classes=4, groups=groups)
-    assert joint.l2 == rebuilt.l2_
-    assert torch.allclose(joint.weight, rebuilt.weight_, atol=1e-6)
-
-    # replacing the held-out pairs by their class centroids changes the held-out errors
-    # only, not the probe
-    centroids = torch.stack([z_t[part_idx][y[part_idx] == c].mean(0) for c in range(4)])
-    cleaned_t, cleaned_s = z_t.clone(), z_s.clone()
-    cleaned_t[held_idx] = cleaned_s[held_idx] = centroids[y[held_idx]]
-    again = fit_joint_classifier(cleaned_t, cleaned_s, y, weight, bias, seed=3,
-                                 probe_kwargs=TIGHT)
-    assert again.chosen == "probe"
-    assert torch.equal(again.weight, joint.weight) and again.l2 == joint.l2
-    assert again.heldout_joint_err_probe < joint.heldout_joint_err_probe
 
 
 def test_joint_classifier_probe_output_matches_teacher_dtype_and_class_count():
     z_t, y = gaussian_classes(120, 3, 3, separation=1.0, seed=14)
     weight = torch.zeros(5, 3)  # K = 5 classes, of which the fit split holds three
     joint = fit_joint_classifier(z_t.float(), z_t.float(), y, weight, torch.zeros(5))
-    assert joint.chosen == "probe"
     assert joint.weight.shape == (5, 3) and joint.weight.dtype == torch.float32
     assert torch.isinf(joint.bias[3:]).all()
 
@@ -488,8 +459,7 @@ def test_joint_classifier_on_rows_equals_the_classifier_on_gathered_rows():
     rows = _rows(400, 300, 4)
     on_rows = fit_joint_classifier(z_t, z_s, y, weight, bias, seed=7, rows=rows)
     gathered = fit_joint_classifier(z_t[rows], z_s[rows], y[rows], weight, bias, seed=7)
-    assert on_rows.chosen == gathered.chosen
-    assert on_rows.heldout_joint_err_probe == gathered.heldout_joint_err_probe
+    assert on_rows.l2 == gathered.l2
     assert torch.equal(on_rows.weight, gathered.weight)
     assert torch.equal(on_rows.bias, gathered.bias)
 

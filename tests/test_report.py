@@ -48,7 +48,10 @@ def test_row_has_exactly_the_schema_columns(report):
     assert tuple(row) == schema.ESTIMATE_COLUMNS
     assert row["n_eval"] == 120 and row["n_fit"] == 120
     assert row["dim"] == 6 and row["n_classes"] == 3
-    assert all(isinstance(v, (int, float)) for v in row.values())
+    assert all(isinstance(v, (int, float)) for k, v in row.items()
+               if k not in schema.TEXT_SCALARS)
+    assert row["joint_chosen"] in ("teacher", "probe")
+    assert 0.0 <= row["joint_probe_share"] <= 1.0
 
 
 def test_every_interval_contains_its_value(report):
@@ -88,7 +91,11 @@ def test_indicators_and_margins_agree_with_the_terms(report):
     assert np.mean(ind["teacher_wrong"]) == pytest.approx(row["teacher_err"])
     assert np.mean(ind["student_wrong"]) == pytest.approx(row["student_err"])
     assert np.mean(ind["joint_s_wrong"]) == pytest.approx(row["joint_err_S"])
-    assert np.mean(ind["probe_wrong"]) == pytest.approx(row["student_probe_err"])
+    # no student features: the student probe is missing, probe_wrong is the connected one
+    assert math.isnan(row["student_probe_err"]) and ind["student_probe_wrong"] is None
+    assert np.mean(ind["probe_wrong"]) == pytest.approx(row["connected_probe_err"])
+    assert np.mean(ind["teacher_probe_wrong"]) == pytest.approx(row["teacher_probe_err"])
+    assert np.mean(ind["connected_probe_wrong"]) == pytest.approx(row["connected_probe_err"])
     assert ind["own_wrong"] is None
     margins = report.margins()
     assert set(margins) >= {"sample", "gamma", "distance", "logit_margin", "disagree"}
@@ -177,6 +184,8 @@ def test_sample_order_does_not_change_the_report(report):
     for column in schema.ESTIMATE_COLUMNS:
         if isinstance(a[column], float) and math.isnan(a[column]):
             assert math.isnan(b[column])
+        elif isinstance(a[column], str):
+            assert b[column] == a[column], column
         else:
             assert b[column] == pytest.approx(a[column], rel=1e-9, abs=1e-12), column
     # per-sample outputs follow the samples
@@ -220,6 +229,22 @@ def test_student_features_logits_and_subsample():
                         student_logits=own, mmd_max_n=60, **FAST)
     row = r.row()
     assert r.details["probe_features"] == "s"
+    ind = r.indicators()
+    assert np.mean(ind["student_probe_wrong"]) == pytest.approx(row["student_probe_err"])
+    assert np.array_equal(ind["probe_wrong"], ind["student_probe_wrong"])
+    # the same recipe on three inputs: fit rows, L2 grid, nested selection and seed
+    from ijckd_bounds.estimators.intervals import derived_seed
+    from ijckd_bounds.estimators.probes import LogisticProbe
+    from ijckd_bounds.estimators.report import _canonical_order
+
+    fit_rows = _canonical_order([fit[0], fit[1], fit[2], s_fit])  # the report's fit order
+    for name, x_fit, x in (("teacher", fit[0], z_t), ("student", s_fit, s),
+                           ("connected", fit[1], z_s)):
+        probe = LogisticProbe(seed=derived_seed(0, "probes") % 2**31).fit(
+            x_fit, fit[2], num_classes=3, rows=fit_rows)
+        expected = float((probe.predict(x) != y).double().mean())
+        assert row[f"{name}_probe_err"] == pytest.approx(expected), name
+        assert r.details[f"{name}_probe_l2"] == probe.l2_, name
     expected_own = float((own.argmax(1) != y).double().mean())
     assert row["student_own_err"] == pytest.approx(expected_own)
     assert row["student_own_err_lo"] <= row["student_own_err"] <= row["student_own_err_hi"]
@@ -303,3 +328,74 @@ def test_input_errors_are_one_line(name):
     with pytest.raises(IJCKDError, match=message) as info:
         estimate_bounds(*args, **{**FAST, **kwargs})
     assert "\n" not in str(info.value)
+
+
+def test_canonical_indicators_and_the_reports_own_bootstrap(report):
+    """``indicators(canonical=True)`` with ``paired_bootstrap()`` rebuild the report's own
+    intervals."""
+    given, canonical = report.indicators(), report.indicators(canonical=True)
+    assert set(given) == set(canonical)
+    sample = canonical["sample"]
+    assert sorted(sample.tolist()) == list(range(120))
+    assert np.array_equal(given["sample"], np.arange(120))
+    for name, values in canonical.items():
+        if values is not None:
+            assert np.array_equal(values, given[name][sample]), name
+    bootstrap = report.paired_bootstrap()
+    assert bootstrap.weights.shape == (report.details["n_bootstrap"], 120)
+    wrong = canonical["teacher_wrong"].astype(np.float64) \
+        + canonical["student_wrong"].astype(np.float64)
+    replicates = bootstrap.weights.double().numpy() @ wrong / 120
+    rebuilt = bootstrap.estimate(wrong.mean(), torch.from_numpy(replicates))
+    assert (rebuilt.lo, rebuilt.hi) == pytest.approx(
+        (report["ijc_lambda"].lo, report["ijc_lambda"].hi), abs=1e-12)
+
+
+def test_joint_choice_is_made_on_the_evaluation_split_with_teacher_on_a_tie():
+    """h_T is the Bayes classifier of both domains (z_S = z_T): the probe can at best tie,
+    so ĥ* = h_T, ijc_gap = 0 and every replicate's gap is >= 0."""
+    args, fit = _split(_case(n=240, noise=0.0), 120)
+    r = estimate_bounds(*args, fit=fit, **FAST)
+    row = r.row()
+    counts = r.indicators()
+    teacher = counts["teacher_wrong"].sum() + counts["student_wrong"].sum()
+    assert row["ijc_gap"] >= 0 and row["ijc_gap_lo"] >= 0
+    if row["joint_chosen"] == "teacher":
+        assert row["ideal_joint"] == pytest.approx(teacher / 120)
+    else:  # the probe's count is strictly smaller on the evaluation split
+        joint = counts["joint_t_wrong"].sum() + counts["joint_s_wrong"].sum()
+        assert joint < teacher
+    assert row["bound_ideal_joint"] >= row["student_err"]
+
+
+def test_a_better_probe_is_chosen_and_its_gap_interval_is_above_zero():
+    # the student is shifted across h_T's boundaries; a joint linear probe fixes part of it
+    z_t, z_s, y, weight, bias = _case(n=400, noise=0.3, seed=3)
+    z_s = z_s + 1.5 * weight[0] / weight[0].norm()
+    args, fit = _split((z_t, z_s, y, weight, bias), 200)
+    row = estimate_bounds(*args, fit=fit, **FAST).row()
+    assert row["joint_chosen"] == "probe" and row["joint_probe_share"] > 0.9
+    assert row["ijc_gap"] > 0 and row["ijc_gap_lo"] > 0
+    assert row["ideal_joint"] < row["ijc_lambda"]
+    assert row["bound_ideal_joint"] >= row["student_err"]
+
+
+def test_duplicate_features_lose_only_mmd_and_keep_the_bounds():
+    """Most feature rows equal: no median bandwidth, so mmd2/mmd_p are missing with a
+    note; the report and bounds 1-3 are still there."""
+    z_t, z_s, y, weight, bias = _case(n=200, seed=4)
+    dup = torch.arange(200) % 10 != 0  # 90% of the rows are one point
+    z_t, z_s = z_t.clone(), z_s.clone()
+    point = z_t[0].clone()
+    z_t[dup] = point
+    z_s[dup] = point
+    args, fit = _split((z_t, z_s, y, weight, bias), 100)
+    r = estimate_bounds(*args, fit=fit, **FAST)
+    row = r.row()
+    assert math.isnan(row["mmd2"]) and math.isnan(row["mmd2_lo"]) and math.isnan(row["mmd_p"])
+    assert "not measured" in r["mmd2"].method
+    note = next(note for note in r.notes if note.startswith("mmd2 and mmd_p not measured"))
+    assert "bandwidth" in note and "pass" not in note
+    for name in schema.EXACT_BOUNDS:
+        assert row[name] >= row["student_err"], name
+    assert not math.isnan(row["bound_ideal_joint"]) and not math.isnan(row["feat_cka"])

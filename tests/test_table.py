@@ -17,7 +17,7 @@ def make_row(run="r", checkpoint="epoch_0001.pt", epoch=1, value=0.2):
     for term in schema.INTERVAL_TERMS + schema.BOUNDS:
         row[term], row[f"{term}_lo"], row[f"{term}_hi"] = value, value - 0.05, value + 0.05
     row.update(run=run, method="kd", dataset="digits", seed=0, epoch=epoch, step=10 * epoch,
-               split="eval", checkpoint=checkpoint)
+               split="eval", checkpoint=checkpoint, joint_chosen="teacher")
     return row
 
 
@@ -41,6 +41,16 @@ def test_schema_is_checked_on_write(tmp_path):
     with pytest.raises(IJCKDError, match="student_err = 0.2 lies outside its interval"):
         table.append_bounds(tmp_path / "bounds.csv", [row])
     assert not (tmp_path / "bounds.csv").exists()
+
+
+def test_joint_chosen_is_text_and_checked(tmp_path):
+    path = tmp_path / "bounds.csv"
+    table.append_bounds(path, [make_row(checkpoint="a.pt")])
+    df = table.append_bounds(path, [dict(make_row(checkpoint="b.pt"), joint_chosen="probe")])
+    assert table.read_table(path)["joint_chosen"].tolist() == ["teacher", "probe"]
+    assert len(df) == 2
+    with pytest.raises(IJCKDError, match="joint_chosen must be one of teacher, probe"):
+        table.append_bounds(path, [dict(make_row(checkpoint="c.pt"), joint_chosen="h_T")])
 
 
 def test_nan_optional_term_is_allowed(tmp_path):

@@ -1,10 +1,25 @@
 """Estimators of the THEORY.md bound terms: pure functions on tensors, one report shell.
 
 ``estimate_bounds(z_t, z_s, y, weight, bias, ...) -> BoundsReport`` computes everything;
-the term functions below compute one term each and return an ``Estimate``.
+the term functions below compute one term each and return an ``Estimate``: the classifier
+and feature terms in ``terms``, ``feat_cka`` in ``cka``, ``mmd2`` in ``mmd``, the composite
+terms (``ideal_joint``, ``ijc_lambda``, ``ijc_gap``, ``pair_disc``, ``bound_ideal_joint``,
+``bound_ben_david``, ``proxy_a``) in ``composite``.
 """
 
-from ijckd_bounds.estimators.cka import debiased_cka, feat_cka, hsic_terms
+from ijckd_bounds.estimators.cka import cka_jackknife, debiased_cka, feat_cka, hsic_terms
+from ijckd_bounds.estimators.composite import (
+    JointChoice,
+    bound_ben_david,
+    bound_ideal_joint,
+    choose_joint,
+    ideal_joint,
+    ijc_gap,
+    ijc_lambda,
+    joint_errors,
+    pair_disc,
+    proxy_a,
+)
 from ijckd_bounds.estimators.connector import RidgeConnector, fit_connector
 from ijckd_bounds.estimators.intervals import (
     Estimate,
@@ -14,7 +29,15 @@ from ijckd_bounds.estimators.intervals import (
     percentile_interval,
     proportion,
 )
-from ijckd_bounds.estimators.mmd import MMDTest, median_bandwidth, mmd2
+from ijckd_bounds.estimators.mmd import MMDTest, NoBandwidth, median_bandwidth, mmd2
+from ijckd_bounds.estimators.probes import (
+    DomainClassifier,
+    JointClassifier,
+    LogisticProbe,
+    domain_errors,
+    fit_joint_classifier,
+    proxy_a_distance,
+)
 from ijckd_bounds.estimators.report import (
     BoundsReport,
     estimate_bounds,
@@ -43,6 +66,26 @@ from ijckd_bounds.estimators.terms import (
 )
 
 __all__ = [
+    # the composite terms, the choice of ĥ*, the probes and CKA's jackknife
+    "DomainClassifier",
+    "JointChoice",
+    "JointClassifier",
+    "LogisticProbe",
+    "NoBandwidth",
+    "bound_ben_david",
+    "bound_ideal_joint",
+    "choose_joint",
+    "cka_jackknife",
+    "domain_errors",
+    "fit_joint_classifier",
+    "ideal_joint",
+    "ijc_gap",
+    "ijc_lambda",
+    "joint_errors",
+    "pair_disc",
+    "proxy_a",
+    "proxy_a_distance",
+    # the report and the classifier and feature terms
     "BoundsReport",
     "Estimate",
     "MMDTest",

@@ -1,7 +1,7 @@
 """One pass over the pairwise matrices of paired features, block by block.
 
-MMD² (a Gaussian kernel on the pooled sample) and the bootstrap of debiased linear CKA
-both need quadratic forms ``vᵀ M v`` of n×n matrices built from the Gram products of
+MMD² (a Gaussian kernel on the pooled sample), its permutation test and its bootstrap
+need quadratic forms ``vᵀ H v`` of the n×n matrix H built from the Gram products of
 ``t`` and ``s``. Forming them would take O(n²) memory (20 GB at n = 50,000), so this pass
 walks over row blocks of the upper triangle (symmetric matrices: each off-diagonal block
 counts twice), computing the Gram products of the block once and handing every
@@ -74,16 +74,15 @@ def matmul_nt(a, b, bias=None):
 
 @dataclass(frozen=True)
 class PassSums:
-    """Results of ``paired_block_pass`` (float64 CPU tensors or None).
+    """Results of ``paired_block_pass`` (float64 CPU tensors; mmd_quad None without
+    vectors).
 
     mmd_total: scalar ``Σ_{i≠j} H_ij``; mmd_quad (V,): ``v_cᵀ H v_c`` (zero diagonal) per
-    column of ``mmd_vectors``; cka_quad (3, C): ``w_cᵀ (K∘L) w_c``, ``w_cᵀ (K∘K) w_c``,
-    ``w_cᵀ (L∘L) w_c`` with ``K = t tᵀ``, ``L = s sᵀ`` (diagonals included).
+    column of ``mmd_vectors``.
     """
 
     mmd_total: torch.Tensor | None
     mmd_quad: torch.Tensor | None
-    cka_quad: torch.Tensor | None
 
 
 def default_block_rows(n):
@@ -100,34 +99,31 @@ def default_block_rows(n):
     return int(max(64, min(4096, _BLOCK_BYTES // (8 * max(n, 1)))))
 
 
-def _upper_quadratic(blocks, vectors, start, stop, *, groups):
-    """Contribution of one row block to ``v_cᵀ M v_c`` for symmetric matrices M.
+def _upper_quadratic(block, vectors, start, stop):
+    """Contribution of one row block to ``v_cᵀ M v_c`` for a symmetric matrix M.
 
-    blocks (groups·b, m), contiguous: rows start..stop-1 of each of ``groups`` matrices,
-    columns start..n-1 (upper triangle); vectors (n, C). The diagonal block counts once,
-    the blocks right of it twice (for their mirror images): the diagonal block is halved
-    in place (exact in binary) and the whole row block doubled, which makes it one
-    product instead of two. Returns (groups, C) float64.
+    block (b, m), contiguous: rows start..stop-1 of M, columns start..n-1 (upper
+    triangle); vectors (n, C). The diagonal block counts once, the blocks right of it
+    twice (for their mirror images): the diagonal block is halved in place (exact in
+    binary) and the whole row block doubled, which makes it one product instead of two.
+    Returns (C,) float64.
     """
     b = stop - start
-    blocks.view(groups, b, -1)[:, :, :b] *= 0.5
-    near = matmul_nt(blocks, vectors[start:].T).view(groups, b, -1)
-    return 2.0 * (near * vectors[start:stop][None]).sum(dim=1, dtype=torch.float64)
+    block[:, :b] *= 0.5
+    near = matmul_nt(block, vectors[start:].T)
+    return 2.0 * (near * vectors[start:stop]).sum(dim=0, dtype=torch.float64)
 
 
-def paired_block_pass(t, s, *, bandwidth=None, mmd_vectors=None, cka_weights=None,
-                      block_rows=None):
-    """Walk the upper triangle of the pairwise matrices of t, s (n, d), paired by row.
+def paired_block_pass(t, s, *, bandwidth, mmd_vectors=None, block_rows=None):
+    """Walk the upper triangle of the MMD matrix H of t, s (n, d), paired by row.
 
     Args:
         t, s: (n, d) features, same dtype and device (centred by the caller).
-        bandwidth: Gaussian kernel bandwidth σ; ``None`` skips the MMD part.
+        bandwidth: Gaussian kernel bandwidth σ:
             ``H_ij = k(t_i,t_j) + k(s_i,s_j) − k(t_i,s_j) − k(s_i,t_j)``, ``H_ii = 0``,
             ``k(a, b) = exp(−‖a − b‖²/(2σ²))``.
         mmd_vectors: (n, V) vectors for the quadratic forms of H (sign vectors of the
             permutation test, bootstrap count weights), or None.
-        cka_weights: (n, C) count weights for the quadratic forms of the linear-kernel
-            products, or None (skips the CKA part).
         block_rows: rows per block (default ``default_block_rows(n)``).
 
     Returns:
@@ -136,20 +132,13 @@ def paired_block_pass(t, s, *, bandwidth=None, mmd_vectors=None, cka_weights=Non
     n = t.shape[0]
     block_rows = block_rows or default_block_rows(n)
     dtype = t.dtype
-    do_mmd = bandwidth is not None
-    do_cka = cka_weights is not None
-    if do_mmd:
-        scale = 1.0 / (2.0 * float(bandwidth) ** 2)
-        norms_t = (t * t).sum(dim=1)
-        norms_s = (s * s).sum(dim=1)
-        mmd_total = torch.zeros((), dtype=torch.float64, device=t.device)
-        if mmd_vectors is not None:
-            mmd_vectors = mmd_vectors.to(device=t.device, dtype=dtype).contiguous()
-            mmd_quad = torch.zeros(mmd_vectors.shape[1], dtype=torch.float64, device=t.device)
-    if do_cka:
-        # (n, C) row-major: its row slices are then dense for the products
-        cka_weights = cka_weights.to(device=t.device, dtype=dtype).contiguous()
-        cka_quad = torch.zeros(3, cka_weights.shape[1], dtype=torch.float64, device=t.device)
+    scale = 1.0 / (2.0 * float(bandwidth) ** 2)
+    norms_t = (t * t).sum(dim=1)
+    norms_s = (s * s).sum(dim=1)
+    mmd_total = torch.zeros((), dtype=torch.float64, device=t.device)
+    if mmd_vectors is not None:
+        mmd_vectors = mmd_vectors.to(device=t.device, dtype=dtype).contiguous()
+        mmd_quad = torch.zeros(mmd_vectors.shape[1], dtype=torch.float64, device=t.device)
 
     for start in range(0, n, block_rows):
         stop = min(start + block_rows, n)
@@ -157,38 +146,24 @@ def paired_block_pass(t, s, *, bandwidth=None, mmd_vectors=None, cka_weights=Non
         rows = torch.cat([t[start:stop], s[start:stop]])  # (2b, d)
         gram_t = matmul_nt(rows, t[start:])  # [t_i·t_j ; s_i·t_j], j >= start: (2b, m)
         gram_s = matmul_nt(rows, s[start:])  # [t_i·s_j ; s_i·s_j]
-
-        if do_cka:
-            linear_t, linear_s = gram_t[:b], gram_s[b:]
-            products = torch.empty(3 * b, linear_t.shape[1], dtype=dtype, device=t.device)
-            torch.mul(linear_t, linear_s, out=products[:b])
-            torch.mul(linear_t, linear_t, out=products[b:2 * b])
-            torch.mul(linear_s, linear_s, out=products[2 * b:])
-            cka_quad += _upper_quadratic(products, cka_weights, start, stop, groups=3)
-            del products
-
-        if do_mmd:
-            row_norms = torch.cat([norms_t[start:stop], norms_s[start:stop]])
-            left = torch.stack([row_norms, torch.ones_like(row_norms)], dim=1)  # (2b, 2)
-            for gram, col_norms in ((gram_t, norms_t[start:]), (gram_s, norms_s[start:])):
-                # −(‖a‖² + ‖b‖² − 2ab)/(2σ²) in one pass: the norms enter as a rank-2
-                # update; the clamp guards rounding below 0 before the exp
-                right = torch.stack([torch.ones_like(col_norms), col_norms])  # (2, m)
-                gram.addmm_(left, right, beta=2.0 * scale, alpha=-scale)
-                gram.clamp_(max=0.0).exp_()
-            h = gram_t[:b]  # H = k(t,t) + k(s,s) − k(t,s) − k(s,t), in place
-            h += gram_s[b:]
-            h -= gram_s[:b]
-            h -= gram_t[b:]
-            h.diagonal().zero_()
-            mmd_total += h[:, :b].sum(dtype=torch.float64) \
-                + 2.0 * h[:, b:].sum(dtype=torch.float64)
-            if mmd_vectors is not None:
-                mmd_quad += _upper_quadratic(h, mmd_vectors, start, stop, groups=1)[0]
+        row_norms = torch.cat([norms_t[start:stop], norms_s[start:stop]])
+        left = torch.stack([row_norms, torch.ones_like(row_norms)], dim=1)  # (2b, 2)
+        for gram, col_norms in ((gram_t, norms_t[start:]), (gram_s, norms_s[start:])):
+            # −(‖a‖² + ‖b‖² − 2ab)/(2σ²) in one pass: the norms enter as a rank-2
+            # update; the clamp guards rounding below 0 before the exp
+            right = torch.stack([torch.ones_like(col_norms), col_norms])  # (2, m)
+            gram.addmm_(left, right, beta=2.0 * scale, alpha=-scale)
+            gram.clamp_(max=0.0).exp_()
+        h = gram_t[:b]  # H = k(t,t) + k(s,s) − k(t,s) − k(s,t), in place
+        h += gram_s[b:]
+        h -= gram_s[:b]
+        h -= gram_t[b:]
+        h.diagonal().zero_()
+        mmd_total += h[:, :b].sum(dtype=torch.float64) \
+            + 2.0 * h[:, b:].sum(dtype=torch.float64)
+        if mmd_vectors is not None:
+            mmd_quad += _upper_quadratic(h, mmd_vectors, start, stop)
         del gram_t, gram_s
 
-    return PassSums(
-        mmd_total=mmd_total.cpu() if do_mmd else None,
-        mmd_quad=mmd_quad.cpu() if do_mmd and mmd_vectors is not None else None,
-        cka_quad=cka_quad.cpu() if do_cka else None,
-    )
+    return PassSums(mmd_total=mmd_total.cpu(),
+                    mmd_quad=mmd_quad.cpu() if mmd_vectors is not None else None)

@@ -15,12 +15,20 @@ feature-space expression, so the estimate costs O(n·d²), not O(n²·d)::
 HSIC_u is invariant to shifting all x_i by one vector (its pieces combine into doubly
 centred forms), so centring the features first changes nothing but the rounding.
 
-Bootstrap. A resample with counts w is a multiset; HSIC_u on it keeps pairs of distinct
-copies of one sample. Only ``tr(K̃L̃)`` then needs the n×n matrix: it is
-``wᵀ(K∘L)w − Σ_i w_i K_ii L_ii``, and ``wᵀ(K∘L)w`` comes from the block pass shared
-with MMD (``blockpass``). Its cost grows with the number of replicates like the MMD
-bootstrap, so by default only the first ``CKA_BOOTSTRAP`` rows of the common bootstrap
-weights are used (the ``method`` string says how many).
+Interval: a delete-one jackknife. A bootstrap resample holds copies of one sample, and
+HSIC_u on it counts the pairs of copies, exactly the ``i = j`` terms the unbiased
+estimator leaves out: at n ≲ 2d its replicates drift above the estimate and the interval
+covers about half the time. The n leave-one-out estimates need no n×n matrix either:
+leaving out sample k changes each piece by rank-one terms of row k::
+
+    tr(K̃L̃)₋ₖ = tr(K̃L̃) − 2(x_kᵀ(XᵀY)y_k − ‖x_k‖²‖y_k‖²)
+    1ᵀK̃1₋ₖ   = 1ᵀK̃1 − 2(K̃1)_k
+    1ᵀK̃L̃1₋ₖ = 1ᵀK̃L̃1 − (K̃1)_k(L̃1)_k − y_k·Yᵀ(K̃1) − x_k·Xᵀ(L̃1) + (K̃1)_k L_kk
+                + K_kk (L̃1)_k + x_kᵀ(XᵀY)y_k − ‖x_k‖²‖y_k‖²
+
+so the jackknife costs O(n·d²) like the estimate. The interval is
+``value ± t_{n−1} · se_jack``, ``se_jack² = (n−1)/n · Σ_k (θ₋ₖ − θ̄)²``, centred on the
+estimate.
 """
 
 import math
@@ -28,20 +36,10 @@ import math
 import torch
 
 from ijckd_bounds.errors import IJCKDError
-from ijckd_bounds.estimators.blockpass import paired_block_pass
-from ijckd_bounds.estimators.intervals import Estimate, PairedBootstrap
-from ijckd_bounds.estimators.rowwise import (
-    centred_sq_norms64,
-    column_mean64,
-    linear64,
-    project64,
-    row_blocks,
-    weighted_sum64,
-)
+from ijckd_bounds.estimators.intervals import Estimate, check_level
+from ijckd_bounds.estimators.rowwise import column_mean64, project64, row_blocks
 
-__all__ = ["CKA_BOOTSTRAP", "hsic_terms", "debiased_cka", "cka_replicates", "feat_cka"]
-
-CKA_BOOTSTRAP = 200
+__all__ = ["hsic_terms", "debiased_cka", "cka_jackknife", "feat_cka"]
 
 
 def _hsic(tr_kl, sum_k, sum_l, sum_kl, m):
@@ -50,13 +48,8 @@ def _hsic(tr_kl, sum_k, sum_l, sum_kl, m):
         / (m * (m - 3))
 
 
-def hsic_terms(x, y, order=None):
-    """``(HSIC_u(K,L), HSIC_u(K,K), HSIC_u(L,L))`` as floats, linear kernels, O(n·d²).
-
-    x (n, d_x), y (n, d_y): paired rows, n >= 4. Computed in float64 on centred rows, a
-    block of rows at a time (no float64 copy of x or y). ``order``: the rows to use, in
-    that order (default all).
-    """
+def _first_pass(x, y, order):
+    """Means, Gram products and per-row pieces of centred x, y (float64)."""
     n = x.shape[0] if order is None else order.shape[0]
     if n < 4:
         raise IJCKDError(f"debiased CKA needs at least 4 samples, got {n}")
@@ -80,19 +73,39 @@ def hsic_terms(x, y, order=None):
     # (K̃1)_i = x_i·Σ_j x_j − ‖x_i‖², x centred
     row_k = project64(x, sx, order) - float(mean_x @ sx) - nx
     row_l = project64(y, sy, order) - float(mean_y @ sy) - ny
+    return dict(n=n, mean_x=mean_x, mean_y=mean_y, xty=xty, xtx=xtx, yty=yty, sx=sx, sy=sy,
+                nx=nx, ny=ny, row_k=row_k, row_l=row_l)
 
-    def frob2(prod):
-        return float((prod * prod).sum())
 
-    sum_k = float(sx @ sx - nx.sum())
-    sum_l = float(sy @ sy - ny.sum())
-    hsic_kl = _hsic(frob2(xty) - float((nx * ny).sum()), sum_k, sum_l,
-                    float((row_k * row_l).sum()), n)
-    hsic_kk = _hsic(frob2(xtx) - float((nx * nx).sum()), sum_k, sum_k,
-                    float((row_k * row_k).sum()), n)
-    hsic_ll = _hsic(frob2(yty) - float((ny * ny).sum()), sum_l, sum_l,
-                    float((row_l * row_l).sum()), n)
-    return hsic_kl, hsic_kk, hsic_ll
+def _frob2(prod):
+    return float((prod * prod).sum())
+
+
+def _pieces(p):
+    """The full-sample pieces ``(tr, 1ᵀK̃1, 1ᵀL̃1, 1ᵀK̃L̃1)`` of the three HSICs."""
+    nx, ny, row_k, row_l = p["nx"], p["ny"], p["row_k"], p["row_l"]
+    sum_k = float(p["sx"] @ p["sx"] - nx.sum())
+    sum_l = float(p["sy"] @ p["sy"] - ny.sum())
+    return {
+        "kl": (_frob2(p["xty"]) - float((nx * ny).sum()), sum_k, sum_l,
+               float((row_k * row_l).sum())),
+        "kk": (_frob2(p["xtx"]) - float((nx * nx).sum()), sum_k, sum_k,
+               float((row_k * row_k).sum())),
+        "ll": (_frob2(p["yty"]) - float((ny * ny).sum()), sum_l, sum_l,
+               float((row_l * row_l).sum())),
+    }
+
+
+def hsic_terms(x, y, order=None):
+    """``(HSIC_u(K,L), HSIC_u(K,K), HSIC_u(L,L))`` as floats, linear kernels, O(n·d²).
+
+    x (n, d_x), y (n, d_y): paired rows, n >= 4. Computed in float64 on centred rows, a
+    block of rows at a time (no float64 copy of x or y). ``order``: the rows to use, in
+    that order (default all).
+    """
+    p = _first_pass(x, y, order)
+    pieces = _pieces(p)
+    return tuple(_hsic(*pieces[name], p["n"]) for name in ("kl", "kk", "ll"))
 
 
 def _ratio(hsic_kl, hsic_kk, hsic_ll):
@@ -111,77 +124,83 @@ def debiased_cka(x, y, order=None):
     return _ratio(*hsic_terms(x, y, order))
 
 
-def cka_replicates(x, y, weights, quad, *, chunk=128):
-    """Debiased CKA on bootstrap resamples.
+def _leave_one_out(p, x, y, order):
+    """Per sample k (n,) float64: the pieces of the three HSICs without sample k."""
+    n, mean_x, mean_y = p["n"], p["mean_x"], p["mean_y"]
+    nx, ny, row_k, row_l = p["nx"], p["ny"], p["row_k"], p["row_l"]
+    options = dict(dtype=torch.float64, device=x.device)
+    # x_kᵀ(XᵀY)y_k, x_kᵀ(XᵀX)x_k, y_kᵀ(YᵀY)y_k and the sums Xᵀ(K̃1), Yᵀ(K̃1), Xᵀ(L̃1), Yᵀ(L̃1)
+    q_kl, q_kk, q_ll = (torch.empty(n, **options) for _ in range(3))
+    xa, ya = torch.zeros(x.shape[1], **options), torch.zeros(y.shape[1], **options)
+    xb_, yb_ = torch.zeros(x.shape[1], **options), torch.zeros(y.shape[1], **options)
+    for rows in row_blocks(n):
+        index = rows if order is None else order[rows]
+        xb = x[index].to(torch.float64) - mean_x
+        yb = y[index].to(torch.float64) - mean_y
+        q_kl[rows] = ((xb @ p["xty"]) * yb).sum(dim=1)
+        q_kk[rows] = ((xb @ p["xtx"]) * xb).sum(dim=1)
+        q_ll[rows] = ((yb @ p["yty"]) * yb).sum(dim=1)
+        xa += row_k[rows] @ xb
+        ya += row_k[rows] @ yb
+        xb_ += row_l[rows] @ xb
+        yb_ += row_l[rows] @ yb
 
-    x (n, d_x), y (n, d_y): the (centred) features the block pass saw; weights (C, n)
-    count weights; quad (3, C): ``wᵀ(K∘L)w, wᵀ(K∘K)w, wᵀ(L∘L)w`` from ``paired_block_pass``.
-    Float64 sums over blocks of rows (no float64 copy of x or y).
-    Returns (C,) float64 (NaN where undefined).
+    def centred_project(z, mean, v):
+        return project64(z, v, order) - float(mean @ v)
+
+    # Σ_{i≠k} (K̃1)_i L_ik etc.: y_k·Yᵀ(K̃1) − (K̃1)_k L_kk
+    k_l = centred_project(y, mean_y, ya) - row_k * ny    # Σ_{i≠k} (K̃1)_i L_ik
+    l_k = centred_project(x, mean_x, xb_) - row_l * nx   # Σ_{i≠k} K_ik (L̃1)_i
+    k_k = centred_project(x, mean_x, xa) - row_k * nx    # Σ_{i≠k} (K̃1)_i K_ik
+    l_l = centred_project(y, mean_y, yb_) - row_l * ny   # Σ_{i≠k} (L̃1)_i L_ik
+    full = _pieces(p)
+
+    def drop(name, q, kk_diag, a, b, a_b, b_a):
+        tr, sum_a, sum_b, sum_ab = full[name]
+        cross = q - kk_diag  # Σ_{i≠k} K_ik L_ik
+        return (tr - 2.0 * cross, sum_a - 2.0 * a, sum_b - 2.0 * b,
+                sum_ab - a * b - a_b - b_a + cross)
+
+    return {
+        "kl": drop("kl", q_kl, nx * ny, row_k, row_l, k_l, l_k),
+        "kk": drop("kk", q_kk, nx * nx, row_k, row_k, k_k, k_k),
+        "ll": drop("ll", q_ll, ny * ny, row_l, row_l, l_l, l_l),
+    }
+
+
+def cka_jackknife(x, y, order=None):
+    """Debiased linear CKA and its n leave-one-out values, in O(n·d²).
+
+    x (n, d_x), y (n, d_y): paired rows (of them the rows ``order`` when given), n >= 5.
+    Returns ``(value, loo)``: a float and (n,) float64 on x's device, ``loo[k]`` the
+    debiased CKA of the samples without sample k (NaN where a feature set is constant).
     """
-    zero = torch.zeros((), dtype=torch.float64, device=x.device)
-    nx, ny = centred_sq_norms64(x, zero), centred_sq_norms64(y, zero)
-    out = []
-    for start in range(0, weights.shape[0], chunk):
-        w = weights[start:start + chunk].to(device=x.device, dtype=torch.float64)
-        q = quad[:, start:start + chunk].to(device=x.device, dtype=torch.float64)
-        m = w.sum(dim=1)
-        sx, sy = weighted_sum64(w, x), weighted_sum64(w, y)  # (c, d): Xᵀw per replicate
-        # (c, n): (K̃1) for a copy of sample i
-        no_bias = torch.zeros(w.shape[0], dtype=torch.float64, device=x.device)
-        row_k = linear64(x, sx, no_bias).T - nx
-        row_l = linear64(y, sy, no_bias).T - ny
-        sum_k = (sx * sx).sum(dim=1) - w @ nx
-        sum_l = (sy * sy).sum(dim=1) - w @ ny
-        hsic_kl = _hsic(q[0] - w @ (nx * ny), sum_k, sum_l, (w * row_k * row_l).sum(dim=1), m)
-        hsic_kk = _hsic(q[1] - w @ (nx * nx), sum_k, sum_k, (w * row_k * row_k).sum(dim=1), m)
-        hsic_ll = _hsic(q[2] - w @ (ny * ny), sum_l, sum_l, (w * row_l * row_l).sum(dim=1), m)
-        out.append(_ratio(hsic_kl, hsic_kk, hsic_ll))
-    return torch.cat(out).cpu()
+    p = _first_pass(x, y, order)
+    n = p["n"]
+    if n < 5:
+        raise IJCKDError(f"the jackknife of debiased CKA needs at least 5 samples, got {n}")
+    pieces = _pieces(p)
+    value = _ratio(*(_hsic(*pieces[name], n) for name in ("kl", "kk", "ll")))
+    loo = _leave_one_out(p, x, y, order)
+    m = n - 1
+    return value, _ratio(*(_hsic(*loo[name], m) for name in ("kl", "kk", "ll")))
 
 
-def cka_replicate_count(n_bootstrap, max_bootstrap):
-    if max_bootstrap is None:
-        return n_bootstrap
-    return max(1, min(n_bootstrap, int(max_bootstrap)))
+def feat_cka(z_t, z_s, *, level=0.95, order=None):
+    """Debiased linear CKA of z_t (n, d_t) and z_s (n, d_s) (their rows ``order`` when
+    given) with a delete-one jackknife interval ``value ± t_{n−1, (1+level)/2} · se_jack``
+    (``Estimate``; missing when a feature set is constant)."""
+    from scipy.special import stdtrit  # the t quantile, without scipy.stats' overhead
 
-
-def feat_cka(z_t, z_s, *, level=0.95, bootstrap=None, n_bootstrap=1000, seed=0,
-             max_bootstrap=CKA_BOOTSTRAP, block_rows=None):
-    """Debiased linear CKA of z_t (n, d_t) and z_s (n, d_s) with a paired-bootstrap
-    interval from the first ``max_bootstrap`` resamples of ``bootstrap`` (None: all)."""
-    n = z_t.shape[0]
-    if z_s.shape[0] != n:
+    level = check_level(level)
+    n = z_t.shape[0] if order is None else order.shape[0]
+    if order is None and z_s.shape[0] != n:
         raise IJCKDError(f"`z_s` must have {n} rows like `z_t` (paired samples), "
                          f"got {z_s.shape[0]}")
-    if bootstrap is None:
-        bootstrap = PairedBootstrap(n, n_bootstrap, seed, level=level, device=z_t.device)
-    elif bootstrap.n != n:
-        raise IJCKDError(f"`bootstrap` resamples {bootstrap.n} samples, the features have {n}")
-    value = debiased_cka(z_t, z_s)
-    if math.isnan(value):
-        return Estimate.missing(n, bootstrap.level, "a feature set is constant")
-    count = cka_replicate_count(bootstrap.n_bootstrap, max_bootstrap)
-    dtype = torch.float64 if z_t.dtype == torch.float64 else torch.float32
-    # centred copies in the pass's dtype (the means in float64); the pass pairs rows of
-    # equal width, which CKA itself does not need: the narrower side is padded with zeros
-    width = max(z_t.shape[1], z_s.shape[1])
-
-    def centred(z):
-        out = torch.zeros(n, width, dtype=dtype, device=z.device)
-        out[:, :z.shape[1]] = z
-        return out.sub_(torch.nn.functional.pad(column_mean64(z), (0, width - z.shape[1]))
-                        .to(dtype))
-
-    x, y = centred(z_t), centred(z_s)
-    weights = bootstrap.weights[:count]
-    sums = paired_block_pass(x, y, cka_weights=weights.T, block_rows=block_rows)
-    replicates = cka_replicates(x, y, weights, sums.cka_quad)
-    return bootstrap.estimate(value, replicates, method=cka_method(bootstrap, count))
-
-
-def cka_method(bootstrap, count):
-    if count == bootstrap.n_bootstrap:
-        return bootstrap.method
-    return (f"paired bootstrap percentile (first {count} of the B={bootstrap.n_bootstrap} "
-            f"resamples, seed={bootstrap.seed})")
+    value, loo = cka_jackknife(z_t, z_s, order)
+    if math.isnan(value) or not bool(torch.isfinite(loo).all()):
+        return Estimate.missing(n, level, "a feature set is constant")
+    spread = float(((loo - loo.mean()) ** 2).sum())
+    half = float(stdtrit(n - 1, 0.5 + level / 2)) * math.sqrt((n - 1) / n * spread)
+    return Estimate(value, value - half, value + half, n,
+                    f"delete-one jackknife (n={n}), t interval", level)

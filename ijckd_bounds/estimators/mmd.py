@@ -22,14 +22,19 @@ import torch
 
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.blockpass import paired_block_pass
-from ijckd_bounds.estimators.cka import cka_replicate_count, cka_replicates
 from ijckd_bounds.estimators.intervals import Estimate, PairedBootstrap, derived_seed
 from ijckd_bounds.estimators.rowwise import column_mean64
 
-__all__ = ["MMDTest", "median_bandwidth", "centre_pair", "mmd2", "mmd_from_pass",
+__all__ = ["MMDTest", "NoBandwidth", "median_bandwidth", "centre_pair", "mmd2",
+           "mmd_from_pass",
            "run_mmd_pass", "sign_vectors", "subsample_pairs"]
 
 BANDWIDTH_POINTS = 2000
+
+
+class NoBandwidth(IJCKDError):
+    """The median pairwise distance is 0: degenerate features have no median bandwidth
+    (``estimate_bounds`` then reports MMD² missing; ``mmd2`` accepts ``bandwidth=``)."""
 
 
 @dataclass(frozen=True)
@@ -71,8 +76,8 @@ def median_bandwidth(z_t, z_s, *, max_points=BANDWIDTH_POINTS, seed=0, order=Non
 
     With more than ``max_points`` pooled points a seeded subsample of ``max_points`` of
     them is used. ``order`` (n,): the samples are the rows ``order`` of z_t, z_s, in that
-    order (the subsample is drawn in that order). Returns a positive float; an
-    IJCKDError when all points coincide.
+    order (the subsample is drawn in that order). Returns a positive float; a
+    ``NoBandwidth`` error when more than half of the distances are 0.
     """
     if order is not None:
         order = order.to(z_t.device)
@@ -103,6 +108,8 @@ def median_bandwidth(z_t, z_s, *, max_points=BANDWIDTH_POINTS, seed=0, order=Non
     pooled = pooled - pooled.mean(dim=0)
     sq_norms = (pooled * pooled).sum(dim=1)
     sq_dist = (sq_norms[:, None] + sq_norms[None, :] - 2.0 * pooled @ pooled.T).clamp(min=0)
+    # equal points give rounding residues, not 0, in ‖a‖² + ‖b‖² − 2ab: count them as 0
+    sq_dist[sq_dist <= 1e-12 * float(sq_norms.max())] = 0.0
     upper = torch.triu_indices(pooled.shape[0], pooled.shape[0], offset=1,
                                device=pooled.device)
     distances = sq_dist[upper[0], upper[1]].sqrt().cpu()
@@ -112,9 +119,9 @@ def median_bandwidth(z_t, z_s, *, max_points=BANDWIDTH_POINTS, seed=0, order=Non
     upper_mid = float(torch.kthvalue(distances, count // 2 + 1).values)
     sigma = 0.5 * (lower + upper_mid)
     if not sigma > 0:
-        raise IJCKDError("cannot choose an MMD bandwidth: more than half of the pairwise "
-                         "distances between features are 0 (constant features?); pass "
-                         "`bandwidth=`")
+        raise NoBandwidth("cannot choose an MMD bandwidth: more than half of the pairwise "
+                          "distances between features are 0 (constant or duplicate "
+                          "features?)")
     return sigma
 
 
@@ -164,13 +171,12 @@ def subsample_pairs(n, max_n, seed):
 
 
 def run_mmd_pass(z_t, z_s, *, bandwidth=None, n_permutations=200, seed=0, bootstrap,
-                 max_n=None, cka_bootstrap=0, block_rows=None, order=None):
-    """MMD² (and optionally the CKA bootstrap) from one block pass; see ``mmd2``.
+                 max_n=None, block_rows=None, order=None):
+    """MMD² from one block pass; see ``mmd2``.
 
-    cka_bootstrap: how many of the bootstrap resamples also give CKA replicates (0: none,
-    None: all). order (n,): the samples are the rows ``order`` of z_t, z_s, in that order
-    (gathered once, into the centred copies the pass needs anyway).
-    Returns ``(MMDTest, cka_replicates (C,) or None, C, pairs used)``.
+    order (n,): the samples are the rows ``order`` of z_t, z_s, in that order (gathered
+    once, into the centred copies the pass needs anyway).
+    Returns ``(MMDTest, pairs used)``.
     """
     n = z_t.shape[0] if order is None else order.shape[0]
     if bandwidth is None:
@@ -184,19 +190,14 @@ def run_mmd_pass(z_t, z_s, *, bandwidth=None, n_permutations=200, seed=0, bootst
         weights = weights[:, pick.to(weights.device)]
         extra = f" on a seeded subsample of {pick.numel()} of {n} pairs"
     m = t.shape[0]
-    cka_count = 0 if cka_bootstrap == 0 else cka_replicate_count(weights.shape[0], cka_bootstrap)
     vectors = torch.cat([sign_vectors(m, n_permutations, seed, dtype=dtype).to(t.device),
                          weights.T.to(device=t.device, dtype=dtype)], dim=1)
-    cka_weights = weights[:cka_count].T if cka_count else None
     sums = paired_block_pass(t, s, bandwidth=bandwidth, mmd_vectors=vectors,
-                             cka_weights=cka_weights, block_rows=block_rows)
+                             block_rows=block_rows)
     del vectors
     test = mmd_from_pass(sums, m, n_permutations, weights, bootstrap=bootstrap,
                          bandwidth=bandwidth, method_extra=extra)
-    cka_reps = None
-    if cka_count:
-        cka_reps = cka_replicates(t, s, weights[:cka_count], sums.cka_quad)
-    return test, cka_reps, cka_count, m
+    return test, m
 
 
 def mmd2(z_t, z_s, *, bandwidth=None, n_permutations=200, level=0.95, bootstrap=None,
@@ -227,7 +228,7 @@ def mmd2(z_t, z_s, *, bandwidth=None, n_permutations=200, level=0.95, bootstrap=
     if bandwidth is not None and not (isinstance(bandwidth, (int, float)) and
                                       math.isfinite(bandwidth) and bandwidth > 0):
         raise IJCKDError(f"`bandwidth` must be a positive number, got {bandwidth!r}")
-    test, _, _, _ = run_mmd_pass(z_t, z_s, bandwidth=bandwidth, n_permutations=n_permutations,
+    test, _ = run_mmd_pass(z_t, z_s, bandwidth=bandwidth, n_permutations=n_permutations,
                                  seed=seed, bootstrap=bootstrap, max_n=max_n,
                                  block_rows=block_rows)
     return test

@@ -11,8 +11,10 @@ float64 and in float32 otherwise (losses summed in float64): the probes are conv
 for the MLP, small), features are standardised internally, and float32 halves the cost of
 the matmuls that dominate at n = 10,000, d = 512, K = 100.
 
-THEORY.md names the terms these parts serve: ``student_probe_err`` (``LogisticProbe`` on
-the student's own features), ``joint_err_T``/``joint_err_S`` (``fit_joint_classifier``),
+THEORY.md names the terms these parts serve: ``teacher_probe_err``, ``student_probe_err``
+and ``connected_probe_err`` (``LogisticProbe``, one recipe on ``t(x)``, ``s(x)``, ``z_S``),
+``joint_err_T``/``joint_err_S`` (``fit_joint_classifier``, the candidate for ``ĥ*`` beside
+``h_T``; the choice is made on the evaluation split by ``composite.choose_joint``),
 ``proxy_a_linear``/``proxy_a_mlp`` (``DomainClassifier`` + ``domain_errors`` +
 ``proxy_a_distance``).
 """
@@ -523,22 +525,21 @@ class LogisticProbe:
 
 @dataclass(frozen=True)
 class JointClassifier:
-    """The better of ``h_T`` and a joint logistic probe, by held-out joint error.
+    """The joint probe: the fitted candidate for ``ĥ*`` beside ``h_T``.
+
+    THEORY's ``ĥ*`` is the one of ``h_T`` and this probe with the smaller joint error
+    ``ε_T(h) + ε_S(h)`` on the *evaluation* split (integer counts, ``h_T`` on a tie),
+    chosen again in every bootstrap replicate: ``composite.choose_joint`` makes that
+    choice; this class only holds the probe.
 
     Attributes:
-        weight (K, d), bias (K,): the chosen linear classifier on teacher-space features.
-            A probe's classes absent from the fitting part carry bias ``-inf``.
-        chosen: ``"teacher"`` or ``"probe"``.
-        heldout_joint_err_teacher: ``ε_T(h_T) + ε_S(h_T)`` on the held-out part.
-        heldout_joint_err_probe: ``ε_T(probe) + ε_S(probe)`` on the held-out part.
-        l2: the L2 strength the probe chose (reported whichever classifier won).
+        weight (K, d), bias (K,): the probe, a linear classifier on teacher-space
+            features. Classes absent from the fit split carry bias ``-inf``.
+        l2: the L2 strength the probe chose on its nested held-out part.
     """
 
     weight: torch.Tensor
     bias: torch.Tensor
-    chosen: str
-    heldout_joint_err_teacher: float
-    heldout_joint_err_probe: float
     l2: float
 
     def logits(self, z):
@@ -550,28 +551,23 @@ class JointClassifier:
         return self.logits(z).argmax(dim=1)
 
 
-def _joint_error(z_t, z_s, y, weight, bias):
-    return _argmax_error(z_t, y, weight, bias) + _argmax_error(z_s, y, weight, bias)
-
-
-def fit_joint_classifier(z_t_fit, z_s_fit, y_fit, weight, bias, *, seed=0, holdout=0.25,
+def fit_joint_classifier(z_t_fit, z_s_fit, y_fit, weight, bias, *, seed=0,
                          probe_kwargs=None, rows=None):
-    """Estimate the ideal joint classifier ``ĥ* = argmin_h ε_T(h) + ε_S(h)`` over linear h.
+    """Fit the joint probe, the candidate for ``ĥ* = argmin_h ε_T(h) + ε_S(h)`` beside h_T.
 
-    The fit pairs are split (seeded, stratified by label, the two features of one input
-    kept together) into a fitting part and a held-out part. A ``LogisticProbe`` is fitted
-    on the union of teacher and student features of the fitting part (labels duplicated;
-    its own l2 choice sees only the fitting part, again with pairs kept together). The
-    teacher classifier and the probe are then compared by joint error on the held-out
-    part; the better one is returned, the teacher on a tie (it is one of the linear
-    classifiers the minimum runs over, and needs no fitting).
+    A ``LogisticProbe`` is fitted on the union of teacher and student features of the
+    *whole* fit split (labels duplicated). Its own L2 strength is chosen on a nested,
+    seeded, class-stratified held-out part of those pairs, the two features of one input
+    kept on the same side. The choice between the probe and ``h_T`` is not made here: it
+    is made on the evaluation split (``composite.choose_joint``).
 
     Args:
         z_t_fit (n, d), z_s_fit (n, d): teacher and (connected) student features of the
             fit split, row i of both from the same input.
         y_fit (n,): labels in ``0..K-1``.
-        weight (K, d), bias (K,): the teacher classifier ``h_T``.
-        seed, holdout: the held-out split (``holdout`` fraction of pairs per class).
+        weight (K, d), bias (K,): the teacher classifier ``h_T`` (checked against the
+            features; it sets K and the dtype and device of the result).
+        seed: seed of the probe's nested held-out split.
         probe_kwargs: extra ``LogisticProbe`` hyperparameters (``seed`` defaults to ``seed``).
         rows (m,): use the fit pairs ``rows``, in that order: the same as passing
             ``z_t_fit[rows], z_s_fit[rows], y_fit[rows]`` without gathering them whole.
@@ -579,7 +575,6 @@ def fit_joint_classifier(z_t_fit, z_s_fit, y_fit, weight, bias, *, seed=0, holdo
     Returns:
         ``JointClassifier`` with weight/bias on the device and dtype of ``weight``.
     """
-    holdout = _check_fraction(holdout, "holdout")
     z_t_fit = as_features(z_t_fit, "z_t_fit")
     n, d = z_t_fit.shape
     z_s_fit = as_features(z_s_fit, "z_s_fit", dim=d, like="`z_t_fit`")
@@ -597,46 +592,29 @@ def fit_joint_classifier(z_t_fit, z_s_fit, y_fit, weight, bias, *, seed=0, holdo
         raise IJCKDError("`bias` has NaN or infinite values")
     y_fit = as_labels(y_fit, "y_fit", n, num_classes=num_classes, x_name="z_t_fit")
     device, dtype = z_t_fit.device, _compute_dtype(z_t_fit)
-    z_t_fit = z_t_fit.to(dtype)
-    z_s_fit = z_s_fit.to(device=device, dtype=dtype)
+    z_s_fit = z_s_fit.to(device)
     y_fit = y_fit.to(device)
-    teacher_weight = weight.to(device=device, dtype=dtype)
-    teacher_bias = bias.to(device=device, dtype=dtype)
     if rows is not None:
         rows = _as_rows(rows, n, device)
         y_fit, n = y_fit[rows], rows.numel()
-
-    part_idx, held_idx = stratified_split(y_fit, holdout, seed)
-    if held_idx.numel() == 0:
-        raise IJCKDError(f"cannot hold out {holdout:.0%} of {n} fit pairs per class: "
-                         "every class needs at least 2 pairs")
-    m = part_idx.numel()
-    part_rows = part_idx if rows is None else rows[part_idx]
-    held_rows = held_idx if rows is None else rows[held_idx]
+    else:
+        rows = torch.arange(n, device=device)
     # gathered straight into one tensor, which the probe may then standardise in place
-    union = torch.empty(2 * m, d, dtype=dtype, device=device)
-    torch.index_select(z_t_fit, 0, part_rows, out=union[:m])
-    torch.index_select(z_s_fit, 0, part_rows, out=union[m:])
-    union_labels = torch.cat([y_fit[part_idx], y_fit[part_idx]])
-    pair_ids = torch.arange(m, device=device).repeat(2)
+    union = torch.empty(2 * n, d, dtype=dtype, device=device)
+    for part, z in ((union[:n], z_t_fit), (union[n:], z_s_fit)):
+        if z.dtype == dtype:
+            torch.index_select(z, 0, rows, out=part)
+        else:
+            part.copy_(z[rows])
+    union_labels = torch.cat([y_fit, y_fit])
+    pair_ids = torch.arange(n, device=device).repeat(2)
     options = {"seed": seed, **(probe_kwargs or {})}
     probe = LogisticProbe(**options)._fit(union, union_labels, num_classes, pair_ids,
                                           overwrite=True)
     del union
-
-    z_t_held, z_s_held, y_held = z_t_fit[held_rows], z_s_fit[held_rows], y_fit[held_idx]
-    err_teacher = _joint_error(z_t_held, z_s_held, y_held, teacher_weight, teacher_bias)
-    err_probe = _joint_error(z_t_held, z_s_held, y_held, probe.weight_, probe.bias_)
-    if err_probe < err_teacher:
-        chosen, out_weight, out_bias = "probe", probe.weight_, probe.bias_
-    else:
-        chosen, out_weight, out_bias = "teacher", weight, bias
     return JointClassifier(
-        weight=out_weight.to(device=weight.device, dtype=weight.dtype),
-        bias=out_bias.to(device=weight.device, dtype=weight.dtype),
-        chosen=chosen,
-        heldout_joint_err_teacher=err_teacher,
-        heldout_joint_err_probe=err_probe,
+        weight=probe.weight_.to(device=weight.device, dtype=weight.dtype),
+        bias=probe.bias_.to(device=weight.device, dtype=weight.dtype),
         l2=probe.l2_,
     )
 

@@ -5,10 +5,25 @@ rows in a canonical order (so that the report does not depend on the order of th
 samples), fit the fitted parts on the fit split, compute the terms, and collect them in
 a ``BoundsReport``.
 
-Intervals: proportions use Clopper–Pearson; every composite term (feat_rel, ideal_joint,
-ijc_lambda, ijc_gap, pair_disc, the proxy A-distances, MMD², CKA and every bound) comes
-from ONE paired-bootstrap weight matrix over the evaluation samples, so the intervals of
-a bound and of its pieces come from the same resamples.
+Where each column is computed (the report only calls these):
+
+- ``terms``: teacher_err, student_err, student_own_err, disagreement, delta_gamma,
+  feat_msd, feat_rel, logit_msd, bound_coupled, bound_margin, bound_feat_markov,
+  bound_logit_markov (``proportion`` of ``paired_predictions`` for the rates);
+- ``probes.LogisticProbe`` + ``proportion``: teacher_probe_err, student_probe_err,
+  connected_probe_err (one recipe, one seed, the same fit rows);
+- ``probes.fit_joint_classifier`` + ``composite.choose_joint``: joint_err_T, joint_err_S,
+  joint_chosen, joint_probe_share, and from the choice ``composite.ideal_joint``,
+  ``ijc_lambda``, ``ijc_gap``, ``pair_disc``, ``bound_ideal_joint``;
+- ``probes.DomainClassifier`` + ``composite.proxy_a``: proxy_a_linear, proxy_a_mlp;
+  ``composite.bound_ben_david``;
+- ``mmd.run_mmd_pass``: mmd2, mmd_p, mmd_bandwidth; ``cka.feat_cka``: feat_cka.
+
+Intervals: proportions use Clopper–Pearson; feat_cka a delete-one jackknife; every other
+composite term (feat_rel, ideal_joint, ijc_lambda, ijc_gap, pair_disc, the proxy
+A-distances, MMD² and every bound) comes from ONE paired-bootstrap weight matrix over the
+evaluation samples, so the intervals of a bound and of its pieces come from the same
+resamples.
 """
 
 import hashlib
@@ -21,8 +36,8 @@ import torch
 
 from ijckd_bounds import schema
 from ijckd_bounds.errors import IJCKDError
-from ijckd_bounds.estimators import terms
-from ijckd_bounds.estimators.cka import CKA_BOOTSTRAP, cka_method, debiased_cka
+from ijckd_bounds.estimators import composite, terms
+from ijckd_bounds.estimators.cka import feat_cka
 from ijckd_bounds.estimators.intervals import (
     Estimate,
     PairedBootstrap,
@@ -30,13 +45,12 @@ from ijckd_bounds.estimators.intervals import (
     derived_seed,
     proportion,
 )
-from ijckd_bounds.estimators.mmd import run_mmd_pass
+from ijckd_bounds.estimators.mmd import NoBandwidth, run_mmd_pass
 from ijckd_bounds.estimators.probes import (
     DomainClassifier,
     LogisticProbe,
     domain_errors,
     fit_joint_classifier,
-    proxy_a_distance,
     stratified_split,
 )
 from ijckd_bounds.estimators.rowwise import project64
@@ -67,7 +81,8 @@ class BoundsReport:
     notes: list
     details: dict
     _margins: dict = field(repr=False)
-    _indicators: dict = field(repr=False)
+    _indicators: dict = field(repr=False)  # canonical order
+    _back: np.ndarray = field(repr=False)  # canonical -> given order
 
     def __getitem__(self, name):
         if name in self.terms:
@@ -88,7 +103,8 @@ class BoundsReport:
         raise AttributeError(f"'BoundsReport' has no attribute {name!r}")
 
     def row(self):
-        """One results-table row: exactly ``schema.ESTIMATE_COLUMNS``, floats/ints."""
+        """One results-table row: exactly ``schema.ESTIMATE_COLUMNS``, floats/ints, and
+        strings for ``schema.TEXT_SCALARS`` (``joint_chosen``)."""
         out = {}
         for name in schema.INTERVAL_TERMS + schema.BOUNDS:
             estimate = self.terms[name]
@@ -122,12 +138,34 @@ class BoundsReport:
         ``disagree`` (bool), ``crossing`` (bool, counted by δ_γ)."""
         return {k: v.copy() for k, v in self._margins.items()}
 
-    def indicators(self):
-        """Per evaluation sample error indicators (bool numpy arrays, same order as
-        ``margins``) for the audit: teacher_wrong, student_wrong, disagree,
-        joint_t_wrong, joint_s_wrong, probe_wrong, own_wrong (None without own logits).
-        ``details["probe_features"]`` says whether the probe saw ``s`` or ``z_s``."""
-        return {k: (None if v is None else v.copy()) for k, v in self._indicators.items()}
+    def indicators(self, canonical=False):
+        """Per evaluation sample error indicators (bool numpy arrays) for the audit.
+
+        Keys: ``teacher_wrong`` (h_T on z_T), ``student_wrong`` (h_T on z_S),
+        ``disagree``, ``joint_t_wrong``, ``joint_s_wrong`` (the full-sample ĥ*),
+        ``teacher_probe_wrong``, ``student_probe_wrong`` (None without the student's own
+        features ``s``), ``connected_probe_wrong`` (the three same-recipe probes of
+        THEORY), ``probe_wrong`` (the student probe when ``s`` was given, else the
+        connected probe; ``details["probe_features"]`` says which), ``own_wrong`` (None
+        without own logits), and ``sample`` (int, the row index of each entry in the
+        given evaluation arrays).
+
+        ``canonical=False``: in the order of the given samples (as ``margins``).
+        ``canonical=True``: in the report's canonical evaluation order, the order of the
+        rows of ``paired_bootstrap()``'s weights, so that ``weights @ indicator`` gives
+        the report's own bootstrap replicates.
+        """
+        order = slice(None) if canonical else self._back
+        return {k: (None if v is None else v[order].copy())
+                for k, v in self._indicators.items()}
+
+    def paired_bootstrap(self):
+        """The ``PairedBootstrap`` behind the report's intervals: the same count weights
+        (rebuilt from n_eval, n_bootstrap, seed, level and device), rows in the canonical
+        evaluation order of ``indicators(canonical=True)``."""
+        return PairedBootstrap(self.scalars["n_eval"], self.details["n_bootstrap"],
+                               self.details["seed"], level=self.details["level"],
+                               device=self.details["device"])
 
     def to_dict(self):
         return {
@@ -475,8 +513,7 @@ def _prepare(z_t, z_s, y, weight, bias, *, fit, s, s_fit, student_logits, seed,
 
 def estimate_bounds(z_t, z_s, y, weight, bias, *, fit=None, s=None, s_fit=None,
                     student_logits=None, level=0.95, n_permutations=200, n_bootstrap=1000,
-                    seed=0, mmd_max_n=None, device=None, fit_fraction=0.5,
-                    cka_bootstrap=CKA_BOOTSTRAP):
+                    seed=0, mmd_max_n=None, device=None, fit_fraction=0.5):
     """Estimate every THEORY.md term and bound for one student.
 
     Args:
@@ -490,20 +527,19 @@ def estimate_bounds(z_t, z_s, y, weight, bias, *, fit=None, s=None, s_fit=None,
             the given samples are split (seeded, stratified by class) into
             ``fit_fraction`` fit / the rest eval, and ``report.notes`` says so.
         s (n, d_s), s_fit (n_fit, d_s): the student's own features before the connector,
-            for ``student_probe_err`` (without them the probe runs on z_S). With ``fit``,
-            ``s`` needs ``s_fit``; without ``fit``, ``s`` is split like the rest.
+            for ``student_probe_err`` (missing without them; ``connected_probe_err`` is
+            the probe on z_S either way). With ``fit``, ``s`` needs ``s_fit``; without
+            ``fit``, ``s`` is split like the rest.
         student_logits (n, K): logits of the student's own head, for ``student_own_err``
             (NaN when absent).
         level: confidence level of every interval.
         n_permutations: sign-flip permutations of the MMD test.
         n_bootstrap: paired-bootstrap resamples (one weight matrix for every composite).
         seed: every random choice derives from it.
-        mmd_max_n: compute MMD² (and the CKA bootstrap) on a seeded subsample of this many
-            evaluation pairs when there are more.
+        mmd_max_n: compute MMD² on a seeded subsample of this many evaluation pairs when
+            there are more (CKA and its jackknife interval always use every pair).
         device: where to compute (default: the device of ``z_t``).
         fit_fraction: share of the samples used for fitting when ``fit`` is not given.
-        cka_bootstrap: resamples (the first rows of the common weights) for the CKA
-            interval; None for all (cost grows like the MMD bootstrap's).
 
     Returns:
         ``BoundsReport``.
@@ -515,8 +551,6 @@ def estimate_bounds(z_t, z_s, y, weight, bias, *, fit=None, s=None, s_fit=None,
     seed = _check_int(seed, "seed", 0)
     if mmd_max_n is not None:
         mmd_max_n = _check_int(mmd_max_n, "mmd_max_n", MIN_EVAL)
-    if cka_bootstrap is not None:
-        cka_bootstrap = _check_int(cka_bootstrap, "cka_bootstrap", 1)
     device = _check_device(device)
     data = _prepare(z_t, z_s, y, weight, bias, fit=fit, s=s, s_fit=s_fit,
                     student_logits=student_logits, seed=seed, fit_fraction=fit_fraction)
@@ -532,7 +566,7 @@ def estimate_bounds(z_t, z_s, y, weight, bias, *, fit=None, s=None, s_fit=None,
 
     report_terms, scalars, details, per_sample = _compute_terms(
         data, level=level, n_permutations=n_permutations, n_bootstrap=n_bootstrap, seed=seed,
-        mmd_max_n=mmd_max_n, cka_bootstrap=cka_bootstrap, clock=clock)
+        mmd_max_n=mmd_max_n, clock=clock)
     scalars.update({"n_eval": n_eval, "n_fit": data.fit_order.numel(), "dim": d,
                     "n_classes": n_classes})
     details.update({"split": data.split, "seed": seed, "level": level,
@@ -558,11 +592,12 @@ def estimate_bounds(z_t, z_s, y, weight, bias, *, fit=None, s=None, s_fit=None,
         "disagree": cpu(pairs.disagree),
         "crossing": cpu(pairs.crossing),
     }
-    indicators = {name: cpu(value) for name, value in per_sample.items()}
-    indicators["sample"] = margins["sample"].copy()
+    indicators = {name: None if value is None else value.detach().cpu().numpy()
+                  for name, value in per_sample.items()}
+    indicators["sample"] = sample_index.numpy().copy()
     return BoundsReport(terms=report_terms, scalars=scalars, per_class_rows=per_class_rows,
                         notes=data.notes, details=details, _margins=margins,
-                        _indicators=indicators)
+                        _indicators=indicators, _back=back.numpy())
 
 
 class _StageClock:
@@ -581,8 +616,7 @@ class _StageClock:
         self._last = now
 
 
-def _compute_terms(data, *, level, n_permutations, n_bootstrap, seed, mmd_max_n,
-                   cka_bootstrap, clock):
+def _compute_terms(data, *, level, n_permutations, n_bootstrap, seed, mmd_max_n, clock):
     """The terms on the (canonically ordered) ``_Inputs``. Returns
     ``(terms, scalars, details, per_sample)``."""
     z_t, z_s, y, weight, bias = data.z_t, data.z_s, data.y, data.weight, data.bias
@@ -619,7 +653,6 @@ def _compute_terms(data, *, level, n_permutations, n_bootstrap, seed, mmd_max_n,
         out["student_own_err"] = Estimate.missing(n, level, "no student_logits given")
     out["feat_msd"] = terms.feat_msd(z_t, z_s, bootstrap=bootstrap, order=order)
     out["feat_rel"] = terms.feat_rel(z_t, z_s, bootstrap=bootstrap, order=order)
-    cka_value = debiased_cka(z_t, z_s, order=order)
     out["logit_msd"] = terms.logit_msd(pairs.logits_t, pairs.logits_s, bootstrap=bootstrap)
     out["bound_coupled"] = terms.coupled_bound(pairs, y, bootstrap=bootstrap)
     out["bound_margin"] = terms.margin_bound(pairs, y, bootstrap=bootstrap)
@@ -629,120 +662,105 @@ def _compute_terms(data, *, level, n_permutations, n_bootstrap, seed, mmd_max_n,
     out["bound_logit_markov"] = logit_markov.bound
     clock.stop("classifier and feature terms")
 
-    # the ideal joint classifier ĥ* (fitted on the fit split) and bound 3
-    joint = fit_joint_classifier(z_t_fit, z_s_fit, y_fit, weight, bias,
-                                 seed=derived_seed(seed, "joint-probe") % 2**31,
-                                 rows=fit_order)
-    if joint.chosen == "teacher":
-        # ĥ* = h_T: reuse its predictions so that no rounding can make them differ
-        joint_pred_t, joint_pred_s = pairs.pred_t, pairs.pred_s
-    else:
-        joint_pred_t = terms.predict(terms.classifier_logits(z_t, joint.weight, joint.bias,
-                                                             order))
-        joint_pred_s = terms.predict(terms.classifier_logits(z_s, joint.weight, joint.bias,
-                                                             order))
-    clock.stop("joint probe")
-    joint_t_wrong, joint_s_wrong = joint_pred_t != y, joint_pred_s != y
-    differ_t, differ_s = pairs.pred_t != joint_pred_t, pairs.pred_s != joint_pred_s
-    out["joint_err_T"] = proportion(joint_t_wrong, level)
-    out["joint_err_S"] = proportion(joint_s_wrong, level)
-    details.update({"joint_chosen": joint.chosen,
-                    "joint_heldout_err_teacher": joint.heldout_joint_err_teacher,
-                    "joint_heldout_err_probe": joint.heldout_joint_err_probe,
-                    "joint_l2": joint.l2})
+    # the three same-recipe probes (THEORY teacher/student/connected_probe_err): same fit
+    # rows, same L2 grid and nested selection, same seed
+    probe_seed = derived_seed(seed, "probes") % 2**31
+    probe_l2 = {}
 
-    # the student probe, on the student's own features when given
-    probe_x_fit, probe_x = (s_fit, s) if s is not None else (z_s_fit, z_s)
-    probe = LogisticProbe(seed=derived_seed(seed, "student-probe") % 2**31)
-    probe.fit(probe_x_fit, y_fit, num_classes=n_classes, rows=fit_order)
-    probe_wrong = ordered(probe.predict(probe_x)).to(y.device) != y
-    out["student_probe_err"] = proportion(probe_wrong, level)
-    details.update({"probe_features": "s" if s is not None else "z_s",
-                    "probe_l2": probe.l2_})
-    if s is None:
-        notes.append("no student features `s` given: student_probe_err is a probe on z_S")
+    def probe_wrong_on(x_fit, x, name):
+        probe = LogisticProbe(seed=probe_seed)
+        probe.fit(x_fit, y_fit, num_classes=n_classes, rows=fit_order)
+        probe_l2[name] = probe.l2_
+        return ordered(probe.predict(x)).to(y.device) != y
+
+    teacher_probe_wrong = probe_wrong_on(z_t_fit, z_t, "teacher")
+    out["teacher_probe_err"] = proportion(teacher_probe_wrong, level)
+    clock.stop("teacher probe")
+    if s is not None:
+        student_probe_wrong = probe_wrong_on(s_fit, s, "student")
+        out["student_probe_err"] = proportion(student_probe_wrong, level)
+    else:
+        student_probe_wrong = None
+        out["student_probe_err"] = Estimate.missing(
+            n, level, "no student features `s` given")
+        notes.append("no student features `s` given: student_probe_err is missing "
+                     "(connected_probe_err is the probe on z_S)")
     clock.stop("student probe")
+    connected_probe_wrong = probe_wrong_on(z_s_fit, z_s, "connected")
+    out["connected_probe_err"] = proportion(connected_probe_wrong, level)
+    clock.stop("connected probe")
+    # ``probe_wrong``: the probe on the student's own features when given, else on z_S
+    probe_wrong = connected_probe_wrong if s is None else student_probe_wrong
+    details.update({"probe_features": "s" if s is not None else "z_s",
+                    "probe_l2": probe_l2["student" if s is not None else "connected"],
+                    **{f"{name}_probe_l2": value for name, value in probe_l2.items()}})
+
+    # ĥ*: the joint probe (fitted on the whole fit split) or h_T, whichever has the
+    # smaller joint error on the evaluation split, chosen again in every replicate
+    joint_probe = fit_joint_classifier(z_t_fit, z_s_fit, y_fit, weight, bias,
+                                       seed=derived_seed(seed, "joint-probe") % 2**31,
+                                       rows=fit_order)
+    probe_pred_t = terms.predict(terms.classifier_logits(z_t, joint_probe.weight,
+                                                         joint_probe.bias, order))
+    probe_pred_s = terms.predict(terms.classifier_logits(z_s, joint_probe.weight,
+                                                         joint_probe.bias, order))
+    joint = composite.choose_joint(teacher_wrong, student_wrong, probe_pred_t != y,
+                                   probe_pred_s != y, probe_pred_t != pairs.pred_t,
+                                   probe_pred_s != pairs.pred_s, bootstrap=bootstrap)
+    joint_t_wrong, joint_s_wrong = joint.wrong_t, joint.wrong_s
+    out["joint_err_T"], out["joint_err_S"] = composite.joint_errors(joint, level=level)
+    out["ideal_joint"] = composite.ideal_joint(joint, bootstrap=bootstrap)
+    out["ijc_lambda"] = composite.ijc_lambda(joint, bootstrap=bootstrap)
+    out["ijc_gap"] = composite.ijc_gap(joint, bootstrap=bootstrap)
+    out["pair_disc"] = composite.pair_disc(joint, bootstrap=bootstrap)
+    out["bound_ideal_joint"] = composite.bound_ideal_joint(joint, bootstrap=bootstrap)
+    details.update({"joint_chosen": joint.chosen, "joint_probe_share": joint.probe_share,
+                    "joint_l2": joint_probe.l2})
+    clock.stop("joint probe")
 
     # domain classifiers
-    domain_error = {}
-    proxy_value = {}
     for kind in ("linear", "mlp"):
         clf = DomainClassifier(kind=kind, seed=derived_seed(seed, f"domain-{kind}") % 2**31)
         clf.fit(z_t_fit, z_s_fit, rows=fit_order)
         err_t, err_s = (ordered(err) for err in domain_errors(clf, z_t, z_s))
-        # both features of one input are resampled together: one per-sample error rate
-        domain_error[kind] = 0.5 * (err_t.to(torch.float64) + err_s.to(torch.float64))
-        proxy_value[kind] = proxy_a_distance(err_t, err_s)
+        out[f"proxy_a_{kind}"] = composite.proxy_a(err_t, err_s, bootstrap=bootstrap)
+        if kind == "mlp":
+            out["bound_ben_david"] = composite.bound_ben_david(joint, err_t, err_s,
+                                                               bootstrap=bootstrap)
         clock.stop(f"domain classifier ({kind})")
 
-    # every composite term from the same bootstrap means
-    columns = {
-        "teacher_wrong": teacher_wrong, "student_wrong": student_wrong,
-        "joint_t_wrong": joint_t_wrong, "joint_s_wrong": joint_s_wrong,
-        "differ_t": differ_t, "differ_s": differ_s,
-        "domain_linear": domain_error["linear"], "domain_mlp": domain_error["mlp"],
-    }
-    names = list(columns)
-    matrix = torch.stack([columns[k].to(torch.float64) for k in names], dim=1)
-    means_b = dict(zip(names, bootstrap.means(matrix).unbind(1)))
-    counts = {k: int(columns[k].sum()) for k in names if columns[k].dtype == torch.bool}
-
-    def proxy(err):
-        return (2.0 * (1.0 - 2.0 * err)).clamp(0.0, 2.0)
-
-    ideal_b = means_b["joint_t_wrong"] + means_b["joint_s_wrong"]
-    lambda_b = means_b["teacher_wrong"] + means_b["student_wrong"]
-    pair_disc_b = (means_b["differ_s"] - means_b["differ_t"]).abs()
-    ideal_joint = (counts["joint_t_wrong"] + counts["joint_s_wrong"]) / n
-    out["ideal_joint"] = bootstrap.estimate(ideal_joint, ideal_b)
-    out["ijc_lambda"] = bootstrap.estimate(
-        (counts["teacher_wrong"] + counts["student_wrong"]) / n, lambda_b)
-    out["ijc_gap"] = bootstrap.estimate(
-        (counts["teacher_wrong"] + counts["student_wrong"] - counts["joint_t_wrong"]
-         - counts["joint_s_wrong"]) / n, lambda_b - ideal_b)
-    pair_disc_count = abs(counts["differ_s"] - counts["differ_t"])
-    out["pair_disc"] = bootstrap.estimate(pair_disc_count / n, pair_disc_b)
-    # integer numerator: exact on the sample (THEORY bound 3)
-    out["bound_ideal_joint"] = bootstrap.estimate(
-        (counts["teacher_wrong"] + counts["joint_t_wrong"] + counts["joint_s_wrong"]
-         + pair_disc_count) / n,
-        means_b["teacher_wrong"] + ideal_b + pair_disc_b)
-    for kind in ("linear", "mlp"):
-        out[f"proxy_a_{kind}"] = bootstrap.estimate(proxy_value[kind],
-                                                    proxy(means_b[f"domain_{kind}"]))
-    out["bound_ben_david"] = bootstrap.estimate(
-        out["teacher_err"].value + 0.5 * proxy_value["mlp"] + ideal_joint,
-        means_b["teacher_wrong"] + 0.5 * proxy(means_b["domain_mlp"]) + ideal_b,
-        method=f"{bootstrap.method}; an estimate, not a guaranteed bound")
-    clock.stop("composite terms")
-
-    # MMD² and CKA share one block pass over the pairwise matrices; the float64 copy of
-    # the bootstrap weights (B·n·8 bytes) is not needed there
+    # MMD²: one block pass over the pairwise matrix; the float64 copy of the bootstrap
+    # weights (B·n·8 bytes) is not needed there
     bootstrap.release_cache()
-    mmd_test, cka_reps, cka_count, mmd_pairs = run_mmd_pass(
-        z_t, z_s, n_permutations=n_permutations, seed=seed, bootstrap=bootstrap,
-        max_n=mmd_max_n, cka_bootstrap=cka_bootstrap, order=order)
-    out["mmd2"] = mmd_test.mmd2
-    if math.isnan(cka_value):
-        out["feat_cka"] = Estimate.missing(n, level, "a feature set is constant")
+    try:
+        mmd_test, mmd_pairs = run_mmd_pass(
+            z_t, z_s, n_permutations=n_permutations, seed=seed, bootstrap=bootstrap,
+            max_n=mmd_max_n, order=order)
+    except NoBandwidth as exc:  # degenerate features lose MMD², never the bounds
+        mmd_test, mmd_pairs = None, 0
+        out["mmd2"] = Estimate.missing(n, level, "no median bandwidth")
+        notes.append(f"mmd2 and mmd_p not measured: {exc}")
     else:
-        method = cka_method(bootstrap, cka_count)
+        out["mmd2"] = mmd_test.mmd2
         if mmd_pairs < n:
-            method += f"; resampled within the {mmd_pairs}-pair MMD subsample"
-        out["feat_cka"] = bootstrap.estimate(cka_value, cka_reps, method=method)
-    if mmd_pairs < n:
-        notes.append(f"MMD² (and the CKA interval) computed on a seeded subsample of "
-                     f"{mmd_pairs} of the {n} evaluation pairs")
+            notes.append(f"MMD² computed on a seeded subsample of {mmd_pairs} of the {n} "
+                         "evaluation pairs")
+    clock.stop("MMD²")
+    out["feat_cka"] = feat_cka(z_t, z_s, level=level, order=order)
+    clock.stop("CKA")
 
-    scalars = {"mmd_p": mmd_test.p_value, "mmd_bandwidth": mmd_test.bandwidth,
-               "feat_markov_tau": feat_markov.tau, "logit_markov_tau": logit_markov.tau}
-    clock.stop("MMD² and CKA")
-    details.update({"mmd_pairs": mmd_pairs, "cka_bootstrap": cka_count,
-                    "timings_s": clock.stages})
+    scalars = {"mmd_p": math.nan if mmd_test is None else mmd_test.p_value,
+               "mmd_bandwidth": math.nan if mmd_test is None else mmd_test.bandwidth,
+               "feat_markov_tau": feat_markov.tau, "logit_markov_tau": logit_markov.tau,
+               "joint_chosen": joint.chosen, "joint_probe_share": joint.probe_share}
+    details.update({"mmd_pairs": mmd_pairs, "timings_s": clock.stages})
     per_sample = {"pairs": pairs, "teacher_wrong": teacher_wrong,
                   "student_wrong": student_wrong, "disagree": pairs.disagree,
                   "joint_t_wrong": joint_t_wrong, "joint_s_wrong": joint_s_wrong,
-                  "probe_wrong": probe_wrong, "own_wrong": own_wrong}
+                  "probe_wrong": probe_wrong, "own_wrong": own_wrong,
+                  "teacher_probe_wrong": teacher_probe_wrong,
+                  "student_probe_wrong": student_probe_wrong,
+                  "connected_probe_wrong": connected_probe_wrong}
     missing = [k for k in schema.INTERVAL_TERMS + schema.BOUNDS if k not in out]
     if missing:  # pragma: no cover - a programming error, not a user error
         raise RuntimeError(f"terms not computed: {missing}")

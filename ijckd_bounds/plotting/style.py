@@ -125,6 +125,7 @@ PERCENT_TERMS = frozenset({
     "teacher_err", "student_err", "student_own_err", "disagreement", "delta_gamma",
     "joint_err_T", "joint_err_S", "ideal_joint", "student_probe_err", "ijc_lambda",
     "ijc_gap", "pair_disc", "transfer_gap", *schema.BOUNDS,
+    "teacher_probe_err", "connected_probe_err",
 })
 
 # Discrepancy estimates that need n >> d (THEORY: flagged when n_eval < 10 * dim).
@@ -142,6 +143,7 @@ UNITS = {
     "feat_rel": "ratio", "feat_cka": "CKA", "mmd2": "MMD$^2$",
     "proxy_a_linear": "distance (0 to 2)", "proxy_a_mlp": "distance (0 to 2)",
     **{bound: _ERROR_UNIT for bound in schema.BOUNDS},
+    "teacher_probe_err": _ERROR_UNIT, "connected_probe_err": _ERROR_UNIT,
 }
 
 TERM_LABELS = {**schema.LABELS, "transfer_gap": "transfer gap $\\epsilon_S - \\epsilon_T$"}

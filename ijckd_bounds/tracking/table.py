@@ -61,6 +61,12 @@ def check_bounds_table(df):
             i = bad.idxmax()
             raise IJCKDError(f"bounds table row {i}: {term} = {value[i]} lies outside its "
                              f"interval [{lo[i]}, {hi[i]}]")
+    for column, allowed in schema.TEXT_SCALARS.items():
+        bad = df[column].notna() & ~df[column].isin(allowed)
+        if bad.any():
+            i = bad.idxmax()
+            raise IJCKDError(f"bounds table row {i}: {column} must be one of "
+                             f"{', '.join(allowed)} (or empty), got {df[column][i]!r}")
     for column in schema.KEYS:
         if column in ("seed", "epoch", "step"):
             continue
