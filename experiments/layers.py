@@ -8,8 +8,9 @@ One command (a few minutes on one CPU core)::
 Per dataset: the teacher of ``experiments/<dataset>_teacher.yaml`` (``cnn_large``: stages
 ``conv1``, ``conv2``, ``pool``) and the ce, fitnet and ijckd students of
 ``experiments/<dataset>_student.yaml`` (``cnn_small``: ``conv1``, ``pool``), with
-``track.layers=true``; every checkpoint (``run.ckpt_every`` of the YAML) is tracked, and the
-layer table of every run is collected into ``OUT/layers_<dataset>.csv``. Figures:
+``track.layers=true``; the layer terms of every checkpoint (``run.ckpt_every`` of the YAML)
+are tracked (``tracking.layers.track_run_layers``: the bound terms are not needed here), and
+the layer table of every run is collected into ``OUT/layers_<dataset>.csv``. Figures:
 ``OUT/<dataset>_cka_<method>.png`` (the CKA matrix at the last checkpoint),
 ``OUT/<dataset>_profile_<method>.png`` (probe errors over depth across epochs) and
 ``OUT/<dataset>_profiles.png`` (the three students at their last checkpoint).
@@ -44,7 +45,7 @@ def _config(file_name, run_dir, seed, overrides):
                         "run.progress=false", "track.layers=true"])
 
 
-def run_dataset(dataset, seed, runs_dir, out, n_bootstrap):
+def run_dataset(dataset, seed, runs_dir, out):
     """Train (or reuse) the teacher and the students of ``dataset``, track them, and write
     the dataset's table and figures; returns the collected layer table."""
     sys.path.insert(0, str(EXPERIMENTS_DIR))
@@ -53,20 +54,21 @@ def run_dataset(dataset, seed, runs_dir, out, n_bootstrap):
     from ijckd_bounds.plotting.layers import plot_layer_cka, plot_layer_profile, \
         plot_layer_profiles
     from ijckd_bounds.plotting.output import save_figure
+    from ijckd_bounds.tracking.layers import track_run_layers
     from ijckd_bounds.tracking.table import collect_layers
-    from ijckd_bounds.tracking.track import EstimatorSettings, track_run
+    from ijckd_bounds.tracking.track import EstimatorSettings
 
     root = Path(runs_dir) / dataset / f"seed{seed}"
     teacher_cfg = _config(f"{dataset}_teacher.yaml", root / "teacher", seed, [])
     _, teacher_path, _ = train_or_reuse(teacher_cfg, teacher_mode=True)
-    settings = EstimatorSettings(n_bootstrap=n_bootstrap, seed=seed)
+    settings = EstimatorSettings(seed=seed)
     run_dirs = []
     for method in METHODS:
         cfg = _config(f"{dataset}_student.yaml", root / method, seed,
                       [f"method.name={method}", f"model.teacher_checkpoint={teacher_path}"])
         log.info("%s: %s student", dataset, method)
         train_or_reuse(cfg, teacher_mode=False)
-        track_run(cfg.run.run_dir, settings, progress=False)
+        track_run_layers(cfg.run.run_dir, settings)  # the bound terms are not needed here
         run_dirs.append(Path(cfg.run.run_dir))
     table = collect_layers(run_dirs)
     table.insert(0, "dataset", dataset)
@@ -105,7 +107,7 @@ def summary_markdown(tables):
         first = table.iloc[0]
         parts += [f"n_eval = {int(first['n_eval'])}, n_fit = {int(first['n_fit'])}; last "
                   "checkpoint of each run; 95% intervals (Clopper–Pearson for probe errors, "
-                  "paired bootstrap for CKA).", ""]
+                  "delete-one jackknife for CKA).", ""]
         teacher = _last(table[table["run"] == METHODS[0]])
         teacher = teacher[teacher["model"] == "teacher"].sort_values("stage_index")
         parts += ["| model | " + " | ".join(f"probe err `{s}`" for s in teacher["stage"])
@@ -158,7 +160,6 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs-dir", default=str(REPO_ROOT / "runs" / "layers"))
     parser.add_argument("--out", default=str(EXPERIMENTS_DIR / "results" / "layers"))
-    parser.add_argument("--n-bootstrap", type=int, default=1000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)
@@ -167,8 +168,8 @@ def main(argv=None):
 
     out = Path(args.out)
     try:
-        tables = {dataset: run_dataset(dataset, args.seed, args.runs_dir, out,
-                                       args.n_bootstrap) for dataset in args.datasets}
+        tables = {dataset: run_dataset(dataset, args.seed, args.runs_dir, out)
+                  for dataset in args.datasets}
     except IJCKDError as exc:
         print(f"layers: error: {exc}", file=sys.stderr)
         return 2
