@@ -168,6 +168,17 @@ def _stage_cka_jackknife(xs, ys):
             for j in range(len(ys)):
                 part = slice(col_y[j], col_y[j + 1])
                 quad[i, j, rows] = (mapped[:, part] * by[:, part]).sum(dim=1)
+    # y_k·Y_jᵀ(K̃_i1) (n, I, J) and x_k·X_iᵀ(L̃_j1) (n, I, J), in a third pass
+    y_proj = torch.empty(n, len(xs), len(ys), dtype=torch.float64, device=device)
+    x_proj = torch.empty(n, len(xs), len(ys), dtype=torch.float64, device=device)
+    for rows in row_blocks(n):
+        bx, by = centred(xs, px, rows), centred(ys, py, rows)
+        for j in range(len(ys)):
+            part = slice(col_y[j], col_y[j + 1])
+            y_proj[rows, :, j] = by[:, part] @ y_back[part]
+        for i in range(len(xs)):
+            part = slice(col_x[i], col_x[i + 1])
+            x_proj[rows, i, :] = bx[:, part] @ x_back[part]
 
     def own(p):
         full = _hsic_pieces(p["gram"], p["norms"], p["norms"], p["sum"], p["sum"], p["row"],
@@ -185,10 +196,8 @@ def _stage_cka_jackknife(xs, ys):
             full = _hsic_pieces(block, p["norms"], q["norms"], p["sum"], q["sum"], p["row"],
                                 q["row"])
             # Σ_{i'≠k} (K̃1)_i' L_i'k and Σ_{i'≠k} K_i'k (L̃1)_i'
-            k_l = project64(y, y_back[col_y[j]:col_y[j + 1], i]) \
-                - float(q["mean"] @ y_back[col_y[j]:col_y[j + 1], i]) - p["row"] * q["norms"]
-            l_k = project64(x, x_back[col_x[i]:col_x[i + 1], j]) \
-                - float(p["mean"] @ x_back[col_x[i]:col_x[i + 1], j]) - q["row"] * p["norms"]
+            k_l = y_proj[:, i, j] - p["row"] * q["norms"]
+            l_k = x_proj[:, i, j] - q["row"] * p["norms"]
             dropped = _without_one(full, quad[i, j], p["norms"], q["norms"], p["row"],
                                    q["row"], k_l, l_k)
             values[i, j] = _ratio(_hsic(*full, n), own_x[i][0], own_y[j][0])
