@@ -14,7 +14,7 @@ from ijckd_bounds import schema
 from ijckd_bounds.audit_layers import layer_findings, layers_markdown
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.cka import debiased_cka, feat_cka
-from ijckd_bounds.estimators.intervals import Estimate, PairedBootstrap
+from ijckd_bounds.estimators.intervals import Estimate
 from ijckd_bounds.estimators.layers import (
     layer_rows,
     stage_cka_matrix,
@@ -167,17 +167,18 @@ def test_batched_cka_values_equal_per_pair_cka():
 
 
 def test_batched_cka_matrix_equals_per_pair_feat_cka():
+    """Values and jackknife intervals equal ``feat_cka`` pair by pair."""
     xs, ys = _stage_case(n=150, seed=3)
-    bootstrap = PairedBootstrap(150, 60, seed=4)
-    matrix = stage_cka_matrix(xs, ys, bootstrap=bootstrap, block_rows=37)
+    matrix = stage_cka_matrix(xs, ys)
     assert len(matrix) == 3 and all(len(row) == 2 for row in matrix)
     for i, x in enumerate(xs):
         for j, y in enumerate(ys):
-            reference = feat_cka(x, y, bootstrap=bootstrap)
+            reference = feat_cka(x, y)
             got = matrix[i][j]
             assert got.value == pytest.approx(reference.value, abs=1e-9)
-            assert got.lo == pytest.approx(reference.lo, abs=1e-6)
-            assert got.hi == pytest.approx(reference.hi, abs=1e-6)
+            assert got.lo == pytest.approx(reference.lo, abs=1e-9)
+            assert got.hi == pytest.approx(reference.hi, abs=1e-9)
+            assert got.hi - got.lo > 1e-3  # a real interval, not a point
             assert got.lo <= got.value <= got.hi
             assert got.method == reference.method
 
@@ -185,7 +186,7 @@ def test_batched_cka_matrix_equals_per_pair_feat_cka():
 def test_cka_matrix_of_a_constant_stage_is_missing_only_there():
     xs, ys = _stage_case(n=60)
     ys = [ys[0], torch.ones(60, 3)]
-    matrix = stage_cka_matrix(xs, ys, n_bootstrap=20)
+    matrix = stage_cka_matrix(xs, ys)
     assert all(math.isnan(row[1].value) for row in matrix)
     assert all(math.isfinite(row[0].value) for row in matrix)
 
@@ -236,7 +237,7 @@ def _layer_terms(teacher, student, n_eval=300, n_fit=300):
         _, s_fit = student.forward_stages(x_fit)
     probes_t = stage_probe_errors(t_eval, y, t_fit, y_fit, num_classes=4, seed=5)
     probes_s = stage_probe_errors(s_eval, y, s_fit, y_fit, num_classes=4, seed=5)
-    cka = stage_cka_matrix(t_eval, s_eval, n_bootstrap=100, seed=5)
+    cka = stage_cka_matrix(t_eval, s_eval)
     return probes_t, probes_s, cka
 
 
@@ -282,7 +283,7 @@ def test_layer_rows_follow_the_schema():
     y = torch.arange(80) % 3
     probes_t = stage_probe_errors(xs, y, xs, y, seed=1)
     probes_s = stage_probe_errors(ys, y, ys, y, seed=1)
-    cka = stage_cka_matrix(xs, ys, n_bootstrap=20)
+    cka = stage_cka_matrix(xs, ys)
     rows = layer_rows(probes_t, probes_s, cka, teacher_stages=["a", "b", "pool"],
                       student_stages=["c", "pool"], teacher_dims=[4, 9, 15],
                       student_dims=[5, 21], n_eval=80, n_fit=80)

@@ -60,9 +60,21 @@ def test_online_tracking_writes_a_block_per_checkpoint(runs):
 
 
 @pytest.mark.slow
-def test_layers_are_off_by_default(runs):
+def test_layers_are_off_by_default_and_track_run_layers_adds_them(runs, tmp_path):
+    import shutil
+
+    from ijckd_bounds.tracking.layers import track_run_layers
+
     assert (runs["plain"] / "bounds.csv").is_file()
     assert not (runs["plain"] / "layers.csv").exists()
+    run = tmp_path / "plain"
+    shutil.copytree(runs["plain"], run)
+    bounds = pd.read_csv(run / "bounds.csv")
+    df = track_run_layers(run)
+    assert sorted(df["checkpoint"].unique()) == ["epoch_0001.pt", "epoch_0002.pt"]
+    assert len(df) == 2 * (3 + 2 + 6)
+    pd.testing.assert_frame_equal(pd.read_csv(run / "bounds.csv"), bounds)
+    assert len(track_run_layers(run)) == len(df)  # nothing left to add
 
 
 @pytest.mark.slow

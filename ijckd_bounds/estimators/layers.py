@@ -8,19 +8,18 @@ pooled to a vector. Two terms per checkpoint:
   models, fitted on the fit split) on each stage, teacher and student. Clopper–Pearson
   interval.
 - ``stage_cka``: debiased linear CKA between every teacher stage ``i`` and student stage
-  ``j`` (``cka.debiased_cka``), with the paired-bootstrap interval of ``cka.feat_cka``.
+  ``j`` (``cka.debiased_cka``), with the interval of ``cka.feat_cka``: the delete-one
+  jackknife, ``value ± t_{n−1} · se_jack``.
 
-The CKA matrix is batched so that it costs little more than one CKA of the widest pair:
-
-- values: every stage is centred once and one pass over row blocks accumulates the
-  cross products of the concatenated stages, ``[X_1 … X_I]ᵀ[Y_1 … Y_J]``, whose (i, j)
-  block is the ``X_iᵀY_j`` that ``hsic_terms`` needs for that pair, and each stage's own
-  ``X_iᵀX_i``; the four HSIC pieces of every pair come from these (as in ``hsic_terms``);
-- interval: one set of bootstrap weights for all pairs and one pass over the upper
-  triangle of the n×n Gram matrices (as ``blockpass`` does for one pair): each stage's
-  Gram block is computed once per row block, and the quadratic forms ``wᵀ(K_i∘L_j)w``,
-  ``wᵀ(K_i∘K_i)w`` and ``wᵀ(L_j∘L_j)w`` of every pair and stage are one matrix product
-  with the weights; ``cka.cka_replicates`` turns them into the replicates of each pair.
+The CKA matrix is batched so that it costs little more than one CKA of the concatenated
+stages: every stage is centred and its own pieces (Gram matrix, ``(K̃1)``, the terms of
+its own HSIC's leave-one-out values) are computed once, whichever pairs it is in; one
+pass over row blocks accumulates the cross product of the concatenations
+``[X_1 … X_I]ᵀ[Y_1 … Y_J]``, whose (i, j) block is the ``X_iᵀY_j`` of that pair, and a
+second pass the per-sample terms ``x_kᵀ(X_iᵀY_j)y_k`` of every pair, so the whole matrix
+costs O(n·D·E) for D, E the summed stage widths, where the pairs one by one cost
+O(n·(I·E + J·D)·max width) and recompute every stage's own pieces at each pair. The
+leave-one-out pieces are the rank-one downdates of ``cka._leave_one_out``.
 """
 
 import math
@@ -29,30 +28,13 @@ import torch
 
 from ijckd_bounds import schema
 from ijckd_bounds.errors import IJCKDError
-from ijckd_bounds.estimators.blockpass import _upper_quadratic, matmul_nt
-from ijckd_bounds.estimators.cka import (
-    CKA_BOOTSTRAP,
-    _hsic,
-    _ratio,
-    cka_method,
-    cka_replicate_count,
-    cka_replicates,
-)
-from ijckd_bounds.estimators.intervals import (
-    Estimate,
-    PairedBootstrap,
-    derived_seed,
-    proportion,
-)
+from ijckd_bounds.estimators.cka import _hsic, _ratio
+from ijckd_bounds.estimators.intervals import Estimate, check_level, derived_seed, proportion
 from ijckd_bounds.estimators.probes import LogisticProbe, as_features, as_labels
-from ijckd_bounds.estimators.rowwise import column_mean64, row_blocks
+from ijckd_bounds.estimators.rowwise import column_mean64, project64, row_blocks
 
 __all__ = ["stage_probe_errors", "stage_cka_matrix", "stage_cka_values", "layer_rows",
            "relative_depths"]
-
-# the Gram products of one row block of the CKA-matrix pass: about this many bytes
-_PASS_BYTES = 96 * 2 ** 20
-
 
 def _check_stages(stages, name, n=None):
     """A non-empty list of (n, d_i) float tensors with one row count; returns it."""
@@ -108,27 +90,119 @@ def stage_probe_errors(stages_eval, y, stages_fit, y_fit, *, num_classes=None, s
     return out
 
 
-def _stage_sums(stages, means):
-    """Per stage: centred squared norms (n,) and column sums (d,), float64; a second pass
-    gives ``(K̃1)_r = x_r·Σx − ‖x_r‖²`` (n,) as in ``hsic_terms``."""
-    n = stages[0].shape[0]
-    norms, sums = [], []
-    for x, mean in zip(stages, means):
-        norm = torch.empty(n, dtype=torch.float64, device=x.device)
-        total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-        for rows in row_blocks(n):
-            block = x[rows].to(torch.float64) - mean
-            norm[rows] = (block * block).sum(dim=1)
-            total += block.sum(dim=0)
-        norms.append(norm)
-        sums.append(total)
-    row_sums = []
-    for x, mean, total, norm in zip(stages, means, sums, norms):
-        row = torch.empty(n, dtype=torch.float64, device=x.device)
-        for rows in row_blocks(n):
-            row[rows] = ((x[rows].to(torch.float64) - mean) * total).sum(dim=1)
-        row_sums.append(row - norm)
-    return norms, sums, row_sums
+def _stage_pieces(x):
+    """Centred float64 pieces of one stage x (n, d), in the notation of ``cka``:
+    mean, squared norms ``nx`` (n), column sum ``sx`` (d), ``row = (K̃1)`` (n), Gram
+    ``xtx`` (d, d), and for its own HSIC's jackknife ``q = x_kᵀ(XᵀX)x_k`` (n) and
+    ``self_row = Σ_{i≠k} (K̃1)_i K_ik`` (n)."""
+    n = x.shape[0]
+    mean = column_mean64(x)
+    options = dict(dtype=torch.float64, device=x.device)
+    norms, total = torch.empty(n, **options), torch.zeros(x.shape[1], **options)
+    gram = torch.zeros(x.shape[1], x.shape[1], **options)
+    for rows in row_blocks(n):
+        block = x[rows].to(torch.float64) - mean
+        norms[rows] = (block * block).sum(dim=1)
+        total += block.sum(dim=0)
+        gram.addmm_(block.T, block)
+    row = project64(x, total) - float(mean @ total) - norms
+    quad = torch.empty(n, **options)
+    back = torch.zeros(x.shape[1], **options)  # Xᵀ(K̃1)
+    for rows in row_blocks(n):
+        block = x[rows].to(torch.float64) - mean
+        quad[rows] = ((block @ gram) * block).sum(dim=1)
+        back += row[rows] @ block
+    self_row = project64(x, back) - float(mean @ back) - row * norms
+    return {"mean": mean, "norms": norms, "sum": total, "row": row, "gram": gram,
+            "quad": quad, "self_row": self_row}
+
+
+def _hsic_pieces(gram, norms_a, norms_b, sum_a, sum_b, row_a, row_b):
+    """Full-sample pieces ``(tr(K̃L̃), 1ᵀK̃1, 1ᵀL̃1, 1ᵀK̃L̃1)``; gram = AᵀB."""
+    return (float((gram * gram).sum()) - float((norms_a * norms_b).sum()),
+            float(sum_a @ sum_a - norms_a.sum()), float(sum_b @ sum_b - norms_b.sum()),
+            float((row_a * row_b).sum()))
+
+
+def _without_one(full, quad, norms_a, norms_b, row_a, row_b, a_b, b_a):
+    """The pieces without sample k (each (n,)), from the rank-one downdates of
+    ``cka._leave_one_out``."""
+    tr, sum_a, sum_b, sum_ab = full
+    cross = quad - norms_a * norms_b  # Σ_{i≠k} K_ik L_ik
+    return (tr - 2.0 * cross, sum_a - 2.0 * row_a, sum_b - 2.0 * row_b,
+            sum_ab - row_a * row_b - a_b - b_a + cross)
+
+
+def _stage_cka_jackknife(xs, ys):
+    """Debiased CKA (I, J) float64 of every teacher stage and student stage, and its
+    leave-one-out values (I, J, n), from one pass over the concatenated stages."""
+    n = xs[0].shape[0]
+    if n < 5:
+        raise IJCKDError(f"the jackknife of debiased CKA needs at least 5 samples, got {n}")
+    px = [_stage_pieces(x) for x in xs]
+    py = [_stage_pieces(y) for y in ys]
+    device = xs[0].device
+    col_x = [0, *torch.tensor([x.shape[1] for x in xs]).cumsum(0).tolist()]
+    col_y = [0, *torch.tensor([y.shape[1] for y in ys]).cumsum(0).tolist()]
+
+    def centred(stages, pieces, rows):
+        return torch.cat([z[rows].to(torch.float64) - p["mean"]
+                          for z, p in zip(stages, pieces)], dim=1)
+
+    # one cross product of the concatenations: its (i, j) block is X_iᵀY_j
+    cross = torch.zeros(col_x[-1], col_y[-1], dtype=torch.float64, device=device)
+    for rows in row_blocks(n):
+        cross.addmm_(centred(xs, px, rows).T, centred(ys, py, rows))
+    rows_k = torch.stack([p["row"] for p in px], dim=1)  # (n, I)
+    rows_l = torch.stack([p["row"] for p in py], dim=1)  # (n, J)
+    # x_kᵀ(X_iᵀY_j)y_k (I, J, n); Y_jᵀ(K̃_i1) (E, I) and X_iᵀ(L̃_j1) (D, J)
+    quad = torch.empty(len(xs), len(ys), n, dtype=torch.float64, device=device)
+    y_back = torch.zeros(col_y[-1], len(xs), dtype=torch.float64, device=device)
+    x_back = torch.zeros(col_x[-1], len(ys), dtype=torch.float64, device=device)
+    for rows in row_blocks(n):
+        bx, by = centred(xs, px, rows), centred(ys, py, rows)
+        y_back += by.T @ rows_k[rows]
+        x_back += bx.T @ rows_l[rows]
+        for i in range(len(xs)):
+            mapped = bx[:, col_x[i]:col_x[i + 1]] @ cross[col_x[i]:col_x[i + 1]]  # (b, E)
+            for j in range(len(ys)):
+                part = slice(col_y[j], col_y[j + 1])
+                quad[i, j, rows] = (mapped[:, part] * by[:, part]).sum(dim=1)
+    # y_k·Y_jᵀ(K̃_i1) (n, I, J) and x_k·X_iᵀ(L̃_j1) (n, I, J), in a third pass
+    y_proj = torch.empty(n, len(xs), len(ys), dtype=torch.float64, device=device)
+    x_proj = torch.empty(n, len(xs), len(ys), dtype=torch.float64, device=device)
+    for rows in row_blocks(n):
+        bx, by = centred(xs, px, rows), centred(ys, py, rows)
+        for j in range(len(ys)):
+            part = slice(col_y[j], col_y[j + 1])
+            y_proj[rows, :, j] = by[:, part] @ y_back[part]
+        for i in range(len(xs)):
+            part = slice(col_x[i], col_x[i + 1])
+            x_proj[rows, i, :] = bx[:, part] @ x_back[part]
+
+    def own(p):
+        full = _hsic_pieces(p["gram"], p["norms"], p["norms"], p["sum"], p["sum"], p["row"],
+                            p["row"])
+        loo = _without_one(full, p["quad"], p["norms"], p["norms"], p["row"], p["row"],
+                           p["self_row"], p["self_row"])
+        return _hsic(*full, n), _hsic(*loo, n - 1)
+
+    own_x, own_y = [own(p) for p in px], [own(p) for p in py]
+    values = torch.full((len(xs), len(ys)), math.nan, dtype=torch.float64)
+    loo = torch.full((len(xs), len(ys), n), math.nan, dtype=torch.float64)
+    for i, (x, p) in enumerate(zip(xs, px)):
+        for j, (y, q) in enumerate(zip(ys, py)):
+            block = cross[col_x[i]:col_x[i + 1], col_y[j]:col_y[j + 1]]
+            full = _hsic_pieces(block, p["norms"], q["norms"], p["sum"], q["sum"], p["row"],
+                                q["row"])
+            # Σ_{i'≠k} (K̃1)_i' L_i'k and Σ_{i'≠k} K_i'k (L̃1)_i'
+            k_l = y_proj[:, i, j] - p["row"] * q["norms"]
+            l_k = x_proj[:, i, j] - q["row"] * p["norms"]
+            dropped = _without_one(full, quad[i, j], p["norms"], q["norms"], p["row"],
+                                   q["row"], k_l, l_k)
+            values[i, j] = _ratio(_hsic(*full, n), own_x[i][0], own_y[j][0])
+            loo[i, j] = _ratio(_hsic(*dropped, n - 1), own_x[i][1], own_y[j][1]).cpu()
+    return values, loo
 
 
 def stage_cka_values(teacher_stages, student_stages):
@@ -137,124 +211,36 @@ def stage_cka_values(teacher_stages, student_stages):
     the concatenated, centred stages (NaN where a stage is constant)."""
     xs = _check_stages(teacher_stages, "teacher_stages")
     ys = _check_stages(student_stages, "student_stages", xs[0].shape[0])
-    n = xs[0].shape[0]
-    if n < 4:
-        raise IJCKDError(f"debiased CKA needs at least 4 samples, got {n}")
-    device = xs[0].device
-    mean_x = [column_mean64(x) for x in xs]
-    mean_y = [column_mean64(y) for y in ys]
-    dx = [x.shape[1] for x in xs]
-    dy = [y.shape[1] for y in ys]
-    cross = torch.zeros(sum(dx), sum(dy), dtype=torch.float64, device=device)
-    own_x = [torch.zeros(d, d, dtype=torch.float64, device=device) for d in dx]
-    own_y = [torch.zeros(d, d, dtype=torch.float64, device=device) for d in dy]
-    for rows in row_blocks(n):
-        bx = [x[rows].to(torch.float64) - m for x, m in zip(xs, mean_x)]
-        by = [y[rows].to(torch.float64) - m for y, m in zip(ys, mean_y)]
-        cross.addmm_(torch.cat(bx, dim=1).T, torch.cat(by, dim=1))
-        for gram, block in zip(own_x + own_y, bx + by):
-            gram.addmm_(block.T, block)
-    nx, sx, rx = _stage_sums(xs, mean_x)
-    ny, sy, ry = _stage_sums(ys, mean_y)
-
-    def frob2(prod):
-        return float((prod * prod).sum())
-
-    def self_hsic(gram, norm, total, row):
-        sum_k = float(total @ total - norm.sum())
-        return _hsic(frob2(gram) - float((norm * norm).sum()), sum_k, sum_k,
-                     float((row * row).sum()), n), sum_k
-
-    kk = [self_hsic(*args) for args in zip(own_x, nx, sx, rx)]
-    ll = [self_hsic(*args) for args in zip(own_y, ny, sy, ry)]
-    out = torch.full((len(xs), len(ys)), math.nan, dtype=torch.float64)
-    col_x = [0, *torch.tensor(dx).cumsum(0).tolist()]
-    col_y = [0, *torch.tensor(dy).cumsum(0).tolist()]
-    for i in range(len(xs)):
-        for j in range(len(ys)):
-            block = cross[col_x[i]:col_x[i + 1], col_y[j]:col_y[j + 1]]
-            hsic_kl = _hsic(frob2(block) - float((nx[i] * ny[j]).sum()), kk[i][1], ll[j][1],
-                            float((rx[i] * ry[j]).sum()), n)
-            out[i, j] = _ratio(hsic_kl, kk[i][0], ll[j][0])
-    return out
+    return _stage_cka_jackknife(xs, ys)[0]
 
 
-def _centred(x, dtype):
-    return (x.to(torch.float64) - column_mean64(x)).to(dtype)
-
-
-def _matrix_quads(xs, ys, weights, *, block_rows=None):
-    """Quadratic forms of every pair and stage in one pass over the Gram matrices.
-
-    xs, ys: centred stages (n, d_i), (n, e_j), one dtype; weights (C, n). Returns
-    ``(pair (I, J, C), own_x (I, C), own_y (J, C))`` float64 on the CPU: ``w_cᵀ(K_i∘L_j)w_c``,
-    ``w_cᵀ(K_i∘K_i)w_c``, ``w_cᵀ(L_j∘L_j)w_c`` with ``K_i = X_i X_iᵀ``, ``L_j = Y_j Y_jᵀ``.
-    """
-    n, n_x, n_y = xs[0].shape[0], len(xs), len(ys)
-    groups = n_x * n_y + n_x + n_y
-    dtype = xs[0].dtype
-    if block_rows is None:
-        per_row = (groups + n_x + n_y) * n * torch.finfo(dtype).bits // 8
-        block_rows = int(max(16, min(4096, _PASS_BYTES // max(per_row, 1))))
-    vectors = weights.to(device=xs[0].device, dtype=dtype).T.contiguous()  # (n, C)
-    total = torch.zeros(groups, vectors.shape[1], dtype=torch.float64, device=xs[0].device)
-    for start in range(0, n, block_rows):
-        stop = min(start + block_rows, n)
-        b = stop - start
-        grams_x = [matmul_nt(x[start:stop], x[start:]) for x in xs]  # (b, n - start) each
-        grams_y = [matmul_nt(y[start:stop], y[start:]) for y in ys]
-        products = torch.empty(groups * b, n - start, dtype=dtype, device=xs[0].device)
-        slot = 0
-        for gram_x in grams_x:
-            for gram_y in grams_y:
-                torch.mul(gram_x, gram_y, out=products[slot * b:(slot + 1) * b])
-                slot += 1
-        for gram in grams_x + grams_y:
-            torch.mul(gram, gram, out=products[slot * b:(slot + 1) * b])
-            slot += 1
-        del grams_x, grams_y
-        total += _upper_quadratic(products, vectors, start, stop, groups=groups)
-        del products
-    total = total.cpu()
-    pair = total[:n_x * n_y].view(n_x, n_y, -1)
-    return pair, total[n_x * n_y:n_x * n_y + n_x], total[n_x * n_y + n_x:]
-
-
-def stage_cka_matrix(teacher_stages, student_stages, *, level=0.95, bootstrap=None,
-                     n_bootstrap=1000, seed=0, max_bootstrap=CKA_BOOTSTRAP, block_rows=None):
+def stage_cka_matrix(teacher_stages, student_stages, *, level=0.95):
     """``stage_cka`` of every teacher stage i and student stage j: an I×J list of lists of
-    ``Estimate``, each the debiased linear CKA with the paired-bootstrap interval of
-    ``feat_cka`` (the first ``max_bootstrap`` resamples of ``bootstrap``, one set of
-    resamples for all pairs).
+    ``Estimate``, each the debiased linear CKA with the interval of ``feat_cka`` (the
+    delete-one jackknife, ``value ± t_{n−1} · se_jack``), all pairs from one pass.
 
     teacher_stages: list of (n, d_i); student_stages: list of (n, e_j), rows paired.
     """
+    from scipy.special import stdtrit
+
+    level = check_level(level)
     xs = _check_stages(teacher_stages, "teacher_stages")
     ys = _check_stages(student_stages, "student_stages", xs[0].shape[0])
     n = xs[0].shape[0]
-    if bootstrap is None:
-        bootstrap = PairedBootstrap(n, n_bootstrap, seed, level=level, device=xs[0].device)
-    elif bootstrap.n != n:
-        raise IJCKDError(f"`bootstrap` resamples {bootstrap.n} samples, the stages have {n}")
-    values = stage_cka_values(xs, ys)
-    count = cka_replicate_count(bootstrap.n_bootstrap, max_bootstrap)
-    dtype = torch.float64 if all(x.dtype == torch.float64 for x in xs + ys) else torch.float32
-    cxs = [_centred(x, dtype) for x in xs]
-    cys = [_centred(y, dtype) for y in ys]
-    weights = bootstrap.weights[:count]
-    pair, own_x, own_y = _matrix_quads(cxs, cys, weights, block_rows=block_rows)
-    method = cka_method(bootstrap, count)
+    values, loo = _stage_cka_jackknife(xs, ys)
+    se = ((n - 1) / n * ((loo - loo.mean(dim=2, keepdim=True)) ** 2).sum(dim=2)).sqrt()
+    half = float(stdtrit(n - 1, 0.5 + level / 2)) * se
+    method = f"delete-one jackknife (n={n}), t interval"
     out = []
-    for i, x in enumerate(cxs):
+    for i in range(len(xs)):
         row = []
-        for j, y in enumerate(cys):
+        for j in range(len(ys)):
             value = float(values[i, j])
-            if math.isnan(value):
-                row.append(Estimate.missing(n, bootstrap.level, "a stage is constant"))
-                continue
-            quad = torch.stack([pair[i, j], own_x[i], own_y[j]])
-            replicates = cka_replicates(x, y, weights, quad)
-            row.append(bootstrap.estimate(value, replicates, method=method))
+            if math.isnan(value) or not bool(torch.isfinite(loo[i, j]).all()):
+                row.append(Estimate.missing(n, level, "a stage is constant"))
+            else:
+                width = float(half[i, j])
+                row.append(Estimate(value, value - width, value + width, n, method, level))
         out.append(row)
     return out
 

@@ -184,8 +184,7 @@ def layer_table_rows(student, cache, run_dir, settings, keys, *, group=None, tea
                                                num_classes=num_classes, seed=settings.seed)
     student_probes = stage_probe_errors(features["eval"], y, features["fit"], y_fit,
                                         num_classes=num_classes, seed=settings.seed)
-    cka = stage_cka_matrix(teacher["eval"], features["eval"], n_bootstrap=settings.n_bootstrap,
-                           seed=settings.seed)
+    cka = stage_cka_matrix(teacher["eval"], features["eval"])
     rows = layer_rows(teacher["probes"], student_probes, cka,
                       teacher_stages=teacher["names"],
                       student_stages=list(_model_of(student).stage_names),
@@ -209,7 +208,7 @@ def track_layers(student, cache, run_dir, settings, keys, *, group=None):
 
 
 __all__ = ["LAYERS_CSV", "layer_table_rows", "layers_wanted", "pending", "teacher_stages",
-           "track_layers", "tracked_checkpoints", "write_layer_rows"]
+           "track_layers", "track_run_layers", "tracked_checkpoints", "write_layer_rows"]
 
 
 def pending(run_dir, checkpoints, done, settings=None):
@@ -231,3 +230,28 @@ def pending(run_dir, checkpoints, done, settings=None):
     have = tracked_checkpoints(run_dir)
     missing = {p.name for p in tracked if p.name not in have}
     return [p for p in checkpoints if p.name not in done or p.name in missing]
+
+
+def track_run_layers(run_dir, settings=None, *, data_dir=None):
+    """Only the layer rows: ``layers.csv`` for every checkpoint of ``run_dir`` it lacks,
+    whatever the run's ``track.layers`` says (``bounds.csv`` is left as it is). Returns
+    the table."""
+    from ijckd_bounds.checkpoint import load_student
+    from ijckd_bounds.tracking.track import (EstimatorSettings, _dataset_for, _keys,
+                                             _teacher_cache, checkpoints_of)
+
+    run_dir = Path(run_dir)
+    have = tracked_checkpoints(run_dir)
+    cache = None
+    for path in checkpoints_of(run_dir):
+        if path.name in have:
+            continue
+        student = load_student(path)
+        config = student.meta.get("config")
+        run_settings = settings or EstimatorSettings.from_config(config)
+        if cache is None:
+            cache = _teacher_cache(student, _dataset_for(student, data_dir), run_dir,
+                                   run_settings)
+        track_layers(student, cache, run_dir, run_settings.resolved(config),
+                     _keys(student, run_dir.name, path.name))
+    return table.read_table(run_dir / LAYERS_CSV, kind="layers")
