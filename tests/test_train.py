@@ -286,7 +286,7 @@ def test_teacher_from_another_split_seed_warns_of_leakage(teacher, tmp_path):
 
 
 def test_configuration_errors_are_one_line(teacher, tmp_path):
-    with pytest.raises(IJCKDError, match=r"unknown method 'fitnets'.*valid: ce, fitnet"):
+    with pytest.raises(IJCKDError, match=r"unknown method 'fitnets'.*valid: ce, ce_connector, fitnet"):
         distill(student_cfg(tmp_path, teacher.teacher_path, "fitnets"))
     with pytest.raises(IJCKDError, match=r"method.name must be 'ce', got 'kd'"):
         train_teacher(teacher_cfg(tmp_path, method__name="kd"))
