@@ -145,11 +145,12 @@ def _load(file_name, run_dir, seed, epochs, overrides):
 # -------------------------------------------------------------------------------- runs
 
 
-def train_or_reuse(cfg, *, teacher_mode):
+def train_or_reuse(cfg, *, teacher_mode, train=True):
     """Train the run of ``cfg``, or reuse it when its run directory already holds it.
 
     Returns ``(metrics, final_checkpoint_path, reused)``; ``metrics`` are the final epoch's
-    (train_acc, eval_acc, best_eval_acc, best_epoch, ...). A directory holding a run of
+    (train_acc, eval_acc, best_eval_acc, best_epoch, ...). With ``train=False`` a run not
+    already complete returns None instead of being trained. A directory holding a run of
     another config, or distilled from another teacher file, raises IJCKDError.
     """
     from ijckd_bounds.checkpoint import read_checkpoint, sha256_file
@@ -174,6 +175,8 @@ def train_or_reuse(cfg, *, teacher_mode):
         done = payload["epoch"] == cfg.optim.epochs and (final is None or final.is_file())
         if done:
             return dict(payload["metrics"]), final or latest, True
+    if not train:
+        return None
     run = train_teacher if teacher_mode else distill
     result = run(cfg, resume=latest is not None)
     return dict(result.metrics), result.teacher_path or result.checkpoint, False
@@ -276,9 +279,11 @@ def group_rows(records, groups):
     return index
 
 
-def results_markdown(records, datasets, table_rows, seeds, groups, controls, columns=()):
+def results_markdown(records, datasets, table_rows, seeds, groups, controls, columns=(),
+                     missing=()):
     """The Markdown of ``results_table.md`` from the run records (dicts of CSV_COLUMNS)
-    and ``compare``'s groups (with a ``run_dirs`` column) and control differences."""
+    and ``compare``'s groups (with a ``run_dirs`` column) and control differences;
+    ``missing``: the runs not made (``--no-train``), listed below the table."""
     stats = group_rows(records, groups)
 
     def first(dataset, row_name, column):
@@ -289,8 +294,9 @@ def results_markdown(records, datasets, table_rows, seeds, groups, controls, col
         group = stats.get((dataset, row.name))
         if group is None:
             return "–"
+        fewer = f" (n={group['n_seeds']})" if group["n_seeds"] < len(seeds) else ""
         if column in ("final", "train"):
-            return format_pct(group[f"{column}_mean"], group[f"{column}_std"])
+            return format_pct(group[f"{column}_mean"], group[f"{column}_std"]) + fewer
         mean, std = group.get(f"{column}_mean", math.nan), group.get(f"{column}_std", math.nan)
         if column == "top1_agreement":  # a proportion: percent
             return format_pct(100 * mean, 100 * std)
@@ -355,6 +361,8 @@ def results_markdown(records, datasets, table_rows, seeds, groups, controls, col
         "",
         main,
         "",
+        *([f"Not made (so not in the means; `(n=k)`: a row over k seeds only): "
+           f"{', '.join(missing)}.", ""] if missing else []),
         fidelity_note,
         "",
         "Each seed trains its own teacher and distils every student from it (both with "
@@ -428,6 +436,9 @@ def parse_args(argv=None):
                         help="do not track the final checkpoints (top-1 agreement, ECE)")
     parser.add_argument("--n-bootstrap", type=int, default=200,
                         help="bootstrap replicates when tracking the final checkpoints")
+    parser.add_argument("--no-train", action="store_true",
+                        help="train nothing: make the table from the runs already complete "
+                             "in --runs-dir and list the missing ones")
     parser.add_argument("--verbose", action="store_true", help="log every epoch")
     return parser.parse_args(argv)
 
@@ -446,7 +457,7 @@ def main(argv=None):
                   *(() if args.no_matched else
                     (*MATCHED_ROWS, *(() if args.no_control else (MATCHED_CONTROL_ROW,)))))
     total = len(args.datasets) * len(args.seeds) * len(table_rows)
-    records, started = [], time.perf_counter()
+    records, missing, started = [], [], time.perf_counter()
     try:
         if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
             raise IJCKDError(f"--seeds must be distinct non-negative integers, got {args.seeds}")
@@ -462,8 +473,15 @@ def main(argv=None):
                     else:
                         cfg = student_config(dataset, row, seed, teacher_path, args.runs_dir,
                                              args.student_epochs)
-                    metrics, checkpoint, reused = train_or_reuse(cfg,
-                                                                 teacher_mode=row.method is None)
+                    if row.method is not None and teacher_path is None:
+                        missing.append(f"{dataset} seed {seed} {row.name}")
+                        continue
+                    done = train_or_reuse(cfg, teacher_mode=row.method is None,
+                                          train=not args.no_train)
+                    if done is None:
+                        missing.append(f"{dataset} seed {seed} {row.name}")
+                        continue
+                    metrics, checkpoint, reused = done
                     if row.method is None:
                         teacher_path = checkpoint
                     records.append(run_record(dataset, row, seed, cfg, metrics, checkpoint,
@@ -483,7 +501,7 @@ def main(argv=None):
         written = write_comparison(comparison, args.out / COMPARE_DIR)
         log.info("wrote %s", ", ".join(_relative(p) for p in written))
         text = results_markdown(records, args.datasets, table_rows, args.seeds,
-                                comparison.groups, comparison.controls, columns)
+                                comparison.groups, comparison.controls, columns, missing)
     except IJCKDError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -74,8 +74,8 @@ def plot_compare(df, *, ax=None):
                     ax.plot([end, end], [y - 0.12, y + 0.12], color=colour, linewidth=0.8,
                             zorder=2)
             elif int(group["n_seeds"]) == 1:
-                ax.annotate("1 seed: no interval", (seeds["final_acc"].iloc[0], y),
-                            xytext=(6, 0), textcoords="offset points", va="center",
+                right = np.nanmax(seeds[["final_acc", "best_acc"]].to_numpy(float))
+                ax.annotate("1 seed: no interval", (right, y), xytext=(7, 0), textcoords="offset points", va="center",
                             fontsize=6, color="#555555")
             if np.isfinite(group["final_mean"]):
                 ax.plot([group["final_mean"]] * 2, [y - 0.3, y + 0.3], color="#000000",
