@@ -134,7 +134,7 @@ def test_feat_cka_covers_where_n_is_below_2d(n, d):
 
 @pytest.mark.slow
 def test_ideal_joint_covers_where_the_probe_beats_the_teacher():
-    reps = 60
+    reps = 40
     by_term, extras = reports("shifted", 200, 5, reps)
     truth = population("shifted", 5)
     assert truth["ijc_gap"] > 0.05
