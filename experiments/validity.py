@@ -669,8 +669,12 @@ def markdown(coverage, mmd, extras, *, command, cpu_minutes):
         part = coverage[coverage["scenario"] == scenario]
         if part.empty:
             continue
-        reps = {(n, d): int(part[(part["n"] == n) & (part["d"] == d)]["reps"].max())
-                for n, d in cells}
+        def reps_of(term):
+            rows = part[part["term"] == term]
+            return {(n, d): int(rows[(rows["n"] == n) & (rows["d"] == d)]["reps"].max())
+                    for n, d in cells if ((rows["n"] == n) & (rows["d"] == d)).any()}
+
+        reps, cka_reps = reps_of("teacher_err"), reps_of("feat_cka")
         lines += [f"**{scenario}** (c = {SHIFTS[scenario]})", "",
                   "| term | target | " + " | ".join(_cell_label(*c) for c in cells) + " |",
                   "|---|---|" + "---:|" * len(cells)]
@@ -689,9 +693,13 @@ def markdown(coverage, mmd, extras, *, command, cpu_minutes):
                     text = f"{value:.2f}"
                     entries.append(f"**{text}**" if value < 0.93 else text)
                 lines.append(f"| `{term}` | {target} | " + " | ".join(entries) + " |")
-        se = " · ".join(f"{_cell_label(*c)}: {reps[c]} ({math.sqrt(0.95 * 0.05 / reps[c]):.3f})"
-                        for c in cells)
-        lines += ["", f"Replicates (Monte-Carlo SE of a 0.95 coverage): {se}.", ""]
+        def listing(counts):
+            return " · ".join(f"{_cell_label(*c)}: {r} ({math.sqrt(0.95 * 0.05 / r):.3f})"
+                              for c, r in counts.items())
+
+        lines += ["", f"Reports per cell (Monte-Carlo SE of a 0.95 coverage): "
+                  f"{listing(reps)}; `feat_cka` from its term function on the same "
+                  f"draws: {listing(cka_reps)}.", ""]
         chosen = extras[extras["scenario"] == scenario]
         if not chosen.empty and "joint_chosen" in chosen:
             share = chosen.groupby(["n", "d"])["joint_chosen"].apply(

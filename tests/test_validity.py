@@ -110,6 +110,7 @@ def test_population_values_match_a_large_sample():
     assert truth["ijc_gap"] > 0.05  # in this scenario a linear classifier beats h_T
 
 
+@pytest.mark.slow
 def test_aligned_scenario_has_teacher_optimal_and_no_shift():
     truth = population("aligned", 5)
     assert truth["ijc_gap"] == 0 and truth["pair_disc"] == 0 and truth["mmd2"] == 0
@@ -134,7 +135,7 @@ def test_feat_cka_covers_where_n_is_below_2d(n, d):
 
 @pytest.mark.slow
 def test_ideal_joint_covers_where_the_probe_beats_the_teacher():
-    reps = 60
+    reps = 40
     by_term, extras = reports("shifted", 200, 5, reps)
     truth = population("shifted", 5)
     assert truth["ijc_gap"] > 0.05
