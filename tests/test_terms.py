@@ -81,7 +81,7 @@ def test_feature_and_logit_discrepancies_match_numpy():
     msd = terms.feat_msd(z_t, z_s, bootstrap=boot)
     assert msd.value == pytest.approx(np.mean(((s - t) ** 2).sum(1)), rel=1e-12)
     rel = terms.feat_rel(z_t, z_s, bootstrap=boot)
-    total_var = np.mean(((t - t.mean(0)) ** 2).sum(1))
+    total_var = ((t - t.mean(0)) ** 2).sum(1).sum() / (len(t) - 1)  # unbiased variance
     assert rel.value == pytest.approx(math.sqrt(msd.value / total_var), rel=1e-12)
     lt = terms.classifier_logits(z_t, weight, bias)
     ls = terms.classifier_logits(z_s, weight, bias)
@@ -108,7 +108,7 @@ def test_feat_rel_replicates_equal_explicit_resamples():
         idx = torch.repeat_interleave(torch.arange(60), boot.weights[b].long())
         t, s = z_t[idx], z_s[idx]
         explicit = math.sqrt(float(((s - t) ** 2).sum(1).mean())
-                             / float(((t - t.mean(0)) ** 2).sum(1).mean()))
+                             / (float(((t - t.mean(0)) ** 2).sum(1).sum()) / 59))
         assert float(boot.captured[b]) == pytest.approx(explicit, rel=1e-10)
 
 

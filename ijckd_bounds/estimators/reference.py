@@ -352,7 +352,7 @@ def reference_report(data, *, bandwidth, n_bootstrap=1000, n_permutations=200,
         ideal = probe_t_ + probe_s_ if probe_chosen else teacher + student
         pair = abs(differ_s_ - differ_t_) if probe_chosen else 0.0
         proxy_mlp = min(max(2 * (1 - 2 * domain_mlp), 0.0), 2.0)
-        variance = spread_ - mean_t @ mean_t
+        variance = (spread_ - mean_t @ mean_t) * n / (n - 1)  # the unbiased variance
         return {"feat_msd": msd, "logit_msd": logit_msd,
                 "feat_rel": np.sqrt(msd / variance) if variance > 0 else np.nan,
                 "bound_coupled": teacher + disagreeing, "bound_margin": teacher + crossing_,

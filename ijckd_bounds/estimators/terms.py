@@ -184,13 +184,19 @@ def feat_rel(z_t, z_s, *, level=0.95, bootstrap=None, n_bootstrap=1000, seed=0, 
     # centring by the full-sample mean first keeps the weighted variance formula stable
     mean = column_mean64(z_t, order)
     spread = centred_sq_norms64(z_t, mean, order)
-    variance = float(spread.mean())
+    # the unbiased variance (1/(n−1)), in the value and in every replicate: with the plug-in
+    # 1/n form the value is high by sqrt(n/(n−1)) and each replicate adds that bias again,
+    # which at d ≳ n (a very precise ratio) put the interval above the population value
+    if n < 2:
+        return Estimate.missing(n, bootstrap.level, "feat_rel needs at least 2 samples")
+    correction = n / (n - 1)
+    variance = float(spread.mean()) * correction
     if not variance > 0:
         return Estimate.missing(n, bootstrap.level, "the teacher features have zero variance")
     value = math.sqrt(float(sq.mean()) / variance)
     msd_b, spread_b = bootstrap.means(torch.stack([sq, spread], dim=1)).unbind(1)
     mean_b = weighted_sum64(bootstrap.weights_like(sq), z_t, mean, order) / n
-    variance_b = spread_b - (mean_b * mean_b).sum(dim=1)
+    variance_b = (spread_b - (mean_b * mean_b).sum(dim=1)) * correction
     ratio_b = msd_b / variance_b
     replicates = torch.where(variance_b > 0, ratio_b, torch.full_like(ratio_b, math.nan)).sqrt()
     return bootstrap.estimate(value, replicates)
