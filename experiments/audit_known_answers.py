@@ -1,4 +1,4 @@
-"""The audit on students whose defect is known by construction (THEORY.md, "Audit").
+"""The audit on students whose defect is known by construction (docs/theory.md, "Audit").
 
 Teacher features are k isotropic Gaussian classes in d dimensions and h_T is their Bayes
 classifier, so every probe fitted on the fit split loses against h_T (the fit piece). The

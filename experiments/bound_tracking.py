@@ -1,5 +1,5 @@
 """The full bound-tracking experiment: a teacher and the six students per dataset, every
-THEORY term tracked at every checkpoint, every figure, and an audit of the weakest student.
+docs/theory.md term tracked at every checkpoint, every figure, and an audit of the weakest student.
 
     python experiments/bound_tracking.py --datasets digits mnist1d --seeds 0 1 2 --out runs/bounds
     python experiments/bound_tracking.py --datasets cifar100 --data-dir ~/data --out runs/bounds

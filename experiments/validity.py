@@ -30,7 +30,7 @@ which makes the sign-flip test exact) and ``shifted`` (c = 1.5 along the first a
 
 Targets ("target" column of the tables):
 
-- ``population``: the THEORY quantity of the population. Error rates, disagreement,
+- ``population``: the docs/theory.md quantity of the population. Error rates, disagreement,
   δ_γ and the Markov/coupled/margin bounds of the fixed classifiers are computed on
   ``TRUTH_SAMPLES`` draws reduced exactly to the plane of the means (the logits live
   there; the rest of ``‖z_S − z_T‖²`` is an independent scaled χ²_{d−2}); feat_msd,
@@ -43,7 +43,7 @@ Targets ("target" column of the tables):
 - ``this fit``: terms with a fitted part have no population value of their own: their
   target is the population value of what the report fitted on this draw's fit split (the
   same fit split and seed, evaluated by ``estimate_bounds`` on 20·n fresh pairs).
-  For the probes that is THEORY's quantity; for ideal_joint, ijc_gap and pair_disc it is
+  For the probes that is docs/theory.md's quantity; for ideal_joint, ijc_gap and pair_disc it is
   the value of the better of h_T and this draw's probe, which the interval can reach even
   where the fitted probe is far from h*.
 
@@ -322,8 +322,8 @@ def _softmax(logits):
 
 
 def _fidelity_values(logits_t, logits_own, y, n_bins=15):
-    """Population fidelity and calibration terms (THEORY) of p_T = softmax(h_T(z_T)) and
-    the student's own head p_S, on a large sample; binned ECE as THEORY defines it."""
+    """Population fidelity and calibration terms (docs/theory.md) of p_T = softmax(h_T(z_T)) and
+    the student's own head p_S, on a large sample; binned ECE as docs/theory.md defines it."""
     p_t, p_s = _softmax(logits_t), _softmax(logits_own)
     rows = np.arange(y.size)
     onehot = np.zeros_like(p_t)

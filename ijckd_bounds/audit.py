@@ -1,7 +1,7 @@
 """``ijckd-bounds audit``: why does this student underperform?
 
 Loads a teacher and a student checkpoint (or a feature file), estimates every bound term on
-the evaluation split, splits the student's error into THEORY.md's additive error budget and
+the evaluation split, splits the student's error into docs/theory.md's additive error budget and
 writes ``report.md`` (with the figures it cites) and ``bounds.json`` to ``--out``.
 """
 
@@ -81,7 +81,7 @@ def _checkpoint_inputs(teacher, student, dataset, data_dir, out, n_bootstrap, se
              f"{loaded.meta.get('epoch')}, on {name}")
     if connector == "post-hoc ridge":
         notes.append("this student predicts with its own head: its features were mapped into "
-                     "the teacher's space by the post-hoc ridge connector of THEORY.md, fitted "
+                     "the teacher's space by the post-hoc ridge connector of docs/theory.md, fitted "
                      "on the fit split")
     subject = Subject(title, teacher=_describe_teacher(teacher),
                       student=_describe_student(loaded, student))
@@ -290,7 +290,7 @@ def audit_models(teacher, student, splits, out, *, connector=None, n_bootstrap=1
     Args:
         teacher, student: ``nn.Module``s (used in eval mode, never trained here).
         splits: a ``DatasetSplits`` (``ijckd_bounds.data.build_dataset`` or your own); its
-            ``fit`` split fits the probes and, without ``connector``, THEORY's post-hoc
+            ``fit`` split fits the probes and, without ``connector``, docs/theory.md's post-hoc
             ridge connector; its ``eval`` split is what every number is measured on.
         connector: optional module mapping the student's last map into the teacher's
             feature space (``connector.pooled(fmap)``, as the trainer's connectors); given
@@ -327,7 +327,7 @@ def audit_models(teacher, student, splits, out, *, connector=None, n_bootstrap=1
     notes = []
     if kind == "post-hoc ridge":
         notes.append("the student predicts with its own head: its features were mapped into "
-                     "the teacher's space by the post-hoc ridge connector of THEORY.md, "
+                     "the teacher's space by the post-hoc ridge connector of docs/theory.md, "
                      "fitted on the fit split")
     predicts = ("the teacher's classifier through the given connector"
                 if connector is not None else "its own head")

@@ -1,6 +1,6 @@
 """The audit's "Layers" section: where the student falls behind, stage by stage.
 
-From one checkpoint's rows of the layer table (THEORY "Layers"):
+From one checkpoint's rows of the layer table (docs/theory.md "Layers"):
 
 - the first student stage whose probe error exceeds the teacher's at the same relative
   depth by more than the intervals (the student's interval lies wholly above the
@@ -96,7 +96,7 @@ def layers_markdown(layers_df, *, figures=()):
     parts = ["## Layers", "",
              "Logistic probes fitted by one recipe on each stage's pooled features (fit "
              "split), and the debiased linear CKA between every teacher and student stage "
-             f"(THEORY.md, \"Layers\"); n_eval = {int(first['n_eval'])}, "
+             f"(docs/theory.md, \"Layers\"); n_eval = {int(first['n_eval'])}, "
              f"n_fit = {int(first['n_fit'])}; 95% intervals.", ""]
     behind = found["behind"]
     if behind is None:

@@ -38,7 +38,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="ijckd-bounds",
         description="Train distillation students and measure the bound terms of the ideal "
-                    "joint classifier view (THEORY.md) across checkpoints.")
+                    "joint classifier view (docs/theory.md) across checkpoints.")
     parser.add_argument("--version", action="version", version=f"ijckd_bounds {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 

@@ -194,7 +194,7 @@ DESCRIPTIONS = {
     "final_table": "the numbers of the final comparison as a table",
     "terms": "every bound term across epochs, one panel per term",
     "bounds": "each bound on the student error across epochs, against the error itself",
-    "decomposition": "the student error split into the terms of THEORY.md's budget",
+    "decomposition": "the student error split into the terms of docs/theory.md's budget",
     "per_class": "teacher-student disagreement per class at each epoch, one run",
     "margins": "teacher margin against the feature distance per evaluation sample, one run",
     "report": "the audit of the weakest student: its error budget and what to try",

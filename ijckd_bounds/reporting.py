@@ -239,7 +239,7 @@ def audit_markdown(*, title, row, budgets, per_class, figures=(), notes=(), deta
              "## Diagnosis", "", diagnosis_text(primary), "", "### Next steps", ""]
     parts += next_steps(primary)
     parts += ["", "## Error budget", "", f"The pieces sum exactly to the student's error "
-              f"(THEORY.md, \"Audit\"); each interval is a paired bootstrap over the "
+              f"(docs/theory.md, \"Audit\"); each interval is a paired bootstrap over the "
               f"{primary.get('n')} evaluation samples ({primary.get('method')}), the same "
               f"resamples for every piece and every difference of pieces.", "",
               budget_table(primary), ""]

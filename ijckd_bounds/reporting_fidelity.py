@@ -1,4 +1,4 @@
-"""The audit's "Fidelity and calibration" section (THEORY.md, "Fidelity and calibration"),
+"""The audit's "Fidelity and calibration" section (docs/theory.md, "Fidelity and calibration"),
 written from plain numbers: a bounds row and the ECE difference ``ece_gap`` of the report's
 details (``{"value", "lo", "hi", ...}``, student_ece − teacher_ece from the same
 paired-bootstrap replicates)."""

@@ -1,4 +1,4 @@
-"""Column names of the results table, as defined in ``THEORY.md``.
+"""Column names of the results table, as defined in ``docs/theory.md``.
 
 Imported by the estimators (``BoundsReport.row()``), by tracking (schema check on write)
 and by plotting (which never imports torch), so it depends on nothing.
@@ -25,12 +25,12 @@ INTERVAL_TERMS = (
     "ijc_lambda",
     "ijc_gap",
     "pair_disc",
-    # the same-recipe probes beside student_probe_err (THEORY: one recipe, three inputs)
+    # the same-recipe probes beside student_probe_err (docs/theory.md: one recipe, three inputs)
     "teacher_probe_err",
     "connected_probe_err",
 )
 
-# Fidelity and calibration (THEORY "Fidelity and calibration"): how closely the student's
+# Fidelity and calibration (docs/theory.md "Fidelity and calibration"): how closely the student's
 # predictive distribution follows the teacher's, and how calibrated each one is.
 FIDELITY_TERMS = (
     "top1_agreement",
@@ -44,7 +44,7 @@ FIDELITY_TERMS = (
 )
 INTERVAL_TERMS = INTERVAL_TERMS + FIDELITY_TERMS
 
-# Bounds on student_err (THEORY "Bounds"); each also carries _lo/_hi.
+# Bounds on student_err (docs/theory.md "Bounds"); each also carries _lo/_hi.
 EXACT_BOUNDS = ("bound_coupled", "bound_margin", "bound_feat_markov", "bound_logit_markov",
                 "bound_ideal_joint")
 ESTIMATED_BOUNDS = ("bound_ben_david",)
@@ -139,7 +139,7 @@ LABELS.update({
     "student_ece": "student ECE (15 bins)",
 })
 
-# ---- layers.csv (THEORY "Layers"): one row per stage probe and per stage pair.
+# ---- layers.csv (docs/theory.md "Layers"): one row per stage probe and per stage pair.
 LAYER_TERMS = ("stage_probe_err", "stage_cka")
 LAYER_KEYS = ("run", "method", "epoch", "checkpoint", "split")
 # probe rows fill model, stage, stage_index, depth; CKA rows the teacher_/student_ ones

@@ -1,4 +1,4 @@
-"""The error budget of THEORY.md ("Audit: an error budget") on per-sample indicators whose
+"""The error budget of docs/theory.md ("Audit: an error budget") on per-sample indicators whose
 pieces are known by construction: exact sums, the report's own bootstrap, the naming rule."""
 
 import pytest
@@ -59,7 +59,7 @@ def test_pieces_sum_exactly_to_the_target_in_every_variant(own, s, names, target
     for p in budget.pieces:
         assert p.lo <= p.value <= p.hi
         assert p.formula and p.meaning
-    # each piece is the difference THEORY names
+    # each piece is the difference docs/theory.md names
     expected_head = ind["own_wrong"].double() - (
         ind["student_probe_wrong"] if s else ind["connected_probe_wrong"]).double()
     reference = {

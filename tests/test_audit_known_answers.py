@@ -1,4 +1,4 @@
-"""The audit on students whose defect is known by construction (THEORY.md, "Audit"; the
+"""The audit on students whose defect is known by construction (docs/theory.md, "Audit"; the
 students of experiments/audit_known_answers.py): a perfect student, a destroyed connector,
 a student misaligned with h_T, and the audit of a feature file through the CLI."""
 

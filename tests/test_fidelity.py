@@ -385,7 +385,7 @@ def test_per_class_agreement_matches_groupby_with_and_without_an_own_head():
 @pytest.mark.slow
 def test_pred_kl_and_student_nll_intervals_cover_the_population_value():
     """Coverage at n = 200 against a 400,000-sample truth. A correct implementation (at
-    least 93% coverage, THEORY) lands below the binomial 0.5% quantile of 300 draws with
+    least 93% coverage, docs/theory.md) lands below the binomial 0.5% quantile of 300 draws with
     probability < 0.5% per term, < 1% for both."""
     from scipy.stats import binom
 

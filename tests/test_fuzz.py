@@ -2,7 +2,7 @@
 the config loader: every outcome is a result or an ``IJCKDError`` (one readable line).
 Any other exception type is a bug.
 
-Results are checked too: the exact bounds of THEORY.md never lie below the student error,
+Results are checked too: the exact bounds of docs/theory.md never lie below the student error,
 and a loaded config survives the round trip through its plain dict.
 """
 

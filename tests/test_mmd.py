@@ -24,7 +24,7 @@ from ijckd_bounds.estimators.mmd import (
 
 
 def _mmd2_loop(t, s, sigma):
-    """Paired MMD² U-statistic by an explicit double loop (THEORY's formula)."""
+    """Paired MMD² U-statistic by an explicit double loop (docs/theory.md's formula)."""
     n = len(t)
 
     def k(a, b):

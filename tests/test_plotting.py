@@ -1,6 +1,6 @@
 """Figures and tables of ijckd_bounds.plotting, on synthetic results tables.
 
-The synthetic tables follow THEORY.md's relations (coupled bound = teacher error +
+The synthetic tables follow docs/theory.md's relations (coupled bound = teacher error +
 disagreement, transfer gap within ±δ, ...) so the figures look like real ones; the tests
 read back what was drawn (line data, bar heights, image arrays) and compare it with the
 table, and check the files written.

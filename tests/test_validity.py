@@ -1,4 +1,4 @@
-"""The coverage promise of THEORY.md, held in CI on the simulated model of
+"""The coverage promise of docs/theory.md, held in CI on the simulated model of
 ``experiments/validity.py`` (its functions are imported, not copied).
 
 Binomial margins. A test that counts covering intervals out of R replicates asserts at

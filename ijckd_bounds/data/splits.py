@@ -2,7 +2,7 @@
 
 - ``train``: what teachers and students are trained on.
 - ``fit``: where post-hoc connectors, joint probes and domain classifiers are fitted.
-- ``eval``: where every bound term is measured (``D`` of THEORY.md).
+- ``eval``: where every bound term is measured (``D`` of docs/theory.md).
 
 The three are disjoint, so nothing the estimators fit has seen the evaluation samples.
 Splits are a pure function of the seed: the same seed gives the same indices.

@@ -1,4 +1,4 @@
-"""Estimators of the THEORY.md bound terms: pure functions on tensors, one report shell.
+"""Estimators of the docs/theory.md bound terms: pure functions on tensors, one report shell.
 
 ``estimate_bounds(z_t, z_s, y, weight, bias, ...) -> BoundsReport`` computes everything;
 the term functions below compute one term each and return an ``Estimate``: the classifier

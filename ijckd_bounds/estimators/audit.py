@@ -1,4 +1,4 @@
-"""The audit's error budget (THEORY.md, "Audit: an error budget").
+"""The audit's error budget (docs/theory.md, "Audit: an error budget").
 
 Pieces that sum exactly to the student's error, each a difference of per-sample error
 indicators on the same evaluation samples, so one paired bootstrap (the report's own

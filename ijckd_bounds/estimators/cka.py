@@ -1,4 +1,4 @@
-"""Debiased linear CKA between paired teacher and student features (THEORY ``feat_cka``).
+"""Debiased linear CKA between paired teacher and student features (docs/theory.md ``feat_cka``).
 
 ``CKA = HSIC_u(K, L) / sqrt(HSIC_u(K, K) · HSIC_u(L, L))`` with linear kernels
 ``K = X Xᵀ``, ``L = Y Yᵀ`` and the unbiased HSIC estimator of Song et al. (2012)::

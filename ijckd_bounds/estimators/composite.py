@@ -1,10 +1,10 @@
-"""The composite terms of THEORY.md: sums and differences of per-sample error rates.
+"""The composite terms of docs/theory.md: sums and differences of per-sample error rates.
 
 One public function per column, each returning an ``Estimate`` whose interval comes from
 the given ``PairedBootstrap`` (so the intervals of a bound and of its pieces come from the
 same resamples):
 
-- ``choose_joint`` makes THEORY's choice of ``ĥ*`` between ``h_T`` and the joint probe:
+- ``choose_joint`` makes docs/theory.md's choice of ``ĥ*`` between ``h_T`` and the joint probe:
   the candidate with the smaller joint error ``ε_T(h) + ε_S(h)`` on the evaluation
   split, compared as integer counts, ``h_T`` on a tie, and the same choice again in every
   bootstrap replicate (on that replicate's weighted counts, which are integers too). It
@@ -99,7 +99,7 @@ def _indicator(x, name, n):
 
 def choose_joint(teacher_wrong, student_wrong, probe_t_wrong, probe_s_wrong, differ_t,
                  differ_s, *, bootstrap):
-    """Choose ĥ* between h_T and the joint probe on the evaluation split (THEORY joint_err).
+    """Choose ĥ* between h_T and the joint probe on the evaluation split (docs/theory.md joint_err).
 
     All inputs are (n,) bool indicators over the evaluation samples, in the order of the
     bootstrap's rows: ``teacher_wrong`` (h_T wrong on z_T), ``student_wrong`` (h_T wrong

@@ -1,6 +1,6 @@
 """The post-hoc connector: ridge least squares from student features into teacher space.
 
-THEORY.md: a student without a trained connector (CE, KD, FitNet, SRRL, a user's model)
+docs/theory.md: a student without a trained connector (CE, KD, FitNet, SRRL, a user's model)
 is mapped into the teacher's feature space by ``p(s) = s W + b``, fitted on the fit split
 (disjoint from the evaluation split), so that ``z_S = p(s(x))`` can be read by ``h_T``.
 

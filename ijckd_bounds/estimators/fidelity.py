@@ -1,4 +1,4 @@
-"""Fidelity and calibration (THEORY.md, "Fidelity and calibration") as pure functions.
+"""Fidelity and calibration (docs/theory.md, "Fidelity and calibration") as pure functions.
 
 Shapes: ``n`` evaluation samples, ``K`` classes. ``logits_t`` (n, K) are the teacher's
 logits ``h_T(z_T)``; ``logits_s`` (n, K) the logits the student predicts with (its own

@@ -1,6 +1,6 @@
 """Intervals: one result type and two generic ways to get its interval.
 
-- ``Estimate(value, lo, hi, n, method, level)``: every term of THEORY.md is one of these.
+- ``Estimate(value, lo, hi, n, method, level)``: every term of docs/theory.md is one of these.
 - Clopper–Pearson (exact binomial) intervals for plain proportions.
 - A paired bootstrap over evaluation samples for everything else. The resampling draws
   multinomial *count weights* ``W`` (B, n) once from an explicit ``torch.Generator``;

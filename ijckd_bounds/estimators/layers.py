@@ -1,4 +1,4 @@
-"""Layer-by-layer terms (THEORY "Layers"): a probe per stage and the stage CKA matrix.
+"""Layer-by-layer terms (docs/theory.md "Layers"): a probe per stage and the stage CKA matrix.
 
 Each model exposes its stages (``ZooModel.forward_stages``), every one global-average-
 pooled to a vector. Two terms per checkpoint:

@@ -1,4 +1,4 @@
-"""MMD² between the distributions of paired teacher and student features (THEORY ``mmd2``).
+"""MMD² between the distributions of paired teacher and student features (docs/theory.md ``mmd2``).
 
 Gaussian kernel ``k(a, b) = exp(−‖a − b‖²/(2σ²))``, σ the median pairwise distance of the
 pooled sample (``median_bandwidth``). The samples are paired (one input gives both), so

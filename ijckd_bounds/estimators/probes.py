@@ -11,7 +11,7 @@ float64 and in float32 otherwise (losses summed in float64): the probes are conv
 for the MLP, small), features are standardised internally, and float32 halves the cost of
 the matmuls that dominate at n = 10,000, d = 512, K = 100.
 
-THEORY.md names the terms these parts serve: ``teacher_probe_err``, ``student_probe_err``
+docs/theory.md names the terms these parts serve: ``teacher_probe_err``, ``student_probe_err``
 and ``connected_probe_err`` (``LogisticProbe``, one recipe on ``t(x)``, ``s(x)``, ``z_S``),
 ``joint_err_T``/``joint_err_S`` (``fit_joint_classifier``, the candidate for ``ĥ*`` beside
 ``h_T``; the choice is made on the evaluation split by ``composite.choose_joint``),
@@ -520,14 +520,14 @@ class LogisticProbe:
 
 
 # ----------------------------------------------------------------------------------------
-# The joint classifier ĥ* of THEORY's joint_err rows
+# The joint classifier ĥ* of docs/theory.md's joint_err rows
 
 
 @dataclass(frozen=True)
 class JointClassifier:
     """The joint probe: the fitted candidate for ``ĥ*`` beside ``h_T``.
 
-    THEORY's ``ĥ*`` is the one of ``h_T`` and this probe with the smaller joint error
+    docs/theory.md's ``ĥ*`` is the one of ``h_T`` and this probe with the smaller joint error
     ``ε_T(h) + ε_S(h)`` on the *evaluation* split (integer counts, ``h_T`` on a tie),
     chosen again in every bootstrap replicate: ``composite.choose_joint`` makes that
     choice; this class only holds the probe.

@@ -1,4 +1,4 @@
-"""``estimate_bounds``: every term and bound of THEORY.md for one student, in one report.
+"""``estimate_bounds``: every term and bound of docs/theory.md for one student, in one report.
 
 Thin shell around the pure term functions: validate the inputs once, put the evaluation
 rows in a canonical order (so that the report does not depend on the order of the
@@ -66,7 +66,7 @@ OVERLAP_ERROR_FRACTION = 0.01
 
 @dataclass(frozen=True)
 class BoundsReport:
-    """All THEORY terms of one student on one evaluation split.
+    """All docs/theory.md terms of one student on one evaluation split.
 
     terms: dict term name -> ``Estimate`` (every ``schema.INTERVAL_TERMS`` and
     ``schema.BOUNDS`` name). scalars: dict of ``schema.SCALARS``. per_class_rows: list of
@@ -135,7 +135,7 @@ class BoundsReport:
         return pd.DataFrame.from_records(records, columns=columns)
 
     def calibration(self):
-        """pandas DataFrame of the reliability-diagram data (THEORY "Fidelity and
+        """pandas DataFrame of the reliability-diagram data (docs/theory.md "Fidelity and
         calibration"): one row per model (teacher, student) x confidence bin, columns
         model, bin, bin_lo, bin_hi, n, confidence, accuracy (NaN for an empty bin)."""
         import pandas as pd
@@ -159,7 +159,7 @@ class BoundsReport:
         ``disagree``, ``joint_t_wrong``, ``joint_s_wrong`` (the full-sample ĥ*),
         ``teacher_probe_wrong``, ``student_probe_wrong`` (None without the student's own
         features ``s``), ``connected_probe_wrong`` (the three same-recipe probes of
-        THEORY), ``probe_wrong`` (the student probe when ``s`` was given, else the
+        docs/theory.md), ``probe_wrong`` (the student probe when ``s`` was given, else the
         connected probe; ``details["probe_features"]`` says which), ``own_wrong`` (None
         without own logits), and ``sample`` (int, the row index of each entry in the
         given evaluation arrays).
@@ -528,7 +528,7 @@ def _prepare(z_t, z_s, y, weight, bias, *, fit, s, s_fit, student_logits, seed,
 def estimate_bounds(z_t, z_s, y, weight, bias, *, fit=None, s=None, s_fit=None,
                     student_logits=None, level=0.95, n_permutations=200, n_bootstrap=1000,
                     seed=0, mmd_max_n=None, device=None, fit_fraction=0.5):
-    """Estimate every THEORY.md term and bound for one student.
+    """Estimate every docs/theory.md term and bound for one student.
 
     Args:
         z_t (n, d): teacher features ``t(x)`` of the evaluation samples.
@@ -677,7 +677,7 @@ def _compute_terms(data, *, level, n_permutations, n_bootstrap, seed, mmd_max_n,
     out["bound_logit_markov"] = logit_markov.bound
     clock.stop("classifier and feature terms")
 
-    # the three same-recipe probes (THEORY teacher/student/connected_probe_err): same fit
+    # the three same-recipe probes (docs/theory.md teacher/student/connected_probe_err): same fit
     # rows, same L2 grid and nested selection, same seed
     probe_seed = derived_seed(seed, "probes") % 2**31
     probe_l2 = {}
@@ -745,7 +745,7 @@ def _compute_terms(data, *, level, n_permutations, n_bootstrap, seed, mmd_max_n,
         clock.stop(f"domain classifier ({kind})")
 
     # fidelity and calibration of what the student predicts with: its own head where it
-    # has one, else h_T(z_S) (THEORY "Fidelity and calibration")
+    # has one, else h_T(z_S) (docs/theory.md "Fidelity and calibration")
     predictive = pairs.logits_s if student_logits is None else student_logits[order]
     fidelity_terms = fidelity.terms(pairs.logits_t, predictive, y, bootstrap=bootstrap)
     details["ece_gap"] = fidelity_terms.pop("ece_gap").as_dict()

@@ -1,4 +1,4 @@
-"""The classifier and feature terms of THEORY.md as pure functions on tensors.
+"""The classifier and feature terms of docs/theory.md as pure functions on tensors.
 
 Shapes: ``n`` evaluation samples, teacher feature width ``d``, ``K`` classes.
 ``z_t``/``z_s`` (n, d) are the teacher's and the (connected) student's features of the
@@ -9,7 +9,7 @@ Every prediction in the package goes through ``classifier_logits`` (float64) and
 ``predict`` (``torch.argmax``, which returns the *first* maximal index), so ties are broken
 the same way everywhere.
 
-Exactness. THEORY's bounds 1–3 hold on the evaluation sample itself and the estimators
+Exactness. docs/theory.md's bounds 1–3 hold on the evaluation sample itself and the estimators
 must never report ``student_err > bound``. The code below makes that true in floating
 point, not just in exact arithmetic:
 
@@ -324,7 +324,7 @@ def delta_gamma(pairs, *, level=0.95):
 
 
 # ----------------------------------------------------------------------------------------
-# Bounds on student_err (THEORY bounds 1 and 2), paired bootstrap intervals
+# Bounds on student_err (docs/theory.md bounds 1 and 2), paired bootstrap intervals
 
 
 def _teacher_wrong(pairs, y):

@@ -1,4 +1,4 @@
-"""Fidelity and calibration figures (THEORY.md, "Fidelity and calibration").
+"""Fidelity and calibration figures (docs/theory.md, "Fidelity and calibration").
 
 Pure functions of the results tables, like every figure of the package:
 

@@ -1,4 +1,4 @@
-"""Paper figures drawn from the results tables (see THEORY.md for every term).
+"""Paper figures drawn from the results tables (see docs/theory.md for every term).
 
 Each function is a pure function of a DataFrame: it selects rows, draws them and returns
 the ``Figure`` (multi-panel figures) or ``Axes`` (single-panel figures, which accept

@@ -1,4 +1,4 @@
-"""Figures of the layer table ``layers.csv`` (THEORY "Layers"); reads DataFrames only.
+"""Figures of the layer table ``layers.csv`` (docs/theory.md "Layers"); reads DataFrames only.
 
 - ``plot_layer_cka``: the stage CKA matrix of one run at one checkpoint (default its
   last), teacher stages × student stages, each cell annotated with its value and its

@@ -163,7 +163,7 @@ def as_bool(series, column, what):
 
 
 def small_sample_rows(df):
-    """Boolean mask of rows measured with n_eval < 10 * dim (THEORY: flag those)."""
+    """Boolean mask of rows measured with n_eval < 10 * dim (docs/theory.md: flag those)."""
     if "n_eval" not in df.columns or "dim" not in df.columns:
         return np.zeros(len(df), dtype=bool)
     n_eval = pd.to_numeric(df["n_eval"], errors="coerce").to_numpy(dtype=float)

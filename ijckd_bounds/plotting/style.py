@@ -150,7 +150,7 @@ PERCENT_TERMS = frozenset({
 # fidelity and calibration: agreement and ECE are shares of samples too
 PERCENT_TERMS = PERCENT_TERMS | {"top1_agreement", "teacher_ece", "student_ece"}
 
-# Discrepancy estimates that need n >> d (THEORY: flagged when n_eval < 10 * dim).
+# Discrepancy estimates that need n >> d (docs/theory.md: flagged when n_eval < 10 * dim).
 DISCREPANCY_TERMS = frozenset({"proxy_a_linear", "proxy_a_mlp", "feat_cka", "mmd2"})
 
 _ERROR_UNIT = "error rate (%)"

@@ -1,4 +1,4 @@
-"""Track the layer terms (THEORY "Layers") at every checkpoint, into ``layers.csv``.
+"""Track the layer terms (docs/theory.md "Layers") at every checkpoint, into ``layers.csv``.
 
 Switched on by the run config's ``track.layers: true`` (off by default; the demo turns it
 on). For each checkpoint the teacher's and the student's stage outputs

@@ -33,7 +33,7 @@ PER_CLASS_COLUMNS = ("run", "method", "epoch", "checkpoint", "class", "n",
 MARGIN_COLUMNS = ("run", "method", "epoch", "checkpoint", "teacher_margin", "feat_dist",
                   "disagree")
 
-# fidelity and calibration (THEORY): per-class agreement, reliability-diagram bins
+# fidelity and calibration (docs/theory.md): per-class agreement, reliability-diagram bins
 PER_CLASS_COLUMNS = PER_CLASS_COLUMNS + ("top1_agreement", "top1_agreement_lo",
                                          "top1_agreement_hi")
 CALIBRATION_COLUMNS = ("run", "method", "epoch", "checkpoint", "split", "model", "bin",
@@ -259,7 +259,7 @@ def remove_stale_temp_files(directory):
     return io.remove_stale_temp_files(directory)
 
 
-# ---- layers.csv (THEORY "Layers"): a checkpoint's stage rows form one block
+# ---- layers.csv (docs/theory.md "Layers"): a checkpoint's stage rows form one block
 
 
 def check_layers_table(df):

@@ -1,4 +1,4 @@
-"""Estimate every THEORY term at every checkpoint of a run, into the run's tables.
+"""Estimate every docs/theory.md term at every checkpoint of a run, into the run's tables.
 
 Offline: ``track_run(run_dir)`` walks ``run_dir/checkpoints/*.pt``, skips checkpoints that
 already have a row in ``bounds.csv`` (so a killed tracker re-run finishes the job without
@@ -308,7 +308,7 @@ def student_inputs(student, cache, *, batch_size=512, device="cpu", num_workers=
     (in-memory splits) or streamed from the image splits.
 
     Students that predict with the teacher classifier (SimKD, IJCKD) bring their own
-    connector; any other student gets the post-hoc ridge connector of THEORY, fitted on the
+    connector; any other student gets the post-hoc ridge connector of docs/theory.md, fitted on the
     fit split only. Returns None on ranks other than 0 of a sharded extraction.
     """
     device = resolve_device(device)
