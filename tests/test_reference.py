@@ -15,7 +15,9 @@ from ijckd_bounds.estimators.reference import reference_report
 # weights, the same interval
 SAME = ("teacher_err", "student_err", "student_own_err", "disagreement", "delta_gamma",
         "feat_msd", "feat_rel", "feat_cka", "logit_msd", "mmd2", "ijc_lambda",
-        "bound_coupled", "bound_margin", "bound_feat_markov", "bound_logit_markov")
+        "bound_coupled", "bound_margin", "bound_feat_markov", "bound_logit_markov",
+        "top1_agreement", "pred_kl", "teacher_nll", "student_nll", "teacher_brier",
+        "student_brier", "teacher_ece", "student_ece")
 # fitted by another optimiser on another held-out split: each estimate inside the
 # other's interval
 FITTED = ("teacher_probe_err", "student_probe_err", "connected_probe_err", "joint_err_T",

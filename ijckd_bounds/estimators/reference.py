@@ -186,6 +186,45 @@ def _mmd_matrix(t, s, sigma):
     return h
 
 
+def _fidelity_reference(logits_t, logits_p, y, all_counts, n_bins=15):
+    """The fidelity and calibration terms with numpy: ``logits_p`` (n, K) is what the
+    student predicts with. Means are resampled with the count weights ``all_counts``
+    (B, n); ECE is re-binned on every resample. Bins ``(b/n_bins, (b+1)/n_bins]``."""
+    from scipy.special import log_softmax
+
+    n = len(y)
+    rows = np.arange(n)
+    log_t, log_p = log_softmax(logits_t, axis=1), log_softmax(logits_p, axis=1)
+    p_t, p_p = np.exp(log_t), np.exp(log_p)
+    onehot = np.eye(logits_t.shape[1])[y]
+    per_sample = {
+        "pred_kl": (p_t * (log_t - log_p)).sum(1),
+        "teacher_nll": -log_t[rows, y], "student_nll": -log_p[rows, y],
+        "teacher_brier": ((p_t - onehot) ** 2).sum(1),
+        "student_brier": ((p_p - onehot) ** 2).sum(1),
+    }
+
+    def ece_of(probs, weights):
+        confidence, correct = probs.max(1), probs.argmax(1) == y
+        bins = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+        total = 0.0
+        for b in range(n_bins):
+            members = bins == b
+            mass = weights[members].sum()
+            if mass > 0:
+                total += abs((weights[members] * correct[members]).sum()
+                             - (weights[members] * confidence[members]).sum())
+        return total / weights.sum()
+
+    out = {"top1_agreement": _proportion(logits_p.argmax(1) == logits_t.argmax(1))}
+    for name, values in per_sample.items():
+        out[name] = _percentile(values.mean(), all_counts @ values / n)
+    for name, probs in (("teacher_ece", p_t), ("student_ece", p_p)):
+        out[name] = _percentile(ece_of(probs, np.ones(n)),
+                                np.array([ece_of(probs, w) for w in all_counts]))
+    return out
+
+
 def reference_report(data, *, bandwidth, n_bootstrap=1000, n_permutations=200,
                      weights=None, seed=0, batched=False, clock=None):
     """Every term of the report, written plainly with numpy, scipy and scikit-learn.
@@ -388,6 +427,10 @@ def reference_report(data, *, bandwidth, n_bootstrap=1000, n_permutations=200,
     for name, value in point.items():
         out[name] = _percentile(value, np.asarray(replicates[name], dtype=np.float64))
     clock.stop("bootstrap (composites, MMD²)")
+    own = data.get("student_logits")
+    predictive = logits_s if own is None else np.asarray(own, dtype=np.float64)
+    out.update(_fidelity_reference(logits_t, predictive, y, all_counts))
+    clock.stop("fidelity and calibration")
     details = {"joint_chosen": "probe" if chose_probe else "teacher",
                "joint_probe_share": share}
     terms = {k: [float(x) for x in v] for k, v in out.items() if k != "mmd_p"}
