@@ -1,4 +1,5 @@
-"""Column names of the results table, as defined in ``docs/theory.md``.
+"""Column names of the results table: the THEORY terms of the project's mathematical
+contract, as ``docs/theory.md`` explains them.
 
 Imported by the estimators (``BoundsReport.row()``), by tracking (schema check on write)
 and by plotting (which never imports torch), so it depends on nothing.
