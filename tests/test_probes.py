@@ -477,3 +477,21 @@ def test_domain_classifier_on_rows_equals_the_classifier_on_gathered_rows(kind):
             assert torch.equal(getattr(on_rows, name), getattr(gathered, name)), name
     # the caller's features are left as they were
     assert torch.equal(z_t, torch.randn(300, 6, generator=torch.Generator().manual_seed(34)))
+
+
+def test_standardisation_matches_numpy_in_float64():
+    from ijckd_bounds.estimators.probes import _standardisation
+
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(300, 6, generator=generator) * torch.tensor([1e-3, 1, 5, 100, 1, 1]) \
+        + torch.tensor([0.0, -7, 3, 1e3, 0, 0])
+    x[:, 4] = 0.1  # constant columns: their own value as mean, scale 1
+    x[:, 5] = -2.5
+    mean, scale = _standardisation(x)
+    ref = x.double().numpy()
+    np.testing.assert_allclose(mean[:4].double().numpy(), ref[:, :4].mean(0), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(scale[:4].double().numpy(), ref[:, :4].std(0), rtol=1e-5)
+    assert mean[4] == x[0, 4] and mean[5] == x[0, 5]
+    assert scale[4] == 1 and scale[5] == 1
+    assert torch.equal((x[:, 4:] - mean[4:]) / scale[4:], torch.zeros(300, 2))

@@ -67,3 +67,22 @@ def test_projection_of_a_row_does_not_depend_on_its_position():
     perm = torch.randperm(40, generator=generator)
     assert torch.equal(rowwise.project64(x[perm], direction),
                        rowwise.project64(x, direction)[perm])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_all_finite_agrees_with_the_entrywise_check(dtype):
+    big = torch.finfo(dtype).max
+    cases = {
+        "plain": torch.randn(40, 5),
+        "sum overflows, entries finite": torch.full((4, 3), big / 2, dtype=dtype),
+        "one nan": torch.randn(40, 5).index_put_((torch.tensor([3]), torch.tensor([2])),
+                                                 torch.tensor(float("nan"))),
+        "one inf": torch.randn(40, 5).index_put_((torch.tensor([7]), torch.tensor([0])),
+                                                 torch.tensor(float("inf"))),
+        "+inf and -inf": torch.tensor([[float("inf"), -float("inf")], [1.0, 2.0]]),
+        "empty": torch.empty(0, 4),
+    }
+    for name, x in cases.items():
+        x = x.to(dtype)
+        assert rowwise.all_finite(x) == bool(torch.isfinite(x).all()), name
+    assert rowwise.all_finite(torch.arange(5))  # integers are always finite

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.blockpass import matmul_nt
+from ijckd_bounds.estimators.rowwise import all_finite
 
 __all__ = [
     "LogisticProbe",
@@ -69,7 +70,7 @@ def as_features(x, name, *, dim=None, like=None, rows="n"):
                          f"got ({rows}, {x.shape[1]})")
     if x.shape[0] == 0:
         raise IJCKDError(f"`{name}` is empty (shape {tuple(x.shape)})")
-    if not bool(torch.isfinite(x).all()):
+    if not all_finite(x):
         bad = int((~torch.isfinite(x)).any(dim=1).sum())
         raise IJCKDError(f"`{name}` has NaN or infinite values in {bad} of {x.shape[0]} rows")
     return x
@@ -210,9 +211,12 @@ def _standardisation(x):
     zeros: its computed std is not 0 in float32 (a column of 0.1 gives about 1e-8), and
     dividing by it would blow rounding noise up into a unit-variance feature.
     """
-    low, high = torch.aminmax(x, dim=0)
-    constant = low == high
-    variance, mean = torch.var_mean(x, dim=0, unbiased=False)
+    # separate amin/amax and a two-pass variance: torch.aminmax and torch.var_mean
+    # reduce over dim 0 of a row-major matrix about ten times slower (12 ms each against
+    # 1-2 ms at 7,500 × 512 float32, and the report standardises a dozen such matrices)
+    constant = x.amin(dim=0) == x.amax(dim=0)
+    mean = x.mean(dim=0)
+    variance = (x - mean).square_().mean(dim=0)
     mean = torch.where(constant, x[0], mean)
     scale = torch.where(constant, torch.ones_like(mean), variance.sqrt())
     return mean, scale

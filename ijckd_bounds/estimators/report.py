@@ -53,7 +53,7 @@ from ijckd_bounds.estimators.probes import (
     fit_joint_classifier,
     stratified_split,
 )
-from ijckd_bounds.estimators.rowwise import project64
+from ijckd_bounds.estimators.rowwise import all_finite, project64
 
 __all__ = ["BoundsReport", "estimate_bounds", "estimate_bounds_from_file",
            "MIN_EVAL", "MIN_FIT"]
@@ -247,9 +247,8 @@ def _features(x, name, *, dim=None, like=None, rows="n"):
                          f"got ({rows}, {x.shape[1]})")
     if x.shape[0] == 0:
         raise IJCKDError(f"`{name}` is empty (shape {tuple(x.shape)})")
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        bad = int((~finite).any(dim=1).sum())
+    if not all_finite(x):
+        bad = int((~torch.isfinite(x)).any(dim=1).sum())
         raise IJCKDError(f"`{name}` has NaN or infinite values in {bad} of {x.shape[0]} rows")
     return x
 
