@@ -47,6 +47,7 @@ import csv
 import io
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -497,7 +498,10 @@ def main(argv=None):
             track_final_checkpoints(records, args.n_bootstrap)
         from ijckd_bounds.compare import compare_runs, write_comparison
 
-        comparison = compare_runs([_absolute(r["run_dir"]) for r in records], columns=columns)
+        # paths relative to the working directory, so the published report names
+        # runs/results_table/... rather than where this checkout happens to live
+        comparison = compare_runs([os.path.relpath(_absolute(r["run_dir"])) for r in records],
+                                  columns=columns)
         written = write_comparison(comparison, args.out / COMPARE_DIR)
         log.info("wrote %s", ", ".join(_relative(p) for p in written))
         text = results_markdown(records, args.datasets, table_rows, args.seeds,
