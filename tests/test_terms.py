@@ -101,6 +101,9 @@ class _CapturingBootstrap(PairedBootstrap):
 
 
 def test_feat_rel_replicates_equal_explicit_resamples():
+    # each replicate is the estimator on its resample, with the resample's variance
+    # scaled by n/(n−1) once more: a resample's unbiased variance centres on the sample's
+    # plug-in variance, the replicates must centre on the value's unbiased one
     z_t, z_s, *_ = _gaussian_case(n=60)
     boot = _CapturingBootstrap(60, 8, seed=0)
     terms.feat_rel(z_t, z_s, bootstrap=boot)
@@ -108,8 +111,24 @@ def test_feat_rel_replicates_equal_explicit_resamples():
         idx = torch.repeat_interleave(torch.arange(60), boot.weights[b].long())
         t, s = z_t[idx], z_s[idx]
         explicit = math.sqrt(float(((s - t) ** 2).sum(1).mean())
-                             / (float(((t - t.mean(0)) ** 2).sum(1).sum()) / 59))
+                             / (float(((t - t.mean(0)) ** 2).sum(1).sum()) / 59 * 60 / 59))
         assert float(boot.captured[b]) == pytest.approx(explicit, rel=1e-10)
+
+
+def test_feat_rel_replicates_centre_on_the_value_where_the_ratio_is_precise():
+    # d ≫ n: the ratio's sampling spread is small, so a replicate centre off by the
+    # plug-in bias sqrt(n/(n−1)) would put the value outside the middle of the interval
+    generator = torch.Generator().manual_seed(5)
+    n, d = 40, 400
+    z_t = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    z_s = z_t + 0.6 * torch.randn(n, d, generator=generator, dtype=torch.float64)
+    boot = _CapturingBootstrap(n, 2000, seed=1)
+    estimate = terms.feat_rel(z_t, z_s, bootstrap=boot)
+    centre = float(boot.captured.median())
+    spread = float(boot.captured.std())
+    plugin_bias = estimate.value * (math.sqrt(n / (n - 1)) - 1)
+    assert plugin_bias > 0.5 * spread  # the case is one where the bias would matter
+    assert abs(centre - estimate.value) < 0.25 * spread
 
 
 # ----------------------------------------------------------------------------------------

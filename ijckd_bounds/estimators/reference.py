@@ -382,8 +382,10 @@ def reference_report(data, *, bandwidth, n_bootstrap=1000, n_permutations=200,
                         logit_gap_sq, probe_t_wrong, probe_s_wrong, differ_t, differ_s,
                         domain_error["linear"], domain_error["mlp"]], axis=1).astype(float)
 
-    def composites(total, mean_t, feat_markov_value, logit_markov_value):
-        """Every composite term from the column sums ``total`` of one resample of n."""
+    def composites(total, mean_t, feat_markov_value, logit_markov_value, replicate=False):
+        """Every composite term from the column sums ``total`` of one resample of n
+        (``replicate``: a bootstrap resample, whose variance is centred on the sample's
+        unbiased one, see ``terms.feat_rel``)."""
         (teacher, student, disagreeing, crossing_, msd, spread_, logit_msd, probe_t_, probe_s_,
          differ_t_, differ_s_, domain_linear, domain_mlp) = total / n
         # ĥ*: the probe where its joint error count is strictly below h_T's
@@ -392,6 +394,8 @@ def reference_report(data, *, bandwidth, n_bootstrap=1000, n_permutations=200,
         pair = abs(differ_s_ - differ_t_) if probe_chosen else 0.0
         proxy_mlp = min(max(2 * (1 - 2 * domain_mlp), 0.0), 2.0)
         variance = (spread_ - mean_t @ mean_t) * n / (n - 1)  # the unbiased variance
+        if replicate:
+            variance *= n / (n - 1)
         return {"feat_msd": msd, "logit_msd": logit_msd,
                 "feat_rel": np.sqrt(msd / variance) if variance > 0 else np.nan,
                 "bound_coupled": teacher + disagreeing, "bound_margin": teacher + crossing_,
@@ -417,7 +421,7 @@ def reference_report(data, *, bandwidth, n_bootstrap=1000, n_permutations=200,
     for b, counts in enumerate(all_counts):
         replicate = composites(counts @ columns, counts @ centred_t / n,
                                (counts @ feat_markov_cols / n).min(),
-                               (counts @ logit_markov_cols / n).min())
+                               (counts @ logit_markov_cols / n).min(), replicate=True)
         form = mmd_forms[b] if batched else counts @ (h @ counts)
         replicate["mmd2"] = form / (n * n - counts @ counts)
         for name, value in replicate.items():
