@@ -37,7 +37,7 @@ log = logging.getLogger("layers")
 
 
 def _config(file_name, run_dir, seed, overrides):
-    from ijckd_bounds.config import load_config
+    from ijckd_bounds.typed_yaml import load_config
     from ijckd_bounds.train import TrainConfig
 
     return load_config(TrainConfig, EXPERIMENTS_DIR / file_name,
@@ -98,7 +98,7 @@ def summary_markdown(tables):
     """The README's numbers: per dataset and method, at the last checkpoint, the probe
     error of every stage and the CKA matrix, each with its interval, and the audit's two
     findings."""
-    from ijckd_bounds.audit_layers import layer_findings
+    from ijckd_bounds.app.audit_layers import layer_findings
 
     parts = ["# Layer probes and CKA: CE, FitNet and IJCKD students", "",
              f"Made by `{COMMAND}`.", ""]

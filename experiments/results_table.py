@@ -125,7 +125,7 @@ def student_config(dataset, row, seed, teacher_path, runs_dir, epochs=None):
 
 
 def _load(file_name, run_dir, seed, epochs, overrides):
-    from ijckd_bounds.config import load_config
+    from ijckd_bounds.typed_yaml import load_config
     from ijckd_bounds.errors import IJCKDError
     from ijckd_bounds.train import TrainConfig
 
@@ -154,7 +154,7 @@ def train_or_reuse(cfg, *, teacher_mode, train=True):
     another config, or distilled from another teacher file, raises IJCKDError.
     """
     from ijckd_bounds.checkpoint import read_checkpoint, sha256_file
-    from ijckd_bounds.config import to_dict
+    from ijckd_bounds.typed_yaml import to_dict
     from ijckd_bounds.errors import IJCKDError
     from ijckd_bounds.train import distill, latest_checkpoint, train_teacher
     from ijckd_bounds.train.runner import TEACHER_FILE, check_resume_config
@@ -215,7 +215,7 @@ def _relative(path):
 
 def run_record(dataset, row, seed, cfg, metrics, checkpoint, sizes):
     """One CSV row (a dict keyed by CSV_COLUMNS)."""
-    from ijckd_bounds.compare import parameter_counts
+    from ijckd_bounds.app.compare import parameter_counts
 
     model = cfg.model.teacher if row.method is None else cfg.model.student
     return {
@@ -233,7 +233,7 @@ def run_record(dataset, row, seed, cfg, metrics, checkpoint, sizes):
 
 
 # ------------------------------------------------------------------------------ tables
-# The statistics come from ``ijckd-bounds compare`` (ijckd_bounds/compare.py); this file
+# The statistics come from ``ijckd-bounds compare`` (ijckd_bounds/app/compare.py); this file
 # only lays them out as the README's table.
 
 # Tracked at the final checkpoint of each student when the estimators provide them.
@@ -495,7 +495,7 @@ def main(argv=None):
         columns = () if args.no_track else available_fidelity_columns()
         if columns:
             track_final_checkpoints(records, args.n_bootstrap)
-        from ijckd_bounds.compare import compare_runs, write_comparison
+        from ijckd_bounds.app.compare import compare_runs, write_comparison
 
         comparison = compare_runs([_absolute(r["run_dir"]) for r in records], columns=columns)
         written = write_comparison(comparison, args.out / COMPARE_DIR)

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from ijckd_bounds import schema
-from ijckd_bounds.estimators.audit import ADVICE, DIAGNOSES, UNDETERMINED
+from ijckd_bounds.estimators.budget import ADVICE, DIAGNOSES, UNDETERMINED
 from ijckd_bounds.reporting_fidelity import fidelity_section
 
 RATE_TERMS = ("teacher_err", "student_err", "student_own_err", "disagreement", "delta_gamma",

@@ -155,3 +155,22 @@ LABELS.update({
     "stage_probe_err": "stage probe error",
     "stage_cka": "stage CKA (debiased)",
 })
+
+# ---- the companion tables of a run (tracking/table.py writes them)
+# per_class.csv: one row per run x checkpoint x class
+PER_CLASS_COLUMNS = ("run", "method", "epoch", "checkpoint", "class", "n",
+                     *interval_columns("student_err"), *interval_columns("teacher_err"),
+                     *interval_columns("disagreement"), *interval_columns("top1_agreement"))
+# margins.csv: one row per evaluation sample x checkpoint (plus the column "sample")
+MARGIN_COLUMNS = ("run", "method", "epoch", "checkpoint", "teacher_margin", "feat_dist",
+                  "disagree")
+# calibration.csv: one row per checkpoint x model (teacher, student) x confidence bin
+CALIBRATION_COLUMNS = ("run", "method", "epoch", "checkpoint", "split", "model", "bin",
+                       "bin_lo", "bin_hi", "n", "confidence", "accuracy")
+
+# The columns each figure reads, a subset of the table it draws from, so a caller's own
+# frame needs only these (plotting/select.py checks them).
+PER_CLASS_PLOT_COLUMNS = ("run", "method", "epoch", "class")
+MARGIN_PLOT_COLUMNS = ("run", "method", "epoch", "teacher_margin", "feat_dist", "disagree")
+CALIBRATION_PLOT_COLUMNS = ("run", "method", "epoch", "model", "bin", "bin_lo", "bin_hi", "n",
+                            "confidence", "accuracy")

@@ -20,11 +20,11 @@ def imported_modules(path):
 
 RULES = {
     "estimators": ("ijckd_bounds.train", "ijckd_bounds.tracking", "ijckd_bounds.plotting",
-                   "ijckd_bounds.cli", "ijckd_bounds.commands"),
+                   "ijckd_bounds.app"),
     "plotting": ("torch", "ijckd_bounds.estimators", "ijckd_bounds.train",
-                 "ijckd_bounds.tracking", "ijckd_bounds.models", "ijckd_bounds.cli"),
+                 "ijckd_bounds.tracking", "ijckd_bounds.models", "ijckd_bounds.app"),
     "train": ("ijckd_bounds.estimators", "ijckd_bounds.tracking", "ijckd_bounds.plotting",
-              "ijckd_bounds.cli"),
+              "ijckd_bounds.app"),
     "models": ("ijckd_bounds.train", "ijckd_bounds.estimators", "ijckd_bounds.tracking",
                "ijckd_bounds.plotting"),
     "data": ("ijckd_bounds.train", "ijckd_bounds.estimators", "ijckd_bounds.tracking",

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ijckd_bounds.errors import IJCKDError
-from ijckd_bounds.estimators.audit import UNDETERMINED, error_budget
+from ijckd_bounds.estimators.budget import UNDETERMINED, error_budget
 from ijckd_bounds.estimators.intervals import PairedBootstrap, percentile_interval
 from ijckd_bounds.reporting import audit_markdown, diagnosis_text, next_steps
 

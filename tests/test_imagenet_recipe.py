@@ -15,9 +15,9 @@ import torch
 import yaml
 from PIL import Image
 
-from ijckd_bounds import cli
+from ijckd_bounds.app import cli
 from ijckd_bounds.checkpoint import load_student, load_teacher_from, load_teacher_weights
-from ijckd_bounds.config import from_dict, load_config
+from ijckd_bounds.typed_yaml import from_dict, load_config
 from ijckd_bounds.data import build_dataset
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.models import build_model
@@ -339,7 +339,7 @@ def test_two_gloo_ranks_track_online_like_one_process_offline(tree, resnet18_wei
                             optim={"epochs": 1}, run={"ckpt_every": 1})
     config = tmp_path / "student.yaml"
     config.write_text(yaml.safe_dump(tree_cfg))
-    run_two_ranks([sys.executable, "-m", "ijckd_bounds.cli", "distill", "--config",
+    run_two_ranks([sys.executable, "-m", "ijckd_bounds", "distill", "--config",
                    str(config), "--track", "--teacher-weights", str(resnet18_weights)],
                   cwd=REPO, timeout=300)
 

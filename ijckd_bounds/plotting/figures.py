@@ -434,7 +434,7 @@ def _share_y_range(axes):
 
 
 def _select_margin_checkpoint(margins_df, run, method, epoch):
-    return select.select_checkpoint(margins_df, select.MARGIN_COLUMNS, "margins_df", run=run,
+    return select.select_checkpoint(margins_df, schema.MARGIN_PLOT_COLUMNS, "margins_df", run=run,
                                     method=method, epoch=epoch, rows_name="margins")
 
 
@@ -526,7 +526,7 @@ def plot_per_class(per_class_df, method, *, run=None, value="disagreement", ax=N
     if value not in ("student_err", "teacher_err", "disagreement"):
         raise IJCKDError(f"`value` must be student_err, teacher_err or disagreement, "
                          f"got {value!r}")
-    select.require_columns(per_class_df, select.PER_CLASS_COLUMNS + (value,), "per_class_df")
+    select.require_columns(per_class_df, schema.PER_CLASS_PLOT_COLUMNS + (value,), "per_class_df")
     rows = select.select_one(per_class_df, "method", method, "per_class_df")
     if run is not None:
         rows = select.select_one(rows, "run", run, "per_class_df")

@@ -1,6 +1,6 @@
 """The trainer's typed, frozen configuration, loadable from YAML with overrides::
 
-    from ijckd_bounds.config import load_config
+    from ijckd_bounds.typed_yaml import load_config
     cfg = load_config(TrainConfig, "experiments/digits_student.yaml", ["method.name=kd"])
 
 Sections: ``data`` (DataConfig), ``model`` (ModelConfig), ``optim`` (OptimConfig),

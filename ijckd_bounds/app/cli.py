@@ -89,7 +89,7 @@ def build_parser():
 
     p = sub.add_parser("demo", help="teacher + six students on digits, tracked, plotted, audited")
     # choices listed, checked by run_demo (one-line error naming the valid ones)
-    from ijckd_bounds.demo import DEMO
+    from ijckd_bounds.app.demo import DEMO
 
     p.add_argument("--dataset", default="digits", metavar="{" + ",".join(DEMO) + "}",
                    help=f"dataset of the demo: {' or '.join(DEMO)} (default digits)")
@@ -163,7 +163,7 @@ def main(argv=None):
         parser.print_help()
         return 2
     try:
-        from ijckd_bounds import commands
+        from ijckd_bounds.app import commands
 
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning(args.command)
@@ -181,6 +181,3 @@ def main(argv=None):
               file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

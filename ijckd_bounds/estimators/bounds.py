@@ -51,7 +51,7 @@ from ijckd_bounds.estimators.probes import (
     LogisticProbe,
     domain_errors,
     fit_joint_classifier,
-    stratified_split,
+    holdout_split,
 )
 from ijckd_bounds.estimators.rowwise import all_finite, project64
 
@@ -471,7 +471,7 @@ def _prepare(z_t, z_s, y, weight, bias, *, fit, s, s_fit, student_logits, seed,
             raise IJCKDError(f"need at least {MIN_EVAL + MIN_FIT} samples to split into fit "
                              f"and eval parts (no `fit` given), got {n}")
         order = _canonical_order([z_t, z_s, y, s, student_logits])
-        fit_pos, eval_pos = stratified_split(y[order], 1.0 - fit_fraction,
+        fit_pos, eval_pos = holdout_split(y[order], 1.0 - fit_fraction,
                                              derived_seed(seed, "fit-eval-split"))
         fit_rows, eval_rows = order[fit_pos.to(order.device)], order[eval_pos.to(order.device)]
         if eval_rows.numel() < MIN_EVAL or fit_rows.numel() < MIN_FIT:

@@ -158,7 +158,7 @@ def layers_markdown(layers_df, *, figures=()):
 
 def _student_layer_rows(student, teacher, dataset, data_dir, out, n_bootstrap, seed):
     """The layer rows of an audited checkpoint (None where its model has no stages)."""
-    from ijckd_bounds.audit import _resolve_teacher
+    from ijckd_bounds.app.audit import _resolve_teacher
     from ijckd_bounds.checkpoint import load_student
     from ijckd_bounds.data import build_dataset
     from ijckd_bounds.tracking.layers import layer_table_rows
@@ -205,7 +205,7 @@ def append_layers_section(report_path, *, student=None, teacher=None, dataset=No
         df.to_csv(tmp, index=False)
     save_figure(plot_layer_cka(df).figure, out / "layers_cka")
     save_figure(plot_layer_profile(df).figure, out / "layers_profile")
-    from ijckd_bounds.audit import _clean, _json_default
+    from ijckd_bounds.app.audit import _clean, _json_default
 
     found = _clean(layer_findings(df))
     atomic_write_text(out / "layers.json",

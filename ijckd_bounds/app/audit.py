@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from ijckd_bounds.errors import IJCKDError
-from ijckd_bounds.estimators.audit import error_budget
+from ijckd_bounds.estimators.budget import error_budget
 from ijckd_bounds.io import atomic_write_text, check_writable_dir
 from ijckd_bounds.reporting import Subject, audit_markdown
 
@@ -233,7 +233,7 @@ def run_audit(*, teacher=None, student=None, dataset=None, data_dir=None, featur
         report, own_features, title, notes, who = _checkpoint_inputs(
             teacher, student, dataset, data_dir, out, n_bootstrap, seed,
             n_permutations=n_permutations, allow_other_teacher=allow_other_teacher)
-    from ijckd_bounds.audit_layers import append_layers_section
+    from ijckd_bounds.app.audit_layers import append_layers_section
 
     path = write_audit(report, out, own_features=own_features, title=title, notes=notes,
                        student=who)
