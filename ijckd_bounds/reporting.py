@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass
 
 from ijckd_bounds import schema
-from ijckd_bounds.estimators.budget import ADVICE, DIAGNOSES, UNDETERMINED
 from ijckd_bounds.reporting_fidelity import fidelity_section
+from ijckd_bounds.schema import ADVICE, DIAGNOSES, UNDETERMINED
 
 RATE_TERMS = ("teacher_err", "student_err", "student_own_err", "disagreement", "delta_gamma",
               "joint_err_T", "joint_err_S", "ideal_joint", "teacher_probe_err",

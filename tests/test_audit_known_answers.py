@@ -9,7 +9,7 @@ import pytest
 
 from experiments.audit_known_answers import D, audit_budget, feature_arrays
 from ijckd_bounds.app.cli import main
-from ijckd_bounds.estimators.budget import UNDETERMINED
+from ijckd_bounds.schema import UNDETERMINED
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["perfect", "perfect_rotated_s"])

@@ -587,7 +587,7 @@ def test_progress_shows_bars_on_a_terminal_and_lines_in_a_log(monkeypatch, setti
                                                               expected):
     import sys
 
-    from ijckd_bounds.train.callbacks import progress_modes
+    from ijckd_bounds.runtime import progress_modes
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: stderr_tty, raising=False)
     monkeypatch.setattr(sys.stdout, "isatty", lambda: stdout_tty, raising=False)

@@ -31,7 +31,8 @@ from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.layers import layer_rows, stage_cka_matrix, stage_probe_errors
 from ijckd_bounds.io import load_torch, save_torch
 from ijckd_bounds.tracking import table
-from ijckd_bounds.tracking.extract import extract_features, rank_and_world, split_fingerprint
+from ijckd_bounds.runtime import rank_and_world
+from ijckd_bounds.tracking.extract import extract_features, split_fingerprint
 
 LAYERS_CSV = "layers.csv"
 TEACHER_STAGES = "teacher_stages.pt"

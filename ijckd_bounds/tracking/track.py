@@ -22,7 +22,6 @@ once per run:
 """
 
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -31,16 +30,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ijckd_bounds import schema
+from ijckd_bounds import runtime, schema
 from ijckd_bounds.checkpoint import (LoadedTeacher, capture_rng, load_student, load_teacher,
                                      load_teacher_from, restore_rng, sha256_file)
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators import estimate_bounds, fit_connector
 from ijckd_bounds.io import load_torch, save_torch
+from ijckd_bounds.runtime import barrier, rank_and_world
 from ijckd_bounds.tracking import layers, table
-from ijckd_bounds.tracking.extract import (barrier, extract_features, rank_and_world,
-                                           split_fingerprint)
-from ijckd_bounds.train.distributed import resolve_device as resolve_run_device
+from ijckd_bounds.tracking.extract import extract_features, split_fingerprint
 
 BOUNDS_CSV = "bounds.csv"
 PER_CLASS_CSV = "per_class.csv"
@@ -121,11 +119,10 @@ class EstimatorSettings:
 
 
 def resolve_device(spec):
-    """The trainer's ``resolve_device`` for tracking: None or ``"auto"`` -> cuda:LOCAL_RANK
+    """``runtime.resolve_device`` for tracking: None or ``"auto"`` -> cuda:LOCAL_RANK
     when CUDA is available, else cpu."""
-    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
-    return resolve_run_device("auto" if spec is None else spec, local_rank,
-                              what="tracking device", fix="")
+    return runtime.resolve_device("auto" if spec is None else spec, what="tracking device",
+                                  fix="")
 
 
 def in_memory(split):
@@ -430,9 +427,7 @@ class _CheckpointProgress:
     def __init__(self, setting, *, total, initial=0, desc):
         from tqdm.auto import tqdm
 
-        from ijckd_bounds.train.callbacks import progress_modes
-
-        bars, self.lines = progress_modes(setting)
+        bars, self.lines = runtime.progress_modes(setting)
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit="ckpt",
                         disable=not bars, dynamic_ncols=True, leave=False)
         self.started = time.perf_counter()
