@@ -56,12 +56,12 @@ def run_dataset(dataset, seed, runs_dir, out):
     from ijckd_bounds.plotting.output import save_figure
     from ijckd_bounds.tracking.layers import track_run_layers
     from ijckd_bounds.tracking.table import collect_layers
-    from ijckd_bounds.tracking.track import EstimatorSettings
+    from ijckd_bounds.track_config import TrackConfig
 
     root = Path(runs_dir) / dataset / f"seed{seed}"
     teacher_cfg = _config(f"{dataset}_teacher.yaml", root / "teacher", seed, [])
     _, teacher_path, _ = train_or_reuse(teacher_cfg, teacher_mode=True)
-    settings = EstimatorSettings(seed=seed)
+    settings = TrackConfig(seed=seed)
     run_dirs = []
     for method in METHODS:
         cfg = _config(f"{dataset}_student.yaml", root / method, seed,

@@ -197,9 +197,10 @@ def _absolute(run_dir):
 def track_final_checkpoints(records, n_bootstrap):
     """Estimate the bound terms (the fidelity columns among them) at the final checkpoint
     of every student run that has no row for it yet (``track_run`` skips tracked ones)."""
-    from ijckd_bounds.tracking.track import EstimatorSettings, track_run
+    from ijckd_bounds.track_config import TrackConfig
+    from ijckd_bounds.tracking.track import track_run
 
-    settings = EstimatorSettings(n_bootstrap=n_bootstrap, n_permutations=20, seed=0)
+    settings = TrackConfig(n_bootstrap=n_bootstrap, n_permutations=20, seed=0)
     students = [r for r in records if r["row"] != TEACHER_ROW.name]
     for i, record in enumerate(students, 1):
         started = time.perf_counter()

@@ -238,3 +238,8 @@ PIECE_DEFINITIONS = {
 }
 PIECE_DEFINITION_HEAD_WITHOUT_S = ("student_own_err − connected_probe_err",
                                    "the student's own head against a probe on z_S (s was not given)")
+
+# ---- the estimators' defaults, written once (every signature and config refers to these)
+LEVEL = 0.95  # confidence level of every interval
+N_BOOTSTRAP = 1000  # paired-bootstrap resamples of every interval
+N_PERMUTATIONS = 200  # sign flips of the MMD² permutation test

@@ -552,14 +552,14 @@ def test_the_demo_says_what_to_open_first_and_writes_its_index(tmp_path, capsys,
     monkeypatch.setitem(demo.EXPERIMENTS, "digits", tiny)
     import dataclasses
 
-    import ijckd_bounds.tracking.track as track
+    import ijckd_bounds.track_config as track_config
 
     @dataclasses.dataclass(frozen=True)
-    class FewResamples(track.EstimatorSettings):  # the demo's 1000 resamples take minutes
+    class FewResamples(track_config.TrackConfig):  # the demo's 1000 resamples take minutes
         n_bootstrap: int = 20
         n_permutations: int = 10
 
-    monkeypatch.setattr(track, "EstimatorSettings", FewResamples)
+    monkeypatch.setattr(track_config, "TrackConfig", FewResamples)
     result = demo.run_experiment("digits", tmp_path / "out", methods=("ce", "kd"),
                                  audit=False)  # audited in test_audit_* above
     out = capsys.readouterr().out

@@ -209,22 +209,23 @@ def test_image_batches_depend_on_seed_epoch_and_sample_not_on_workers(tree):
 
 
 def test_tracking_settings_come_from_the_run_unless_given():
-    from ijckd_bounds.tracking.track import EstimatorSettings
+    from ijckd_bounds.track_config import TrackConfig
 
     config = {"data": {"eval_batch_size": 64, "num_workers": 6},
               "track": {"n_bootstrap": 300, "mmd_max_n": 5000, "device": "cpu",
                         "batch_size": None, "num_workers": None, "chunk_size": 128}}
-    online = EstimatorSettings.from_config(config)
+    online = TrackConfig().resolved(config)
     assert (online.n_bootstrap, online.mmd_max_n, online.device) == (300, 5000, "cpu")
     assert (online.batch_size, online.num_workers, online.chunk_size) == (64, 6, 128)
     # explicit settings (the track command's flags) win; None fields follow the run
-    given = EstimatorSettings(n_bootstrap=50, batch_size=8, mmd_max_n=0).resolved(config)
-    assert (given.n_bootstrap, given.batch_size, given.mmd_max_n) == (50, 8, None)
+    given = TrackConfig(n_bootstrap=50, batch_size=8, mmd_max_n=0).resolved(config)
+    assert (given.n_bootstrap, given.batch_size, given.mmd_max_n) == (50, 8, 0)  # 0: all pairs
+    assert given.resolved(config) == given  # resolving again keeps the explicit choices
     assert (given.num_workers, given.chunk_size) == (6, 128)
     # a run without a track section (made before it existed): the defaults
-    old = EstimatorSettings.from_config({"data": {}})
+    old = TrackConfig().resolved({"data": {}})
     assert (old.n_bootstrap, old.batch_size, old.device, old.mmd_max_n) == (1000, 512,
-                                                                           "auto", None)
+                                                                           "auto", 0)
 
 
 # ------------------------------------------------------------------------ the recipe

@@ -39,7 +39,10 @@ def _list_config_keys():
     from ijckd_bounds.train import TrainConfig
 
     _echo("\nconfig keys and defaults (--config FILE.yaml, or KEY=VALUE on the command line):")
-    for section, values in to_dict(TrainConfig()).items():
+    defaults = to_dict(TrainConfig())
+    # a track key left at None follows the run's other sections, then its default: show that
+    defaults["track"] = to_dict(TrainConfig().track.resolved(defaults))
+    for section, values in defaults.items():
         for key, value in values.items():
             _echo(f"  {section}.{key} = {value!r}")
 
@@ -86,11 +89,11 @@ def cmd_distill(args):
 def _settings(args):
     """The tracking settings the flags give; a flag not given (None) follows the run's
     config (its ``track`` section), then the defaults."""
-    from ijckd_bounds.tracking.track import EstimatorSettings
+    from ijckd_bounds.track_config import TrackConfig
 
-    return EstimatorSettings(n_bootstrap=getattr(args, "n_bootstrap", None),
-                             n_permutations=getattr(args, "n_permutations", None),
-                             seed=getattr(args, "seed", None))
+    return TrackConfig(n_bootstrap=getattr(args, "n_bootstrap", None),
+                       n_permutations=getattr(args, "n_permutations", None),
+                       seed=getattr(args, "seed", None))
 
 
 # what tracking one run may write (tables, the teacher feature cache): fail before any

@@ -95,7 +95,8 @@ def run_experiment(dataset="digits", out="demo_out", *, seeds=(0,), epochs=None,
     from ijckd_bounds.plotting import make_all_figures
     from ijckd_bounds.plotting.layers import make_layer_figures
     from ijckd_bounds.tracking.table import collect, collect_layers
-    from ijckd_bounds.tracking.track import BoundTracker, EstimatorSettings, track_run
+    from ijckd_bounds.track_config import TrackConfig
+    from ijckd_bounds.tracking.track import BoundTracker, track_run
     from ijckd_bounds.train import distill, latest_checkpoint, train_teacher
 
     if dataset not in EXPERIMENTS:
@@ -127,7 +128,7 @@ def run_experiment(dataset="digits", out="demo_out", *, seeds=(0,), epochs=None,
 
     run_dirs = []
     for i, (seed, method) in enumerate(jobs, 1):
-        estimator = EstimatorSettings(seed=seed)
+        estimator = TrackConfig(seed=seed)
         run_dir = out / "students" / f"{method}-s{seed}"
         run_dirs.append(run_dir)
         print(f"[{dataset}] student {i}/{len(jobs)}: {method} ({settings.student}, seed {seed})"

@@ -54,6 +54,7 @@ from ijckd_bounds.estimators.probes import (
     holdout_split,
 )
 from ijckd_bounds.estimators.rowwise import all_finite, project64
+from ijckd_bounds.schema import LEVEL, N_BOOTSTRAP, N_PERMUTATIONS
 
 __all__ = ["BoundsReport", "estimate_bounds", "estimate_bounds_from_file",
            "MIN_EVAL", "MIN_FIT"]
@@ -525,7 +526,7 @@ def _prepare(z_t, z_s, y, weight, bias, *, fit, s, s_fit, student_logits, seed,
 
 
 def estimate_bounds(z_t, z_s, y, weight, bias, *, fit=None, s=None, s_fit=None,
-                    student_logits=None, level=0.95, n_permutations=200, n_bootstrap=1000,
+                    student_logits=None, level=LEVEL, n_permutations=N_PERMUTATIONS, n_bootstrap=N_BOOTSTRAP,
                     seed=0, mmd_max_n=None, device=None, fit_fraction=0.5):
     """Estimate every docs/theory.md term and bound for one student.
 

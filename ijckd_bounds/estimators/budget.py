@@ -32,8 +32,8 @@ import torch
 
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.intervals import Estimate, PairedBootstrap
-from ijckd_bounds.schema import (DIAGNOSES, PIECE_DEFINITION_HEAD_WITHOUT_S, PIECE_DEFINITIONS,
-                                 STUDENT_PIECES, UNDETERMINED)
+from ijckd_bounds.schema import (DIAGNOSES, LEVEL, N_BOOTSTRAP, PIECE_DEFINITION_HEAD_WITHOUT_S,
+                                 PIECE_DEFINITIONS, STUDENT_PIECES, UNDETERMINED)
 
 __all__ = ["ErrorBudget", "Piece", "error_budget"]
 
@@ -189,8 +189,8 @@ def _parts(tw, sw, tpw, cpw, spw, ow):
 
 
 def error_budget(*, teacher_wrong, student_wrong, teacher_probe_wrong, connected_probe_wrong,
-                 student_probe_wrong=None, own_wrong=None, bootstrap=None, n_bootstrap=1000,
-                 seed=0, level=0.95, n_fit=None):
+                 student_probe_wrong=None, own_wrong=None, bootstrap=None, n_bootstrap=N_BOOTSTRAP,
+                 seed=0, level=LEVEL, n_fit=None):
     """The audit's additive error budget with paired-bootstrap intervals and its diagnosis.
 
     Args (each indicator (n,) bool or 0/1, over the same evaluation samples, in the row

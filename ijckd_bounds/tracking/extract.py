@@ -44,6 +44,7 @@ import torch.distributed as dist
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.io import atomic_path, atomic_write_text
 from ijckd_bounds.runtime import barrier, rank_and_world
+from ijckd_bounds.track_config import CHUNK_SIZE
 
 MANIFEST = "manifest.json"
 CHUNK_DIR = "chunks"
@@ -228,7 +229,7 @@ def load_extracted(out_dir):
     return out
 
 
-def extract_features(fn, dataset, out_dir, *, key, batch_size=256, chunk_size=4096,
+def extract_features(fn, dataset, out_dir, *, key, batch_size=256, chunk_size=CHUNK_SIZE,
                      num_workers=0, pin_memory=False, group=None, progress=False):
     """Features of every sample of ``dataset``, streamed to ``out_dir`` (module docstring).
 
