@@ -52,6 +52,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ijckd_bounds.schema import DISTILLATION_METHODS
+
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = EXPERIMENTS_DIR.parent
 DEFAULT_RUNS_DIR = REPO_ROOT / "runs" / "results_table"
@@ -73,14 +75,9 @@ class TableRow:
 
 
 TEACHER_ROW = TableRow("teacher", None, "teacher (`cnn_large`)")
-STUDENT_ROWS = (
-    TableRow("ce", "ce", "ce (`cnn_small` alone)"),
-    TableRow("kd", "kd", "kd"),
-    TableRow("fitnet", "fitnet", "fitnet"),
-    TableRow("srrl", "srrl", "srrl"),
-    TableRow("simkd", "simkd", "simkd"),
-    TableRow("ijckd", "ijckd", "ijckd"),
-)
+STUDENT_ROWS = tuple(
+    TableRow(method, method, "ce (`cnn_small` alone)" if method == "ce" else method)
+    for method in DISTILLATION_METHODS)
 CONTROL_ROW = TableRow("ce_connector", "ce_connector",
                        "*control:* ce through the simkd/ijckd connector + frozen h_T")
 # the connector reduction at which the bottleneck has about as many parameters as the

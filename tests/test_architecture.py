@@ -93,3 +93,16 @@ def test_checkpoint_reader_does_not_import_the_trainer():
     if not path.exists():
         pytest.skip("checkpoint.py not present")
     assert not any(m.startswith("ijckd_bounds.train") for m in imported_modules(path))
+
+
+def test_schema_lists_exactly_the_registered_methods():
+    """The method order, colours and labels of every figure and table (schema) cover the
+    trainer's registry: a new objective must be placed in schema, and a removed one leaves."""
+    from ijckd_bounds import schema
+    from ijckd_bounds.train.objectives import METHODS
+
+    listed = schema.DISTILLATION_METHODS + schema.CONTROL_METHODS
+    assert len(set(listed)) == len(listed)
+    assert set(listed) == set(METHODS.names())
+    assert schema.METHOD_ORDER == ("teacher",) + schema.DISTILLATION_METHODS
+    assert set(schema.METHOD_COLOURS) == set(schema.METHOD_LABELS) == set(schema.METHOD_ORDER)

@@ -341,12 +341,9 @@ def audit_models(teacher, student, splits, out, *, connector=None, n_bootstrap=N
 
 
 def _figures(report, per_class, out, student=None):
-    import pandas as pd
-
     from ijckd_bounds.plotting import plot_margins, save_figure
 
-    margins = pd.DataFrame(report.margins())
-    margins = margins.rename(columns={"gamma": "teacher_margin", "distance": "feat_dist"})
+    margins = report.margin_frame()
     # the title names the student the caller read: method, file or name, epoch
     who = dict(student or {})
     margins["run"] = who.get("run") or "audit"

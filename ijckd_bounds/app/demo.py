@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ijckd_bounds.errors import IJCKDError
-
-METHODS = ("ce", "kd", "fitnet", "srrl", "simkd", "ijckd")
+from ijckd_bounds.schema import DISTILLATION_METHODS as METHODS
 
 
 @dataclass(frozen=True)

@@ -122,10 +122,8 @@ class BoundsReport:
         predicts with), each with _lo/_hi (Clopper–Pearson)."""
         import pandas as pd
 
-        names = ("student_err", "teacher_err", "disagreement", "top1_agreement")
-        columns = ["class", "n"]
-        for name in names:
-            columns += [name, f"{name}_lo", f"{name}_hi"]
+        names = schema.PER_CLASS_TERMS
+        columns = list(schema.PER_CLASS_ROW)
         records = []
         for row in self.per_class_rows:
             record = {"class": row["class"], "n": row["n"]}
@@ -141,9 +139,8 @@ class BoundsReport:
         model, bin, bin_lo, bin_hi, n, confidence, accuracy (NaN for an empty bin)."""
         import pandas as pd
 
-        columns = ["model", "bin", "bin_lo", "bin_hi", "n", "confidence", "accuracy"]
         frame = pd.DataFrame.from_records(self.details.get("calibration", []),
-                                          columns=columns)
+                                          columns=list(schema.CALIBRATION_ROW))
         return frame.astype({"confidence": float, "accuracy": float})
 
     def margins(self):
@@ -152,6 +149,14 @@ class BoundsReport:
         ``distance`` ‖z_S − z_T‖, ``logit_margin`` m(z_T) = top1 − top2,
         ``disagree`` (bool), ``crossing`` (bool, counted by δ_γ)."""
         return {k: v.copy() for k, v in self._margins.items()}
+
+    def margin_frame(self):
+        """``margins()`` as a pandas DataFrame under the column names of ``margins.csv``
+        (``schema.MARGIN_TABLE_NAMES``: ``gamma`` is ``teacher_margin``, ``distance`` is
+        ``feat_dist``)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.margins()).rename(columns=schema.MARGIN_TABLE_NAMES)
 
     def indicators(self, canonical=False):
         """Per evaluation sample error indicators (bool numpy arrays) for the audit.

@@ -26,7 +26,6 @@ import shutil
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from ijckd_bounds import runtime, schema
@@ -308,15 +307,11 @@ def rows_for(report, keys):
     row = dict(keys)
     row.update(report.row())
     per_class = report.per_class().copy()
-    for name in ("run", "method", "epoch", "checkpoint"):
-        per_class[name] = keys[name]
-    margins = pd.DataFrame(report.margins())
-    margins = margins.rename(columns={"gamma": "teacher_margin", "distance": "feat_dist"})
-    for name in ("run", "method", "epoch", "checkpoint"):
-        margins[name] = keys[name]
+    margins = report.margin_frame()
     calibration = report.calibration()
-    for name in ("run", "method", "epoch", "checkpoint", "split"):
-        calibration[name] = keys[name]
+    for name in schema.COMPANION_KEYS:
+        per_class[name] = margins[name] = calibration[name] = keys[name]
+    calibration["split"] = keys["split"]
     return row, per_class, margins, calibration
 
 
