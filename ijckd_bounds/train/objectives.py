@@ -209,9 +209,14 @@ class SRRL(Objective):
 
     ``s``, ``t``: pooled student/teacher features; ``p`` = Linear(no bias) - BN - ReLU
     (a 1x1 conv on the pooled vector, SimKD repo class ``SRRL``); ``z_t`` teacher logits.
-    Defaults ce 1, kl 1, feat 1, T = 4 follow the SimKD repository's script
-    (``-c 1 -d 1 -b 1``); the original SRRL (jingyang2017/KD_SRRL) has no KL term: set
-    ``kl_weight=0`` to get it."""
+    ``feat_weight`` weights both MSEs alike (the script's single ``-b``). Defaults ce 1,
+    kl 1, feat 1, T = 4 follow the SimKD repository's script (``-c 1 -d 1 -b 1``).
+
+    This is the SimKD repository's variant: the connector acts on the pooled vector. The
+    original SRRL (Yang et al. 2021, jingyang2017/KD_SRRL) puts its connector on the
+    student's last feature map and pools after it (the losses compare spatial means of
+    the connected map), and has no KL term; ``kl_weight=0`` removes the KL term but does
+    not give the original, whose connector sees every spatial position."""
 
     name = "srrl"
     defaults = {"ce_weight": 1.0, "kl_weight": 1.0, "feat_weight": 1.0, "temperature": 4.0}
