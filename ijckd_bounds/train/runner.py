@@ -23,8 +23,9 @@ from ijckd_bounds.checkpoint import (capture_rng, connector_entry, load_state_ch
                                      read_checkpoint, restore_rng, write_checkpoint)
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.io import atomic_write_text, check_writable_dir
+from ijckd_bounds.runtime import progress_modes
 from ijckd_bounds.train.callbacks import (HISTORY_CSV, STEPS_CSV, HistoryWriter, ProgressBars,
-                                          TensorBoardLogger, progress_modes, truncate_logs)
+                                          TensorBoardLogger, truncate_logs)
 from ijckd_bounds.train.config import MethodConfig
 from ijckd_bounds.train.distributed import (Precision, RunData, init_distributed,
                                             shutdown_distributed)
