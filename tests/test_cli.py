@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from ijckd_bounds.cli import main
+from ijckd_bounds.app.cli import main
 
 SUBCOMMANDS = ("train-teacher", "distill", "track", "collect", "plot", "audit", "estimate",
                "demo", "list")
@@ -18,7 +18,7 @@ def run_cli(capsys, *argv):
 
 
 def test_help_lists_every_subcommand():
-    result = subprocess.run([sys.executable, "-m", "ijckd_bounds.cli", "--help"],
+    result = subprocess.run([sys.executable, "-m", "ijckd_bounds", "--help"],
                             capture_output=True, text=True, check=True)
     for name in SUBCOMMANDS:
         assert name in result.stdout

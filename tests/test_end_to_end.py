@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from ijckd_bounds import schema
-from ijckd_bounds.cli import main
+from ijckd_bounds.app.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

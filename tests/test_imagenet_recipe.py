@@ -15,9 +15,9 @@ import torch
 import yaml
 from PIL import Image
 
-from ijckd_bounds import cli
+from ijckd_bounds.app import cli
 from ijckd_bounds.checkpoint import load_student, load_teacher_from, load_teacher_weights
-from ijckd_bounds.config import from_dict, load_config
+from ijckd_bounds.typed_yaml import from_dict, load_config
 from ijckd_bounds.data import build_dataset
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.models import build_model
@@ -77,7 +77,8 @@ def distill_tree(tree, run_dir, **sections):
     base = {"data": {"name": "imagefolder", "data_dir": str(tree), "options": dict(SMALL),
                      "batch_size": 8, "eval_batch_size": 16},
             "model": {"teacher": "resnet18", "student": "resnet18"},
-            "method": {"name": "ijckd", "ce_weight": 1.0, "alpha": 1.0, "beta": 1.0},
+            "method": {"name": "ijckd", "ce_weight": 1.0, "logit_weight": 1.0,
+                       "feat_weight": 1.0},
             "optim": {"epochs": 2, "lr": 0.01, "weight_decay": 1e-4, "schedule": "multistep",
                       "milestones": [1]},
             "run": {"run_dir": str(run_dir), "device": "cpu", "progress": False},
@@ -97,7 +98,7 @@ def test_teacher_weights_file_loads_into_the_named_architecture(tree, resnet18_w
     model.load_state_dict(torch.load(resnet18_weights, weights_only=True))
     model.eval()
     x = torch.randn(3, 3, 32, 32)
-    z_t, logits = teacher.features(x)
+    logits, z_t = teacher(x)
     want_logits, want_z = model(x)
     torch.testing.assert_close(z_t, want_z)
     torch.testing.assert_close(logits, want_logits)
@@ -107,7 +108,7 @@ def test_teacher_weights_file_loads_into_the_named_architecture(tree, resnet18_w
     entry = teacher.describe()
     assert entry["source"] == "torchvision_weights" and entry["name"] == "resnet18"
     rebuilt = load_teacher_from(entry)
-    torch.testing.assert_close(rebuilt.features(x)[0], z_t)
+    torch.testing.assert_close(rebuilt(x)[1], z_t)
 
 
 def test_a_teacher_file_changed_since_distillation_is_refused(resnet18_weights, tmp_path):
@@ -209,22 +210,23 @@ def test_image_batches_depend_on_seed_epoch_and_sample_not_on_workers(tree):
 
 
 def test_tracking_settings_come_from_the_run_unless_given():
-    from ijckd_bounds.tracking.track import EstimatorSettings
+    from ijckd_bounds.track_config import TrackConfig
 
     config = {"data": {"eval_batch_size": 64, "num_workers": 6},
               "track": {"n_bootstrap": 300, "mmd_max_n": 5000, "device": "cpu",
                         "batch_size": None, "num_workers": None, "chunk_size": 128}}
-    online = EstimatorSettings.from_config(config)
+    online = TrackConfig().resolved(config)
     assert (online.n_bootstrap, online.mmd_max_n, online.device) == (300, 5000, "cpu")
     assert (online.batch_size, online.num_workers, online.chunk_size) == (64, 6, 128)
     # explicit settings (the track command's flags) win; None fields follow the run
-    given = EstimatorSettings(n_bootstrap=50, batch_size=8, mmd_max_n=0).resolved(config)
-    assert (given.n_bootstrap, given.batch_size, given.mmd_max_n) == (50, 8, None)
+    given = TrackConfig(n_bootstrap=50, batch_size=8, mmd_max_n=0).resolved(config)
+    assert (given.n_bootstrap, given.batch_size, given.mmd_max_n) == (50, 8, 0)  # 0: all pairs
+    assert given.resolved(config) == given  # resolving again keeps the explicit choices
     assert (given.num_workers, given.chunk_size) == (6, 128)
     # a run without a track section (made before it existed): the defaults
-    old = EstimatorSettings.from_config({"data": {}})
+    old = TrackConfig().resolved({"data": {}})
     assert (old.n_bootstrap, old.batch_size, old.device, old.mmd_max_n) == (1000, 512,
-                                                                           "auto", None)
+                                                                           "auto", 0)
 
 
 # ------------------------------------------------------------------------ the recipe
@@ -339,7 +341,7 @@ def test_two_gloo_ranks_track_online_like_one_process_offline(tree, resnet18_wei
                             optim={"epochs": 1}, run={"ckpt_every": 1})
     config = tmp_path / "student.yaml"
     config.write_text(yaml.safe_dump(tree_cfg))
-    run_two_ranks([sys.executable, "-m", "ijckd_bounds.cli", "distill", "--config",
+    run_two_ranks([sys.executable, "-m", "ijckd_bounds", "distill", "--config",
                    str(config), "--track", "--teacher-weights", str(resnet18_weights)],
                   cwd=REPO, timeout=300)
 
@@ -374,7 +376,8 @@ def test_reference_configurations(name, teacher, student, batch, lr):
     assert (cfg.optim.schedule, cfg.optim.milestones, cfg.optim.gamma) == (
         "multistep", (30, 60, 90), 0.1)
     assert cfg.optim.epochs == 100
-    assert (cfg.method.name, cfg.method.ce_weight, cfg.method.alpha, cfg.method.beta) == (
+    assert (cfg.method.name, cfg.method.ce_weight, cfg.method.logit_weight,
+            cfg.method.feat_weight) == (
         "ijckd", 1.0, 1.0, 1.0)
     assert cfg.model.teacher_checkpoint is None
     assert cfg.data.num_workers > 0 and cfg.run.ckpt_every >= 1

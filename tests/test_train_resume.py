@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from ijckd_bounds.checkpoint import read_checkpoint
-from ijckd_bounds.config import from_dict
+from ijckd_bounds.typed_yaml import from_dict
 from ijckd_bounds.train import TrainConfig, train_teacher
 
 EPOCHS = 8

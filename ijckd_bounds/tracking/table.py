@@ -15,7 +15,6 @@ and margin rows of a checkpoint are replaced as one block.
 
 import contextlib
 import fcntl
-import math
 import shutil
 from pathlib import Path
 
@@ -26,18 +25,6 @@ from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.io import atomic_path
 
 ROW_KEY = ("run", "checkpoint", "split")
-PER_CLASS_COLUMNS = ("run", "method", "epoch", "checkpoint", "class", "n",
-                     "student_err", "student_err_lo", "student_err_hi",
-                     "teacher_err", "teacher_err_lo", "teacher_err_hi",
-                     "disagreement", "disagreement_lo", "disagreement_hi")
-MARGIN_COLUMNS = ("run", "method", "epoch", "checkpoint", "teacher_margin", "feat_dist",
-                  "disagree")
-
-# fidelity and calibration (docs/theory.md): per-class agreement, reliability-diagram bins
-PER_CLASS_COLUMNS = PER_CLASS_COLUMNS + ("top1_agreement", "top1_agreement_lo",
-                                         "top1_agreement_hi")
-CALIBRATION_COLUMNS = ("run", "method", "epoch", "checkpoint", "split", "model", "bin",
-                       "bin_lo", "bin_hi", "n", "confidence", "accuracy")
 
 
 @contextlib.contextmanager
@@ -181,17 +168,17 @@ def upsert_block(path, new_rows, *, columns, block=("run", "checkpoint")):
 
 
 def append_per_class(path, df):
-    upsert_block(path, df, columns=PER_CLASS_COLUMNS)
+    upsert_block(path, df, columns=schema.PER_CLASS_COLUMNS)
 
 
 def append_calibration(path, df):
-    upsert_block(path, df, columns=CALIBRATION_COLUMNS)
+    upsert_block(path, df, columns=schema.CALIBRATION_COLUMNS)
 
 
 def append_margins(path, df):
     df = df.copy()
     df["sample"] = range(len(df)) if "sample" not in df else df["sample"]
-    upsert_block(path, df, columns=MARGIN_COLUMNS + ("sample",))
+    upsert_block(path, df, columns=schema.MARGIN_COLUMNS + ("sample",))
 
 
 def drop_incomplete_checkpoints(bounds_path, companion_paths):
@@ -242,14 +229,6 @@ def collect(paths, *, kind="bounds"):
         table = table.drop_duplicates(subset=list(ROW_KEY), keep="last")
         check_bounds_table(table)
     return table
-
-
-def finite_or_nan(value):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return value if math.isfinite(value) else math.nan
 
 
 def remove_stale_temp_files(directory):
