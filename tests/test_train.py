@@ -134,9 +134,20 @@ def test_each_method_distills_and_its_checkpoint_answers_what_it_predicts(
         assert z_s.shape == (n, 256) and own_logits is None
         teacher_model = load_teacher(teacher.teacher_path).model
         torch.testing.assert_close(student.teacher_weight, teacher_model.classifier.weight)
+        # what it predicts is the teacher's classifier read on its connected features
+        torch.testing.assert_close(predicted, teacher_model.classifier(z_s))
     else:
         assert z_s is None
-        torch.testing.assert_close(own_logits, predicted)
+        # what it predicts is the saved weights' own head, rebuilt here from the raw file
+        saved = torch.load(result.checkpoint, weights_only=True)["model"]
+        rebuilt = build_model(saved["name"], saved["num_classes"], tuple(saved["input_shape"]),
+                              **saved["options"])
+        rebuilt.load_state_dict(saved["state_dict"])
+        with torch.no_grad():
+            rebuilt_logits, rebuilt_features = rebuilt.eval()(digits.eval.inputs)
+        torch.testing.assert_close(s, rebuilt_features)
+        torch.testing.assert_close(own_logits, rebuilt_logits)
+        torch.testing.assert_close(predicted, rebuilt_logits)
     # The eval accuracy logged by the loop is what the checkpoint alone predicts.
     assert row["eval_acc"] == pytest.approx(accuracy(predicted, digits.eval.labels))
     assert row["eval_acc"] > 0.5  # two epochs already beat chance (0.1) by far
