@@ -6,7 +6,6 @@ import torch
 
 from ijckd_bounds.audit import audit_models
 from ijckd_bounds.data.splits import DatasetSplits, TensorSplit
-from tests.test_models import wrapped_resnet
 
 
 def _splits(n=120, classes=5, seed=0):
@@ -24,7 +23,7 @@ def _state_copy(model):
     return {key: value.detach().clone() for key, value in model.state_dict().items()}
 
 
-def test_audit_of_feature_models_with_their_own_heads(tmp_path):
+def test_audit_of_feature_models_with_their_own_heads(tmp_path, wrapped_resnet):
     teacher, student = wrapped_resnet(seed=0), wrapped_resnet(seed=1)
     before = {name: _state_copy(model) for name, model in (("teacher", teacher),
                                                            ("student", student))}
@@ -51,7 +50,7 @@ def test_audit_of_feature_models_with_their_own_heads(tmp_path):
             assert torch.equal(after[key], value), f"{name} {key} changed"
 
 
-def test_audit_models_rejects_a_bare_module(tmp_path):
+def test_audit_models_rejects_a_bare_module(tmp_path, wrapped_resnet):
     import pytest
 
     from ijckd_bounds.errors import IJCKDError
