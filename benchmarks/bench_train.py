@@ -25,12 +25,11 @@ import torch.nn.functional as F
 from ijckd_bounds.models import build_model
 from ijckd_bounds.models.base import ZooModel
 from ijckd_bounds.models.connectors import align_maps
+from ijckd_bounds.schema import DISTILLATION_METHODS as METHODS
 from ijckd_bounds.train.config import MethodConfig
 from ijckd_bounds.train.distributed import Precision
 from ijckd_bounds.train.loop import TrainState, fit
 from ijckd_bounds.train.objectives import build_objective
-
-METHODS = ("ce", "kd", "fitnet", "srrl", "simkd", "ijckd")
 
 
 def hand_written_loss(method, objective, teacher, x, y):

@@ -69,7 +69,7 @@ def feature_arrays(kind, seed, n_eval=600, n_fit=300):
 
 def audit_budget(kind, seed, *, n_eval=600, n_fit=300, n_bootstrap=200):
     """(ErrorBudget, BoundsReport) of one student of ``kind``."""
-    from ijckd_bounds.audit import budgets_from_report
+    from ijckd_bounds.app.audit import budgets_from_report
     from ijckd_bounds.estimators import estimate_bounds
 
     a = feature_arrays(kind, seed, n_eval=n_eval, n_fit=n_fit)

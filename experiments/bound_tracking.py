@@ -13,7 +13,8 @@ reference run are regenerated from the tables this writes by the scripts in figu
 import argparse
 import sys
 
-from ijckd_bounds.demo import EXPERIMENTS, METHODS, run_experiment
+from ijckd_bounds.app.demo import EXPERIMENTS, run_experiment
+from ijckd_bounds.schema import DISTILLATION_METHODS as METHODS
 from ijckd_bounds.errors import IJCKDError
 
 

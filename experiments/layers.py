@@ -37,7 +37,7 @@ log = logging.getLogger("layers")
 
 
 def _config(file_name, run_dir, seed, overrides):
-    from ijckd_bounds.config import load_config
+    from ijckd_bounds.typed_yaml import load_config
     from ijckd_bounds.train import TrainConfig
 
     return load_config(TrainConfig, EXPERIMENTS_DIR / file_name,
@@ -56,12 +56,12 @@ def run_dataset(dataset, seed, runs_dir, out):
     from ijckd_bounds.plotting.output import save_figure
     from ijckd_bounds.tracking.layers import track_run_layers
     from ijckd_bounds.tracking.table import collect_layers
-    from ijckd_bounds.tracking.track import EstimatorSettings
+    from ijckd_bounds.track_config import TrackConfig
 
     root = Path(runs_dir) / dataset / f"seed{seed}"
     teacher_cfg = _config(f"{dataset}_teacher.yaml", root / "teacher", seed, [])
     _, teacher_path, _ = train_or_reuse(teacher_cfg, teacher_mode=True)
-    settings = EstimatorSettings(seed=seed)
+    settings = TrackConfig(seed=seed)
     run_dirs = []
     for method in METHODS:
         cfg = _config(f"{dataset}_student.yaml", root / method, seed,
@@ -98,7 +98,7 @@ def summary_markdown(tables):
     """The README's numbers: per dataset and method, at the last checkpoint, the probe
     error of every stage and the CKA matrix, each with its interval, and the audit's two
     findings."""
-    from ijckd_bounds.audit_layers import layer_findings
+    from ijckd_bounds.app.audit_layers import layer_findings
 
     parts = ["# Layer probes and CKA: CE, FitNet and IJCKD students", "",
              f"Made by `{COMMAND}`.", ""]

@@ -52,6 +52,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ijckd_bounds.schema import DISTILLATION_METHODS
+
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = EXPERIMENTS_DIR.parent
 DEFAULT_RUNS_DIR = REPO_ROOT / "runs" / "results_table"
@@ -73,14 +75,9 @@ class TableRow:
 
 
 TEACHER_ROW = TableRow("teacher", None, "teacher (`cnn_large`)")
-STUDENT_ROWS = (
-    TableRow("ce", "ce", "ce (`cnn_small` alone)"),
-    TableRow("kd", "kd", "kd"),
-    TableRow("fitnet", "fitnet", "fitnet"),
-    TableRow("srrl", "srrl", "srrl"),
-    TableRow("simkd", "simkd", "simkd"),
-    TableRow("ijckd", "ijckd", "ijckd"),
-)
+STUDENT_ROWS = tuple(
+    TableRow(method, method, "ce (`cnn_small` alone)" if method == "ce" else method)
+    for method in DISTILLATION_METHODS)
 CONTROL_ROW = TableRow("ce_connector", "ce_connector",
                        "*control:* ce through the simkd/ijckd connector + frozen h_T")
 # the connector reduction at which the bottleneck has about as many parameters as the
@@ -125,7 +122,7 @@ def student_config(dataset, row, seed, teacher_path, runs_dir, epochs=None):
 
 
 def _load(file_name, run_dir, seed, epochs, overrides):
-    from ijckd_bounds.config import load_config
+    from ijckd_bounds.typed_yaml import load_config
     from ijckd_bounds.errors import IJCKDError
     from ijckd_bounds.train import TrainConfig
 
@@ -154,7 +151,7 @@ def train_or_reuse(cfg, *, teacher_mode, train=True):
     another config, or distilled from another teacher file, raises IJCKDError.
     """
     from ijckd_bounds.checkpoint import read_checkpoint, sha256_file
-    from ijckd_bounds.config import to_dict
+    from ijckd_bounds.typed_yaml import to_dict
     from ijckd_bounds.errors import IJCKDError
     from ijckd_bounds.train import distill, latest_checkpoint, train_teacher
     from ijckd_bounds.train.runner import TEACHER_FILE, check_resume_config
@@ -197,9 +194,10 @@ def _absolute(run_dir):
 def track_final_checkpoints(records, n_bootstrap):
     """Estimate the bound terms (the fidelity columns among them) at the final checkpoint
     of every student run that has no row for it yet (``track_run`` skips tracked ones)."""
-    from ijckd_bounds.tracking.track import EstimatorSettings, track_run
+    from ijckd_bounds.track_config import TrackConfig
+    from ijckd_bounds.tracking.track import track_run
 
-    settings = EstimatorSettings(n_bootstrap=n_bootstrap, n_permutations=20, seed=0)
+    settings = TrackConfig(n_bootstrap=n_bootstrap, n_permutations=20, seed=0)
     students = [r for r in records if r["row"] != TEACHER_ROW.name]
     for i, record in enumerate(students, 1):
         started = time.perf_counter()
@@ -215,7 +213,7 @@ def _relative(path):
 
 def run_record(dataset, row, seed, cfg, metrics, checkpoint, sizes):
     """One CSV row (a dict keyed by CSV_COLUMNS)."""
-    from ijckd_bounds.compare import parameter_counts
+    from ijckd_bounds.app.compare import parameter_counts
 
     model = cfg.model.teacher if row.method is None else cfg.model.student
     return {
@@ -233,7 +231,7 @@ def run_record(dataset, row, seed, cfg, metrics, checkpoint, sizes):
 
 
 # ------------------------------------------------------------------------------ tables
-# The statistics come from ``ijckd-bounds compare`` (ijckd_bounds/compare.py); this file
+# The statistics come from ``ijckd-bounds compare`` (ijckd_bounds/app/compare.py); this file
 # only lays them out as the README's table.
 
 # Tracked at the final checkpoint of each student when the estimators provide them.
@@ -495,7 +493,7 @@ def main(argv=None):
         columns = () if args.no_track else available_fidelity_columns()
         if columns:
             track_final_checkpoints(records, args.n_bootstrap)
-        from ijckd_bounds.compare import compare_runs, write_comparison
+        from ijckd_bounds.app.compare import compare_runs, write_comparison
 
         comparison = compare_runs([_absolute(r["run_dir"]) for r in records], columns=columns)
         written = write_comparison(comparison, args.out / COMPARE_DIR)

@@ -11,16 +11,8 @@ import math
 from dataclasses import dataclass
 
 from ijckd_bounds import schema
-from ijckd_bounds.estimators.audit import ADVICE, DIAGNOSES, UNDETERMINED
 from ijckd_bounds.reporting_fidelity import fidelity_section
-
-RATE_TERMS = ("teacher_err", "student_err", "student_own_err", "disagreement", "delta_gamma",
-              "joint_err_T", "joint_err_S", "ideal_joint", "teacher_probe_err",
-              "student_probe_err", "connected_probe_err", "ijc_lambda", "ijc_gap",
-              "pair_disc") + schema.BOUNDS
-OTHER_TERMS = ("feat_msd", "feat_rel", "feat_cka", "logit_msd", "mmd2", "proxy_a_linear",
-               "proxy_a_mlp")
-DISCREPANCY_TERMS = ("feat_cka", "mmd2", "proxy_a_linear", "proxy_a_mlp")
+from ijckd_bounds.schema import ADVICE, DIAGNOSES, UNDETERMINED
 
 # Extension point: further sections of report.md, appended in this order after "Classes
 # that carry the gap". Each entry is a function ``(row, details) -> str | None``: ``row``
@@ -173,13 +165,13 @@ def next_steps(budget):
 
 def terms_table(row):
     lines = ["| term | value | 95% interval |", "|---|---:|---|"]
-    for term in RATE_TERMS:
+    for term in schema.RATE_TERMS:
         if term in row and not _isnan(row[term]):
             lines.append(f"| `{term}` | {_pct(row[term])} | "
                          f"[{_pct(row[term + '_lo'])}, {_pct(row[term + '_hi'])}] |")
-    for term in OTHER_TERMS:
+    for term in schema.DISTANCE_TERMS:
         if term in row and not _isnan(row[term]):
-            flag = " (n < 10·d)" if term in DISCREPANCY_TERMS and _small_n(row) else ""
+            flag = " (n < 10·d)" if term in schema.DISCREPANCY_TERMS and _small_n(row) else ""
             lines.append(f"| `{term}`{flag} | {_num(row[term])} | "
                          f"[{_num(row[term + '_lo'])}, {_num(row[term + '_hi'])}] |")
     lines.append(f"| `mmd_p` | {_num(row.get('mmd_p'))} | permutation p-value |")

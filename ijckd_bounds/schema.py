@@ -1,8 +1,10 @@
-"""Column names of the results table: the THEORY terms of the project's mathematical
-contract, as ``docs/theory.md`` explains them.
+"""The project's vocabulary: the columns of every results table (the THEORY terms of the
+project's mathematical contract, as ``docs/theory.md`` explains them), the term groups,
+labels and units reports and figures use, the methods in their order with their colours,
+the audit's diagnosis texts, and the estimators' defaults.
 
-Imported by the estimators (``BoundsReport.row()``), by tracking (schema check on write)
-and by plotting (which never imports torch), so it depends on nothing.
+Imported by the estimators (``BoundsReport.row()``), by tracking (schema check on write),
+by reporting and by plotting (which never import torch), so it depends on nothing.
 """
 
 # Terms reported as value with a 95% interval: columns <term>, <term>_lo, <term>_hi.
@@ -140,6 +142,61 @@ LABELS.update({
     "student_ece": "student ECE (15 bins)",
 })
 
+# ---- term groups (how reports and figures show each term)
+# proportions of evaluation samples, or sums and differences of them: shown in percent
+RATE_TERMS = ("teacher_err", "student_err", "student_own_err", "disagreement", "delta_gamma",
+              "joint_err_T", "joint_err_S", "ideal_joint", "teacher_probe_err",
+              "student_probe_err", "connected_probe_err", "ijc_lambda", "ijc_gap",
+              "pair_disc") + BOUNDS
+# feature and logit distances, CKA and the domain discrepancies: each on its own scale
+DISTANCE_TERMS = ("feat_msd", "feat_rel", "feat_cka", "logit_msd", "mmd2", "proxy_a_linear",
+                  "proxy_a_mlp")
+# discrepancy estimates that need n >> d (docs/theory.md: flagged when n_eval < 10 * dim)
+DISCREPANCY_TERMS = ("feat_cka", "mmd2", "proxy_a_linear", "proxy_a_mlp")
+# student_err - teacher_err, derived by the decomposition figure
+TRANSFER_GAP = "transfer_gap"
+LABELS[TRANSFER_GAP] = "transfer gap $\\epsilon_S - \\epsilon_T$"
+# shown in percent: the rates, the transfer gap, agreement and ECE (shares of samples too)
+PERCENT_TERMS = frozenset(RATE_TERMS + (TRANSFER_GAP, "top1_agreement", "teacher_ece",
+                                        "student_ece"))
+
+# the unit on a figure's axis
+_ERROR_UNIT = "error rate (%)"
+UNITS = {
+    "teacher_err": _ERROR_UNIT, "student_err": _ERROR_UNIT, "student_own_err": _ERROR_UNIT,
+    "joint_err_T": _ERROR_UNIT, "joint_err_S": _ERROR_UNIT, "student_probe_err": _ERROR_UNIT,
+    "teacher_probe_err": _ERROR_UNIT, "connected_probe_err": _ERROR_UNIT,
+    "disagreement": "rate (%)", "delta_gamma": "rate (%)",
+    "ideal_joint": "joint error (%)", "ijc_lambda": "joint error (%)",
+    "ijc_gap": "gap (% points)", "pair_disc": "gap (% points)", TRANSFER_GAP: "gap (% points)",
+    "feat_msd": "squared distance", "logit_msd": "squared distance",
+    "feat_rel": "ratio", "feat_cka": "CKA", "mmd2": "MMD$^2$",
+    "proxy_a_linear": "distance (0 to 2)", "proxy_a_mlp": "distance (0 to 2)",
+    **{bound: _ERROR_UNIT for bound in BOUNDS},
+    "top1_agreement": "agreement (%)", "pred_kl": "nats", "teacher_nll": "nats",
+    "student_nll": "nats", "teacher_brier": "Brier score", "student_brier": "Brier score",
+    "teacher_ece": "ECE (%)", "student_ece": "ECE (%)",
+}
+
+# ---- methods: the trainer's registered objectives (train/objectives.METHODS; a test
+# checks that the two agree), in the order every figure and table lists them
+DISTILLATION_METHODS = ("ce", "kd", "fitnet", "srrl", "simkd", "ijckd")
+CONTROL_METHODS = ("ce_connector",)  # controls, not methods a paper compares
+METHOD_ORDER = ("teacher",) + DISTILLATION_METHODS
+# Okabe & Ito (2008), "Color universal design": each built-in method owns one colour for
+# good, teacher black, plain CE grey
+METHOD_COLOURS = {
+    "teacher": "#000000",
+    "ce": "#8c8c8c",
+    "kd": "#e69f00",  # orange
+    "fitnet": "#56b4e9",  # sky blue
+    "srrl": "#009e73",  # bluish green
+    "simkd": "#0072b2",  # blue
+    "ijckd": "#d55e00",  # vermillion
+}
+METHOD_LABELS = {"teacher": "teacher", "ce": "CE", "kd": "KD", "fitnet": "FitNet",
+                 "srrl": "SRRL", "simkd": "SimKD", "ijckd": "IJCKD"}
+
 # ---- layers.csv (docs/theory.md "Layers"): one row per stage probe and per stage pair.
 LAYER_TERMS = ("stage_probe_err", "stage_cka")
 LAYER_KEYS = ("run", "method", "epoch", "checkpoint", "split")
@@ -155,3 +212,92 @@ LABELS.update({
     "stage_probe_err": "stage probe error",
     "stage_cka": "stage CKA (debiased)",
 })
+
+# ---- the companion tables of a run (tracking/table.py writes them)
+COMPANION_KEYS = ("run", "method", "epoch", "checkpoint")
+# per_class.csv: one row per run x checkpoint x class, each term with _lo/_hi
+PER_CLASS_TERMS = ("student_err", "teacher_err", "disagreement", "top1_agreement")
+PER_CLASS_ROW = ("class", "n", *(c for t in PER_CLASS_TERMS for c in interval_columns(t)))
+PER_CLASS_COLUMNS = COMPANION_KEYS + PER_CLASS_ROW
+# margins.csv: one row per evaluation sample x checkpoint (plus the column "sample"); the
+# report's margins (``BoundsReport.margins``) name two of them after their symbols
+MARGIN_COLUMNS = COMPANION_KEYS + ("teacher_margin", "feat_dist", "disagree")
+MARGIN_TABLE_NAMES = {"gamma": "teacher_margin", "distance": "feat_dist"}
+# calibration.csv: one row per checkpoint x model (teacher, student) x confidence bin
+CALIBRATION_ROW = ("model", "bin", "bin_lo", "bin_hi", "n", "confidence", "accuracy")
+CALIBRATION_COLUMNS = COMPANION_KEYS + ("split",) + CALIBRATION_ROW
+
+# The columns each figure reads, a subset of the table it draws from, so a caller's own
+# frame needs only these (plotting/select.py checks them).
+PER_CLASS_PLOT_COLUMNS = ("run", "method", "epoch", "class")
+MARGIN_PLOT_COLUMNS = ("run", "method", "epoch", "teacher_margin", "feat_dist", "disagree")
+CALIBRATION_PLOT_COLUMNS = ("run", "method", "epoch") + CALIBRATION_ROW
+
+# ---- the audit's error budget (estimators/budget.py computes it, reporting.py writes it):
+# the name of each piece's diagnosis, the advice for a named piece, each piece's formula
+# and meaning (docs/theory.md "Audit: an error budget")
+UNDETERMINED = "undetermined"
+
+DIAGNOSES = {
+    "teacher": "teacher-limited",
+    "fit": "fit-limited (the audit's own data)",
+    "capacity": "capacity-limited",
+    "connector": "connector-limited",
+    "alignment": "alignment-limited (IJC violated)",
+    "head": "head-limited",
+    "representation": "representation-limited",
+    UNDETERMINED: "undetermined",
+}
+
+# pieces that describe the student (the teacher piece describes the teacher, the fit piece
+# the audit's fit split)
+STUDENT_PIECES = ("capacity", "connector", "alignment", "head", "representation")
+
+ADVICE = {
+    "teacher": "The student already does about as well as the teacher's classifier allows: "
+               "a better teacher is the fix.",
+    "capacity": "The student's own features separate the classes worse than the teacher's: "
+                "no head or connector can recover what is not there. Use a larger student "
+                "or train longer.",
+    "connector": "The student's own features hold the information, but the map into the "
+                 "teacher's space loses it: use a wider or deeper connector, or a stronger "
+                 "feature loss.",
+    "alignment": "The student's features in the teacher's space are linearly separable, just "
+                 "not by the teacher's classifier: raise the feature/logit loss weight, train "
+                 "longer, or fine-tune the classifier (see the margin figure and delta_gamma).",
+    "head": "A linear probe on the student's own features beats its own head: retrain or "
+            "fine-tune the head (or distil into the head with a logit loss).",
+    "representation": "The student's features in the teacher's space separate the classes "
+                      "worse than the teacher's: a larger student, longer training, or a "
+                      "better connector (give the student's own features `s`/`s_fit` to "
+                      "split capacity from connector).",
+}
+
+# one line per piece: its formula and what it measures (``{target}`` is filled in)
+PIECE_DEFINITIONS = {
+    "teacher": ("teacher_err", "the teacher classifier h_T's error on the teacher's features"),
+    "fit": ("teacher_probe_err − teacher_err",
+            "what a probe fitted on the fit split loses against h_T on the teacher's own "
+            "features: the audit's data, not the student"),
+    "capacity": ("student_probe_err − teacher_probe_err",
+                 "same-recipe probes on the student's own features s(x) and on the "
+                 "teacher's t(x): what the student's features lack"),
+    "connector": ("connected_probe_err − student_probe_err",
+                  "same-recipe probes on z_S = p(s(x)) and on s(x): what the connector "
+                  "loses"),
+    "alignment": ("student_err − connected_probe_err",
+                  "h_T against a probe on z_S: features separable by a linear classifier, "
+                  "but not by h_T, the IJC violated"),
+    "head": ("student_own_err − student_probe_err",
+             "the student's own head against a probe on its own features s(x)"),
+    "representation": ("connected_probe_err − teacher_probe_err",
+                       "same-recipe probes on z_S and on t(x): capacity and connector "
+                       "together (the student's own features s were not given)"),
+}
+PIECE_DEFINITION_HEAD_WITHOUT_S = ("student_own_err − connected_probe_err",
+                                   "the student's own head against a probe on z_S (s was not given)")
+
+# ---- the estimators' defaults, written once (every signature and config refers to these)
+LEVEL = 0.95  # confidence level of every interval
+N_BOOTSTRAP = 1000  # paired-bootstrap resamples of every interval
+N_PERMUTATIONS = 200  # sign flips of the MMD² permutation test

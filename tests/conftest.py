@@ -22,7 +22,7 @@ DIGITS_COMMON = ("data.name=digits", "data.batch_size=64", "optim.epochs=2", "op
 
 
 def _main(argv):
-    from ijckd_bounds.cli import main
+    from ijckd_bounds.app.cli import main
 
     return main([str(a) for a in argv])
 

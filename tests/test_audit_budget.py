@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from ijckd_bounds.errors import IJCKDError
-from ijckd_bounds.estimators.audit import UNDETERMINED, error_budget
+from ijckd_bounds.estimators.budget import error_budget
 from ijckd_bounds.estimators.intervals import PairedBootstrap, percentile_interval
 from ijckd_bounds.reporting import audit_markdown, diagnosis_text, next_steps
+from ijckd_bounds.schema import UNDETERMINED
 
 KEYS = ("teacher_wrong", "teacher_probe_wrong", "student_probe_wrong",
         "connected_probe_wrong", "student_wrong", "own_wrong")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ijckd_bounds.cli import main
+from ijckd_bounds.app.cli import main
 from ijckd_bounds.reporting_fidelity import calibration_sentence, fidelity_section
 
 

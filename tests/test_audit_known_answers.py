@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from experiments.audit_known_answers import D, audit_budget, feature_arrays
-from ijckd_bounds.cli import main
-from ijckd_bounds.estimators.audit import UNDETERMINED
+from ijckd_bounds.app.cli import main
+from ijckd_bounds.schema import UNDETERMINED
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["perfect", "perfect_rotated_s"])

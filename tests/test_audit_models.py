@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from ijckd_bounds.audit import audit_models
+from ijckd_bounds.app.audit import audit_models
 from ijckd_bounds.data.splits import DatasetSplits, TensorSplit
 
 

@@ -1,6 +1,6 @@
 """Bad input gets one readable line on stderr and exit code 2, never a traceback.
 
-Every case goes through the command line (``ijckd_bounds.cli.main``): corrupt, truncated
+Every case goes through the command line (``ijckd_bounds.app.cli.main``): corrupt, truncated
 and mismatched checkpoints, teachers and students of different datasets or class counts,
 malformed feature files, overlapping/empty/single-class splits, unknown names, malformed
 YAML and unknown config keys.
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from ijckd_bounds.cli import main
+from ijckd_bounds.app.cli import main
 
 COMMON = ["data.batch_size=64", "optim.epochs=1", "optim.lr=0.05", "run.device=cpu",
           "run.progress=false"]
@@ -487,7 +487,7 @@ def test_unknown_key_in_yaml_names_the_closest_and_a_run_ckpt_typo(tmp_path, cli
 
 def test_exponent_without_a_dot_is_a_number(tmp_path):
     """YAML 1.1 reads 1e-3 as text; the config loader takes it as the number it means."""
-    from ijckd_bounds.config import load_config
+    from ijckd_bounds.typed_yaml import load_config
     from ijckd_bounds.train import TrainConfig
 
     config = tmp_path / "config.yaml"

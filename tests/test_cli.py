@@ -10,7 +10,7 @@ SUBCOMMANDS = ("train-teacher", "distill", "track", "collect", "plot", "audit", 
 
 
 def test_help_lists_every_subcommand():
-    result = subprocess.run([sys.executable, "-m", "ijckd_bounds.cli", "--help"],
+    result = subprocess.run([sys.executable, "-m", "ijckd_bounds", "--help"],
                             capture_output=True, text=True, check=True)
     for name in SUBCOMMANDS:
         assert name in result.stdout

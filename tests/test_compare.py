@@ -15,8 +15,8 @@ import yaml
 from matplotlib.colors import to_hex
 from scipy import stats
 
-from ijckd_bounds.cli import main
-from ijckd_bounds.compare import (Published, compare_markdown, compare_runs, parse_published,
+from ijckd_bounds.app.cli import main
+from ijckd_bounds.app.compare import (Published, compare_markdown, compare_runs, parse_published,
                                   read_published)
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.intervals import t_interval, welch_interval
@@ -166,7 +166,7 @@ def test_published_values_apply_only_to_their_pair(tmp_path):
                Published("kd", 70.0, dataset="imagenet"),
                Published("kd", 90.5, setting="temperature=2")]
     comparison = compare_runs(runs)
-    from ijckd_bounds.compare import verdicts
+    from ijckd_bounds.app.compare import verdicts
 
     found, unused = verdicts(comparison.groups, comparison.runs, entries)
     assert len(found) == 2 and set(found["published"]) == {90.5}
@@ -276,7 +276,7 @@ def test_control_gradients_reach_only_the_student_and_the_connector(student_name
 
 
 def test_plot_compare_draws_each_seed_the_interval_and_the_published_mark(tmp_path):
-    from ijckd_bounds.compare import figure_frame
+    from ijckd_bounds.app.compare import figure_frame
     from ijckd_bounds.plotting.compare import PUBLISHED_COLOUR, plot_compare
 
     runs = [*seeded_runs(tmp_path, "kd", [0.90, 0.92, 0.97]),

@@ -3,7 +3,7 @@ from typing import Literal, Optional
 
 import pytest
 
-from ijckd_bounds.config import apply_overrides, from_dict, load_config, load_yaml, to_dict
+from ijckd_bounds.typed_yaml import apply_overrides, from_dict, load_config, load_yaml, to_dict
 from ijckd_bounds.errors import IJCKDError
 
 

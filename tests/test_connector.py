@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ijckd_bounds.errors import IJCKDError
-from ijckd_bounds.estimators.connector import DEFAULT_RIDGE_GRID, RidgeConnector, fit_connector
+from ijckd_bounds.estimators.ridge_connector import DEFAULT_RIDGE_GRID, RidgeConnector, fit_connector
 
 
 def linear_pairs(n, d_s, d, *, noise, seed, dtype=torch.float64):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ijckd_bounds.errors import IJCKDError
-from ijckd_bounds.estimators.connector import RidgeConnector
+from ijckd_bounds.estimators.ridge_connector import RidgeConnector
 from ijckd_bounds.estimators.probes import (
     DomainClassifier,
     JointClassifier,

@@ -1,7 +1,7 @@
 """What a new user meets on a first run: no silently wrong answer, messages that say what
 is wrong and what was expected, help that shows every flag's default, progress and logs.
 
-Every case runs the command line in-process (``ijckd_bounds.cli.main``) where the problem
+Every case runs the command line in-process (``ijckd_bounds.app.cli.main``) where the problem
 shows at the command line.
 """
 
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ijckd_bounds.cli import main
+from ijckd_bounds.app.cli import main
 
 COMMON = ["data.batch_size=64", "optim.lr=0.05", "run.device=cpu", "run.progress=false"]
 FAST = ["--n-bootstrap", "20", "--n-permutations", "10"]
@@ -328,8 +328,8 @@ def test_demo_with_other_epochs_over_an_earlier_demo_is_refused(tmp_path, cli_fa
     results as its own (nothing is trained: the check comes first)."""
     import yaml
 
-    from ijckd_bounds.config import to_dict
-    from ijckd_bounds.demo import EXPERIMENTS, _config
+    from ijckd_bounds.typed_yaml import to_dict
+    from ijckd_bounds.app.demo import EXPERIMENTS, _config
 
     out = tmp_path / "demo_out"
     run_dir = out / "students" / "kd-s0"
@@ -490,7 +490,7 @@ def test_tensorboard_missing_is_one_line(runs, tmp_path, monkeypatch, cli_fails)
 
 
 def test_the_demo_index_lists_every_figure_and_table_written(tmp_path):
-    from ijckd_bounds.demo import write_index
+    from ijckd_bounds.app.demo import write_index
 
     out = tmp_path / "demo_out"
     files = ["figures/final_comparison.png", "figures/final_comparison.pdf",
@@ -525,21 +525,21 @@ def test_the_demo_index_lists_every_figure_and_table_written(tmp_path):
 @pytest.mark.slow
 def test_the_demo_says_what_to_open_first_and_writes_its_index(tmp_path, capsys,
                                                                monkeypatch):
-    from ijckd_bounds import demo
+    from ijckd_bounds.app import demo
 
     tiny = demo.ExperimentSettings(teacher="mlp_large", student="mlp_small", teacher_epochs=1,
                                    student_epochs=1, batch_size=64, lr=0.05)
     monkeypatch.setitem(demo.EXPERIMENTS, "digits", tiny)
     import dataclasses
 
-    import ijckd_bounds.tracking.track as track
+    import ijckd_bounds.track_config as track_config
 
     @dataclasses.dataclass(frozen=True)
-    class FewResamples(track.EstimatorSettings):  # the demo's 1000 resamples take minutes
+    class FewResamples(track_config.TrackConfig):  # the demo's 1000 resamples take minutes
         n_bootstrap: int = 20
         n_permutations: int = 10
 
-    monkeypatch.setattr(track, "EstimatorSettings", FewResamples)
+    monkeypatch.setattr(track_config, "TrackConfig", FewResamples)
     result = demo.run_experiment("digits", tmp_path / "out", methods=("ce", "kd"),
                                  audit=False)  # audited in test_audit_* above
     out = capsys.readouterr().out
@@ -567,7 +567,7 @@ def test_progress_shows_bars_on_a_terminal_and_lines_in_a_log(monkeypatch, setti
                                                               expected):
     import sys
 
-    from ijckd_bounds.train.callbacks import progress_modes
+    from ijckd_bounds.runtime import progress_modes
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: stderr_tty, raising=False)
     monkeypatch.setattr(sys.stdout, "isatty", lambda: stdout_tty, raising=False)

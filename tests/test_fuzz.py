@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from ijckd_bounds import schema
-from ijckd_bounds.config import from_dict, load_config, to_dict
+from ijckd_bounds.typed_yaml import from_dict, load_config, to_dict
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators import estimate_bounds, estimate_bounds_from_file
 from ijckd_bounds.train import TrainConfig

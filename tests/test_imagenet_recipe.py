@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
-from ijckd_bounds import cli
+from ijckd_bounds.app import cli
 from ijckd_bounds.checkpoint import load_student, load_teacher_from, load_teacher_weights
-from ijckd_bounds.config import from_dict, load_config
+from ijckd_bounds.typed_yaml import from_dict, load_config
 from ijckd_bounds.data import build_dataset
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.models import build_model
@@ -158,22 +158,23 @@ def test_image_batches_depend_on_seed_epoch_and_sample_not_on_workers(tree, imag
 
 
 def test_tracking_settings_come_from_the_run_unless_given():
-    from ijckd_bounds.tracking.track import EstimatorSettings
+    from ijckd_bounds.track_config import TrackConfig
 
     config = {"data": {"eval_batch_size": 64, "num_workers": 6},
               "track": {"n_bootstrap": 300, "mmd_max_n": 5000, "device": "cpu",
                         "batch_size": None, "num_workers": None, "chunk_size": 128}}
-    online = EstimatorSettings.from_config(config)
+    online = TrackConfig().resolved(config)
     assert (online.n_bootstrap, online.mmd_max_n, online.device) == (300, 5000, "cpu")
     assert (online.batch_size, online.num_workers, online.chunk_size) == (64, 6, 128)
     # explicit settings (the track command's flags) win; None fields follow the run
-    given = EstimatorSettings(n_bootstrap=50, batch_size=8, mmd_max_n=0).resolved(config)
-    assert (given.n_bootstrap, given.batch_size, given.mmd_max_n) == (50, 8, None)
+    given = TrackConfig(n_bootstrap=50, batch_size=8, mmd_max_n=0).resolved(config)
+    assert (given.n_bootstrap, given.batch_size, given.mmd_max_n) == (50, 8, 0)  # 0: all pairs
+    assert given.resolved(config) == given  # resolving again keeps the explicit choices
     assert (given.num_workers, given.chunk_size) == (6, 128)
     # a run without a track section (made before it existed): the defaults
-    old = EstimatorSettings.from_config({"data": {}})
+    old = TrackConfig().resolved({"data": {}})
     assert (old.n_bootstrap, old.batch_size, old.device, old.mmd_max_n) == (1000, 512,
-                                                                           "auto", None)
+                                                                           "auto", 0)
 
 
 # ------------------------------------------------------------------------ the recipe
@@ -290,7 +291,7 @@ def test_two_gloo_ranks_track_online_like_one_process_offline(tree, resnet18_wei
                                            optim={"epochs": 1}, run={"ckpt_every": 1})
     config = tmp_path / "student.yaml"
     config.write_text(yaml.safe_dump(tree_cfg))
-    run_two_ranks([sys.executable, "-m", "ijckd_bounds.cli", "distill", "--config",
+    run_two_ranks([sys.executable, "-m", "ijckd_bounds", "distill", "--config",
                    str(config), "--track", "--teacher-weights", str(resnet18_weights)],
                   cwd=REPO, timeout=300)
 

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ijckd_bounds import schema
-from ijckd_bounds.audit_layers import layer_findings, layers_markdown
+from ijckd_bounds.app.audit_layers import layer_findings, layers_markdown
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.cka import debiased_cka, feat_cka
 from ijckd_bounds.estimators.intervals import Estimate

@@ -15,7 +15,7 @@ from ijckd_bounds.estimators.probes import (
     domain_errors,
     fit_joint_classifier,
     proxy_a_distance,
-    stratified_split,
+    holdout_split,
 )
 
 TIGHT = {"tol": 1e-9, "max_iter": 1000}
@@ -33,12 +33,12 @@ def gaussian_classes(n, d, k, *, separation, seed, dtype=torch.float64):
 
 
 # ----------------------------------------------------------------------------------------
-# stratified_split
+# holdout_split
 
 
-def test_stratified_split_partitions_each_class_with_rounded_holdout():
+def test_holdout_split_partitions_each_class_with_rounded_holdout():
     y = torch.tensor([0] * 10 + [1] * 7 + [2] * 1 + [3] * 2)
-    fit_idx, held_idx = stratified_split(y, 0.25, seed=3)
+    fit_idx, held_idx = holdout_split(y, 0.25, seed=3)
     assert torch.equal(torch.sort(torch.cat([fit_idx, held_idx])).values, torch.arange(20))
     held_per_class = torch.bincount(y[held_idx], minlength=4).tolist()
     # round(2.5) -> 3, round(1.75) -> 2, a lone sample stays in the fitting part,
@@ -47,25 +47,25 @@ def test_stratified_split_partitions_each_class_with_rounded_holdout():
     assert torch.equal(fit_idx, torch.sort(fit_idx).values)
 
 
-def test_stratified_split_is_seeded():
+def test_holdout_split_is_seeded():
     y = torch.arange(200) % 5
-    first = stratified_split(y, 0.3, seed=7)
-    again = stratified_split(y, 0.3, seed=7)
-    other = stratified_split(y, 0.3, seed=8)
+    first = holdout_split(y, 0.3, seed=7)
+    again = holdout_split(y, 0.3, seed=7)
+    other = holdout_split(y, 0.3, seed=8)
     assert torch.equal(first[1], again[1])
     assert not torch.equal(first[1], other[1])
 
 
-def test_stratified_split_keeps_groups_together():
+def test_holdout_split_keeps_groups_together():
     pair_labels = torch.arange(40) % 4
     y = torch.cat([pair_labels, pair_labels])
     groups = torch.arange(40).repeat(2)
-    fit_idx, held_idx = stratified_split(y, 0.25, seed=0, groups=groups)
+    fit_idx, held_idx = holdout_split(y, 0.25, seed=0, groups=groups)
     held_groups = set(groups[held_idx].tolist())
     assert held_groups.isdisjoint(groups[fit_idx].tolist())
     assert len(held_groups) == 12  # round(0.25 * 10) = 3 pairs of each of 4 classes
     with pytest.raises(IJCKDError, match="groups"):
-        stratified_split(torch.tensor([0, 1]), 0.5, seed=0, groups=torch.tensor([0, 0]))
+        holdout_split(torch.tensor([0, 1]), 0.5, seed=0, groups=torch.tensor([0, 0]))
 
 
 # ----------------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def test_logistic_probe_chooses_l2_by_heldout_error_then_refits_on_all():
     probe = LogisticProbe(l2_grid=grid, seed=5, holdout=0.25, **TIGHT).fit(x, y)
 
     # the held-out errors of warm-started sweeps equal those of independent cold fits
-    fit_idx, held_idx = stratified_split(y, 0.25, seed=5)
+    fit_idx, held_idx = holdout_split(y, 0.25, seed=5)
     for l2 in grid:
         alone = LogisticProbe(l2_grid=(l2,), **TIGHT).fit(x[fit_idx], y[fit_idx])
         assert probe.heldout_errors_[l2] == pytest.approx(alone.error(x[held_idx], y[held_idx]))
@@ -261,7 +261,7 @@ def test_joint_probe_is_fitted_on_the_union_of_the_whole_fit_split_pairs_kept_to
     assert torch.allclose(joint.weight, rebuilt.weight_, atol=1e-6)
     assert torch.allclose(joint.bias, rebuilt.bias_, atol=1e-6)
     # the nested l2 choice keeps both features of an input on one side
-    fit_idx, held_idx = stratified_split(union_y, 0.25, 3, groups=groups)
+    fit_idx, held_idx = holdout_split(union_y, 0.25, 3, groups=groups)
     assert set((fit_idx % 160).tolist()).isdisjoint((held_idx % 160).tolist())
     # every fit pair enters the final probe: changing any one of them changes it
     moved_t = z_t.clone()

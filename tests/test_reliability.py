@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ijckd_bounds import io
+from ijckd_bounds import io, schema
 from ijckd_bounds.checkpoint import read_checkpoint
 from ijckd_bounds.tracking import table
 from tests.gloo_ranks import one_process_env
@@ -45,7 +45,7 @@ def one_line(err):
 
 
 def track_process(run_dir):
-    return subprocess.Popen([sys.executable, "-m", "ijckd_bounds.cli", "track", str(run_dir),
+    return subprocess.Popen([sys.executable, "-m", "ijckd_bounds", "track", str(run_dir),
                              *TRACK_SETTINGS], env=one_process_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
@@ -72,7 +72,7 @@ def replace(src, dst, *args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
 
 os.replace = replace
-from ijckd_bounds.cli import main
+from ijckd_bounds.app.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -89,9 +89,9 @@ def track_killed_at(run_dir, point):
 
 
 def track_to_completion(run_dir):
-    result = subprocess.run([sys.executable, "-m", "ijckd_bounds.cli", "track", str(run_dir),
-                             *TRACK_SETTINGS], env=one_process_env(), capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run([sys.executable, "-m", "ijckd_bounds", "track", str(run_dir),
+                             *TRACK_SETTINGS], env=one_process_env(), capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
@@ -271,7 +271,7 @@ def test_training_killed_inside_a_checkpoint_write_resumes_without_leftovers(tmp
     assert sorted(p.name for p in checkpoints.iterdir() if not p.name.endswith(".tmp")) == [
         "epoch_0001.pt"]
     assert [n.startswith(".epoch_0002.pt.") for n in temp_files(tmp_path / "run")] == [True]
-    result = subprocess.run([sys.executable, "-m", "ijckd_bounds.cli", *argv, "--resume"],
+    result = subprocess.run([sys.executable, "-m", "ijckd_bounds", *argv, "--resume"],
                             env=one_process_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in checkpoints.iterdir()) == [
@@ -303,7 +303,7 @@ def test_upsert_replaces_rows_of_a_run_with_a_numeric_name(tmp_path):
     """A run directory named "007" is read back as 7 by pandas: its rows must still be
     replaced on a re-write, not added again."""
     path = tmp_path / "per_class.csv"
-    rows = pd.DataFrame({column: [0] for column in table.PER_CLASS_COLUMNS})
+    rows = pd.DataFrame({column: [0] for column in schema.PER_CLASS_COLUMNS})
     rows["run"], rows["checkpoint"] = "007", "epoch_0001.pt"
     table.append_per_class(path, rows)
     table.append_per_class(path, rows.assign(n=5))
@@ -372,7 +372,7 @@ def _forbid(monkeypatch, module, name):
 
 def _command(kind, tmp_path, reference, monkeypatch, out):
     """argv of ``kind`` writing to ``out``, with its expensive first step forbidden."""
-    import ijckd_bounds.audit as audit_module
+    import ijckd_bounds.app.audit as audit_module
     import ijckd_bounds.data as data_module
     import ijckd_bounds.plotting as plotting_module
     import ijckd_bounds.tracking.track as track_module

@@ -247,7 +247,7 @@ def test_student_features_logits_and_subsample():
     # the same recipe on three inputs: fit rows, L2 grid, nested selection and seed
     from ijckd_bounds.estimators.intervals import derived_seed
     from ijckd_bounds.estimators.probes import LogisticProbe
-    from ijckd_bounds.estimators.report import _canonical_order
+    from ijckd_bounds.estimators.bounds import _canonical_order
 
     fit_rows = _canonical_order([fit[0], fit[1], fit[2], s_fit])  # the report's fit order
     for name, x_fit, x in (("teacher", fit[0], z_t), ("student", s_fit, s),

@@ -98,7 +98,7 @@ def test_margin_blocks_append_and_a_retracked_checkpoint_replaces_its_whole_bloc
     table.append_margins(path, _margin_block("epoch_0002.pt", 4))
     table.append_margins(path, _margin_block("epoch_0002.pt", 4, run="other"))
     written = pd.read_csv(path)
-    assert list(written.columns) == list(table.MARGIN_COLUMNS) + ["sample"]
+    assert list(written.columns) == list(schema.MARGIN_COLUMNS) + ["sample"]
     assert written.groupby(["run", "checkpoint"]).size().to_dict() == {
         ("other", "epoch_0002.pt"): 4, ("r", "epoch_0001.pt"): 5, ("r", "epoch_0002.pt"): 4}
     # the appended rows read back as the rows given
@@ -119,5 +119,5 @@ def test_a_table_with_other_column_order_is_rewritten_in_the_standard_one(tmp_pa
     first[list(reversed(first.columns))].to_csv(path, index=False)
     table.append_margins(path, _margin_block("epoch_0002.pt", 2))
     written = pd.read_csv(path)
-    assert list(written.columns) == list(table.MARGIN_COLUMNS) + ["sample"]
+    assert list(written.columns) == list(schema.MARGIN_COLUMNS) + ["sample"]
     assert written["checkpoint"].tolist() == ["epoch_0001.pt"] * 3 + ["epoch_0002.pt"] * 2

@@ -16,7 +16,7 @@ import torch
 
 from ijckd_bounds.checkpoint import (load_student, load_teacher, model_entry, read_checkpoint,
                                      write_checkpoint)
-from ijckd_bounds.config import from_dict, load_config
+from ijckd_bounds.typed_yaml import from_dict, load_config
 from ijckd_bounds.data import build_dataset
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.models import build_model

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from ijckd_bounds.checkpoint import read_checkpoint
-from ijckd_bounds.config import from_dict
+from ijckd_bounds.typed_yaml import from_dict
 from ijckd_bounds.train import TrainConfig, distill, train_teacher
 from tests.gloo_ranks import run_two_ranks
 

@@ -73,6 +73,6 @@ set -x
 exec "$PYTHON" -m torch.distributed.run \
     --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NGPUS" \
     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
-    -m ijckd_bounds.cli distill --config "$here/$recipe.yaml" --resume ${track[@]+"${track[@]}"} \
+    -m ijckd_bounds distill --config "$here/$recipe.yaml" --resume ${track[@]+"${track[@]}"} \
     --teacher-weights "$TEACHER_WEIGHTS" \
     "data.data_dir=$DATA_DIR" "run.run_dir=$RUN_DIR" "$@"

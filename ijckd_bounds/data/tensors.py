@@ -73,7 +73,7 @@ def _check_inputs(x, name, where):
 
 
 def _check_labels(y, name, n, where):
-    """``y`` as int64 class indices. The rule of ``estimate`` (``estimators.report``):
+    """``y`` as int64 class indices. The rule of ``estimate`` (``estimators.bounds``):
     integer dtypes, or floats whose every value is a whole number (labels saved as
     float32); booleans, complex numbers and fractional values are refused."""
     if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):

@@ -20,7 +20,7 @@ from ijckd_bounds.estimators.composite import (
     pair_disc,
     proxy_a,
 )
-from ijckd_bounds.estimators.connector import RidgeConnector, fit_connector
+from ijckd_bounds.estimators.ridge_connector import RidgeConnector, fit_connector
 from ijckd_bounds.estimators.intervals import (
     Estimate,
     PairedBootstrap,
@@ -38,7 +38,7 @@ from ijckd_bounds.estimators.probes import (
     fit_joint_classifier,
     proxy_a_distance,
 )
-from ijckd_bounds.estimators.report import (
+from ijckd_bounds.estimators.bounds import (
     BoundsReport,
     estimate_bounds,
     estimate_bounds_from_file,

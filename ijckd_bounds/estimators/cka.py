@@ -38,6 +38,7 @@ import torch
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.intervals import Estimate, check_level
 from ijckd_bounds.estimators.rowwise import column_mean64, project64, row_blocks
+from ijckd_bounds.schema import LEVEL
 
 __all__ = ["hsic_terms", "debiased_cka", "cka_jackknife", "feat_cka"]
 
@@ -186,7 +187,7 @@ def cka_jackknife(x, y, order=None):
     return value, _ratio(*(_hsic(*loo[name], m) for name in ("kl", "kk", "ll")))
 
 
-def feat_cka(z_t, z_s, *, level=0.95, order=None):
+def feat_cka(z_t, z_s, *, level=LEVEL, order=None):
     """Debiased linear CKA of z_t (n, d_t) and z_s (n, d_s) (their rows ``order`` when
     given) with a delete-one jackknife interval ``value ± t_{n−1, (1+level)/2} · se_jack``
     (``Estimate``; missing when a feature set is constant)."""

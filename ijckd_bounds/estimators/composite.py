@@ -27,6 +27,7 @@ import torch
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.intervals import proportion_from_counts
 from ijckd_bounds.estimators.probes import proxy_a_distance
+from ijckd_bounds.schema import LEVEL
 
 __all__ = [
     "JointChoice",
@@ -128,7 +129,7 @@ def choose_joint(teacher_wrong, student_wrong, probe_t_wrong, probe_s_wrong, dif
                        wrong_t=wrong_t, wrong_s=wrong_s)
 
 
-def joint_errors(choice, *, level=0.95):
+def joint_errors(choice, *, level=LEVEL):
     """``(joint_err_T, joint_err_S)``: the errors of the full-sample ĥ* on z_T and z_S,
     proportions of the evaluation samples with Clopper–Pearson intervals."""
     wrong_t, wrong_s, _, _ = choice.chosen_counts()

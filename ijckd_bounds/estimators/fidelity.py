@@ -30,6 +30,7 @@ from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.intervals import proportion
 from ijckd_bounds.estimators.rowwise import row_blocks
 from ijckd_bounds.estimators.terms import _bootstrap, predict
+from ijckd_bounds.schema import LEVEL, N_BOOTSTRAP
 
 __all__ = [
     "ECE_BINS",
@@ -148,14 +149,14 @@ def _ece_from_means(means):
     return means.abs().sum(dim=-1)
 
 
-def top1_agreement(logits_t, logits_s, *, level=0.95):
+def top1_agreement(logits_t, logits_s, *, level=LEVEL):
     """``top1_agreement = P[argmax p_S = argmax p_T]``: logits_t, logits_s (n, K).
     Clopper–Pearson interval."""
     logits_t, logits_s = _check_pair(logits_t, logits_s)
     return proportion(predict(logits_s) == predict(logits_t), level)
 
 
-def pred_kl(logits_t, logits_s, *, level=0.95, bootstrap=None, n_bootstrap=1000, seed=0):
+def pred_kl(logits_t, logits_s, *, level=LEVEL, bootstrap=None, n_bootstrap=N_BOOTSTRAP, seed=0):
     """``pred_kl = E_x KL(p_T ‖ p_S)`` in nats: logits_t, logits_s (n, K)."""
     logits_t, logits_s = _check_pair(logits_t, logits_s)
     kl = _kl_per_sample(logits_t, logits_s)
@@ -163,21 +164,21 @@ def pred_kl(logits_t, logits_s, *, level=0.95, bootstrap=None, n_bootstrap=1000,
     return bootstrap.mean_estimate(kl)
 
 
-def nll(logits, y, *, level=0.95, bootstrap=None, n_bootstrap=1000, seed=0):
+def nll(logits, y, *, level=LEVEL, bootstrap=None, n_bootstrap=N_BOOTSTRAP, seed=0):
     """``E_x −log p(y)`` (``teacher_nll``/``student_nll``): logits (n, K), y (n,)."""
     values = predictive_parts(logits, y)["nll"]
     bootstrap = _bootstrap(values.numel(), bootstrap, n_bootstrap, seed, level, values.device)
     return bootstrap.mean_estimate(values)
 
 
-def brier(logits, y, *, level=0.95, bootstrap=None, n_bootstrap=1000, seed=0):
+def brier(logits, y, *, level=LEVEL, bootstrap=None, n_bootstrap=N_BOOTSTRAP, seed=0):
     """``E_x ‖p − e_y‖²`` (``teacher_brier``/``student_brier``): logits (n, K), y (n,)."""
     values = predictive_parts(logits, y)["brier"]
     bootstrap = _bootstrap(values.numel(), bootstrap, n_bootstrap, seed, level, values.device)
     return bootstrap.mean_estimate(values)
 
 
-def ece(logits, y, *, n_bins=ECE_BINS, level=0.95, bootstrap=None, n_bootstrap=1000,
+def ece(logits, y, *, n_bins=ECE_BINS, level=LEVEL, bootstrap=None, n_bootstrap=N_BOOTSTRAP,
         seed=0):
     """Expected calibration error ``Σ_b (n_b/n)·|acc_b − conf_b|`` over ``n_bins``
     equal-width, right-closed confidence bins (see the module docstring): logits (n, K),
@@ -189,16 +190,16 @@ def ece(logits, y, *, n_bins=ECE_BINS, level=0.95, bootstrap=None, n_bootstrap=1
                               _ece_from_means(bootstrap.means(columns)))
 
 
-def ece_gap(logits_t, logits_s, y, *, n_bins=ECE_BINS, level=0.95, bootstrap=None,
-            n_bootstrap=1000, seed=0):
+def ece_gap(logits_t, logits_s, y, *, n_bins=ECE_BINS, level=LEVEL, bootstrap=None,
+            n_bootstrap=N_BOOTSTRAP, seed=0):
     """``student_ece − teacher_ece`` with the paired-bootstrap interval of the difference
     (both ECEs from the same resamples): logits_t, logits_s (n, K), y (n,)."""
     return terms(logits_t, logits_s, y, n_bins=n_bins, level=level, bootstrap=bootstrap,
                  n_bootstrap=n_bootstrap, seed=seed)["ece_gap"]
 
 
-def terms(logits_t, logits_s, y, *, n_bins=ECE_BINS, level=0.95, bootstrap=None,
-          n_bootstrap=1000, seed=0):
+def terms(logits_t, logits_s, y, *, n_bins=ECE_BINS, level=LEVEL, bootstrap=None,
+          n_bootstrap=N_BOOTSTRAP, seed=0):
     """Every fidelity and calibration term from ONE bootstrap matrix of per-sample values.
 
     logits_t (n, K): the teacher's logits; logits_s (n, K): the logits the student

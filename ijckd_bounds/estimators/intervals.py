@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ijckd_bounds.errors import IJCKDError
+from ijckd_bounds.schema import LEVEL, N_BOOTSTRAP
 
 __all__ = [
     "Estimate",
@@ -83,7 +84,7 @@ def check_level(level):
     return float(level)
 
 
-def clopper_pearson(k, n, level=0.95):
+def clopper_pearson(k, n, level=LEVEL):
     """Exact (Clopper–Pearson) interval ``(lo, hi)`` for ``k`` successes in ``n`` trials.
 
     k, n: ints or numpy arrays of ints (0 <= k <= n, n >= 1); returns floats or arrays.
@@ -105,7 +106,7 @@ def clopper_pearson(k, n, level=0.95):
     return lo, hi
 
 
-def proportion_from_counts(k, n, level=0.95):
+def proportion_from_counts(k, n, level=LEVEL):
     """``Estimate`` of the proportion ``k / n`` with its Clopper–Pearson interval."""
     k, n = int(k), int(n)
     lo, hi = clopper_pearson(k, n, level)
@@ -114,7 +115,7 @@ def proportion_from_counts(k, n, level=0.95):
     return Estimate(value, min(lo, value), max(hi, value), n, "clopper-pearson", float(level))
 
 
-def proportion(indicator, level=0.95):
+def proportion(indicator, level=LEVEL):
     """Proportion of true entries of ``indicator`` (n,) (bool or 0/1) with a CP interval."""
     indicator = torch.as_tensor(indicator)
     if indicator.dim() != 1 or indicator.numel() == 0:
@@ -175,7 +176,7 @@ class PairedBootstrap:
     comes from the same resamples.
     """
 
-    def __init__(self, n, n_bootstrap=1000, seed=0, *, level=0.95, device=None):
+    def __init__(self, n, n_bootstrap=N_BOOTSTRAP, seed=0, *, level=LEVEL, device=None):
         self.n = int(n)
         self.n_bootstrap = n_bootstrap
         self.seed = int(seed)
@@ -226,7 +227,7 @@ class PairedBootstrap:
 # handful of values, so Student's t instead of a bootstrap.
 
 
-def t_interval(values, level=0.95):
+def t_interval(values, level=LEVEL):
     """``Estimate`` of the mean of ``values`` (m,) (one per seed) with the Student-t
     interval ``mean ± t_{(1+level)/2, m-1} · s / √m`` (s: the sample std, ddof 1).
 
@@ -248,7 +249,7 @@ def t_interval(values, level=0.95):
     return Estimate(mean, mean - half, mean + half, int(values.size), "student-t", level)
 
 
-def welch_interval(a, b, level=0.95):
+def welch_interval(a, b, level=LEVEL):
     """``Estimate`` of ``mean(a) − mean(b)`` with Welch's interval
     ``± t_{(1+level)/2, ν} · √(s_a²/m_a + s_b²/m_b)``, ν the Welch–Satterthwaite degrees
     of freedom. a (m_a,), b (m_b,): one value per seed; ``n`` = m_a + m_b. Needs at least

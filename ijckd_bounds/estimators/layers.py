@@ -32,6 +32,7 @@ from ijckd_bounds.estimators.cka import _hsic, _ratio
 from ijckd_bounds.estimators.intervals import Estimate, check_level, derived_seed, proportion
 from ijckd_bounds.estimators.probes import LogisticProbe, as_features, as_labels
 from ijckd_bounds.estimators.rowwise import column_mean64, project64, row_blocks
+from ijckd_bounds.schema import LEVEL
 
 __all__ = ["stage_probe_errors", "stage_cka_matrix", "stage_cka_values", "layer_rows",
            "relative_depths"]
@@ -59,7 +60,7 @@ def relative_depths(count):
 
 
 def stage_probe_errors(stages_eval, y, stages_fit, y_fit, *, num_classes=None, seed=0,
-                       level=0.95):
+                       level=LEVEL):
     """``stage_probe_err`` of each stage: ``[Estimate]``, one per stage.
 
     stages_eval: list of (n, d_k) evaluation features; y (n,) labels; stages_fit: the
@@ -214,7 +215,7 @@ def stage_cka_values(teacher_stages, student_stages):
     return _stage_cka_jackknife(xs, ys)[0]
 
 
-def stage_cka_matrix(teacher_stages, student_stages, *, level=0.95):
+def stage_cka_matrix(teacher_stages, student_stages, *, level=LEVEL):
     """``stage_cka`` of every teacher stage i and student stage j: an I×J list of lists of
     ``Estimate``, each the debiased linear CKA with the interval of ``feat_cka`` (the
     delete-one jackknife, ``value ± t_{n−1} · se_jack``), all pairs from one pass.

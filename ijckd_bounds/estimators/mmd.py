@@ -24,6 +24,7 @@ from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.blockpass import paired_block_pass
 from ijckd_bounds.estimators.intervals import Estimate, PairedBootstrap, derived_seed
 from ijckd_bounds.estimators.rowwise import column_mean64
+from ijckd_bounds.schema import LEVEL, N_BOOTSTRAP, N_PERMUTATIONS
 
 __all__ = ["MMDTest", "NoBandwidth", "median_bandwidth", "centre_pair", "mmd2",
            "mmd_from_pass",
@@ -170,7 +171,7 @@ def subsample_pairs(n, max_n, seed):
     return torch.sort(torch.randperm(n, generator=generator)[:max_n]).values
 
 
-def run_mmd_pass(z_t, z_s, *, bandwidth=None, n_permutations=200, seed=0, bootstrap,
+def run_mmd_pass(z_t, z_s, *, bandwidth=None, n_permutations=N_PERMUTATIONS, seed=0, bootstrap,
                  max_n=None, block_rows=None, order=None):
     """MMD² from one block pass; see ``mmd2``.
 
@@ -200,8 +201,8 @@ def run_mmd_pass(z_t, z_s, *, bandwidth=None, n_permutations=200, seed=0, bootst
     return test, m
 
 
-def mmd2(z_t, z_s, *, bandwidth=None, n_permutations=200, level=0.95, bootstrap=None,
-         n_bootstrap=1000, seed=0, max_n=None, block_rows=None):
+def mmd2(z_t, z_s, *, bandwidth=None, n_permutations=N_PERMUTATIONS, level=LEVEL, bootstrap=None,
+         n_bootstrap=N_BOOTSTRAP, seed=0, max_n=None, block_rows=None):
     """Paired MMD² U-statistic of z_t, z_s (n, d) with permutation p-value and interval.
 
     Args:

@@ -37,12 +37,12 @@ __all__ = [
     "DomainClassifier",
     "domain_errors",
     "proxy_a_distance",
-    "stratified_split",
+    "holdout_split",
 ]
 
 
 # ----------------------------------------------------------------------------------------
-# Input checks (shared with connector.py)
+# Input checks (shared with ridge_connector.py)
 
 
 def as_features(x, name, *, dim=None, like=None, rows="n"):
@@ -155,7 +155,7 @@ def _as_rows(rows, n, device):
 # Splits
 
 
-def stratified_split(y, holdout, seed, *, groups=None):
+def holdout_split(y, holdout, seed, *, groups=None):
     """Seeded, class-stratified split of samples into a fitting and a held-out part.
 
     Args:
@@ -453,7 +453,7 @@ class LogisticProbe:
             if len(grid) == 1:
                 chosen_l2 = grid[0]
             else:
-                fit_idx, held_idx = stratified_split(y_seen, holdout, self.seed, groups=groups)
+                fit_idx, held_idx = holdout_split(y_seen, holdout, self.seed, groups=groups)
                 if held_idx.numel() == 0 or fit_idx.numel() == 0:
                     raise IJCKDError(
                         f"cannot hold out {holdout:.0%} of {y.shape[0]} samples per class "

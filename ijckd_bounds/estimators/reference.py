@@ -46,9 +46,10 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ijckd_bounds.schema import LEVEL, N_BOOTSTRAP, N_PERMUTATIONS
+
 __all__ = ["reference_report", "L2_GRID", "DOMAIN_L2", "MARKOV_GRID"]
 
-LEVEL = 0.95
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # LogisticProbe's default grid
 DOMAIN_L2 = 1e-3  # DomainClassifier's default
 MARKOV_GRID = 64  # ijckd_bounds.estimators.terms.MARKOV_GRID
@@ -225,7 +226,7 @@ def _fidelity_reference(logits_t, logits_p, y, all_counts, n_bins=15):
     return out
 
 
-def reference_report(data, *, bandwidth, n_bootstrap=1000, n_permutations=200,
+def reference_report(data, *, bandwidth, n_bootstrap=N_BOOTSTRAP, n_permutations=N_PERMUTATIONS,
                      weights=None, seed=0, batched=False, clock=None):
     """Every term of the report, written plainly with numpy, scipy and scikit-learn.
 

@@ -45,6 +45,7 @@ from ijckd_bounds.estimators.rowwise import (
     squared_distance64,
     weighted_sum64,
 )
+from ijckd_bounds.schema import LEVEL, N_BOOTSTRAP
 
 __all__ = [
     "CROSSING_RTOL",
@@ -108,22 +109,22 @@ def _bootstrap(n, bootstrap, n_bootstrap, seed, level, device):
 # Proportions
 
 
-def teacher_err(logits_t, y, *, level=0.95):
+def teacher_err(logits_t, y, *, level=LEVEL):
     """``ε_T(h_T) = P[argmax h_T(z_T) ≠ y]``: logits_t (n, K), y (n,). Clopper–Pearson."""
     return proportion(predict(logits_t) != y.to(logits_t.device), level)
 
 
-def student_err(logits_s, y, *, level=0.95):
+def student_err(logits_s, y, *, level=LEVEL):
     """``ε_S(h_T) = P[argmax h_T(z_S) ≠ y]``: logits_s (n, K), y (n,). Clopper–Pearson."""
     return proportion(predict(logits_s) != y.to(logits_s.device), level)
 
 
-def disagreement(logits_s, logits_t, *, level=0.95):
+def disagreement(logits_s, logits_t, *, level=LEVEL):
     """``δ = P[argmax h_T(z_S) ≠ argmax h_T(z_T)]``: logits (n, K) each. Clopper–Pearson."""
     return proportion(predict(logits_s) != predict(logits_t), level)
 
 
-def per_class_terms(logits_t, logits_s, y, n_classes, *, level=0.95, logits_own=None):
+def per_class_terms(logits_t, logits_s, y, n_classes, *, level=LEVEL, logits_own=None):
     """Per-class ``teacher_err``, ``student_err``, ``disagreement`` and ``top1_agreement``
     (Clopper–Pearson).
 
@@ -164,7 +165,7 @@ def _squared_distance(a, b, order=None):
     return squared_distance64(a, b, order)
 
 
-def feat_msd(z_t, z_s, *, level=0.95, bootstrap=None, n_bootstrap=1000, seed=0, order=None):
+def feat_msd(z_t, z_s, *, level=LEVEL, bootstrap=None, n_bootstrap=N_BOOTSTRAP, seed=0, order=None):
     """``feat_msd = E‖z_S − z_T‖²`` over paired rows of z_t, z_s (n, d) (the rows
     ``order`` of them, in that order, when given)."""
     sq = _squared_distance(z_s, z_t, order)
@@ -172,7 +173,7 @@ def feat_msd(z_t, z_s, *, level=0.95, bootstrap=None, n_bootstrap=1000, seed=0, 
     return bootstrap.mean_estimate(sq)
 
 
-def feat_rel(z_t, z_s, *, level=0.95, bootstrap=None, n_bootstrap=1000, seed=0, order=None):
+def feat_rel(z_t, z_s, *, level=LEVEL, bootstrap=None, n_bootstrap=N_BOOTSTRAP, seed=0, order=None):
     """``feat_rel = sqrt(feat_msd / E‖z_T − E z_T‖²)``: z_t, z_s (n, d). Scale free.
     ``order``: the rows to use, in that order (default all).
 
@@ -202,7 +203,7 @@ def feat_rel(z_t, z_s, *, level=0.95, bootstrap=None, n_bootstrap=1000, seed=0, 
     return bootstrap.estimate(value, replicates)
 
 
-def logit_msd(logits_t, logits_s, *, level=0.95, bootstrap=None, n_bootstrap=1000, seed=0):
+def logit_msd(logits_t, logits_s, *, level=LEVEL, bootstrap=None, n_bootstrap=N_BOOTSTRAP, seed=0):
     """``logit_msd = E‖h_T(z_S) − h_T(z_T)‖²``: logits_t, logits_s (n, K)."""
     sq = _squared_distance(logits_s, logits_t)
     bootstrap = _bootstrap(sq.numel(), bootstrap, n_bootstrap, seed, level, sq.device)
@@ -314,7 +315,7 @@ def paired_predictions(z_t, z_s, weight, bias, order=None):
         logit_gap_sq=(gap * gap).sum(dim=1), logit_gap_inf=gap_inf, crossing=crossing)
 
 
-def delta_gamma(pairs, *, level=0.95):
+def delta_gamma(pairs, *, level=LEVEL):
     """``δ_γ = P[‖z_S − z_T‖ ≥ γ(z_T)]`` (Clopper–Pearson) from ``paired_predictions``.
 
     Counts ``pairs.crossing``: a tolerance of ``CROSSING_RTOL`` on the crossing side and
@@ -343,13 +344,13 @@ def _count_bound(teacher_wrong, extra, bootstrap):
     return bootstrap.estimate(value, bootstrap.means(per_sample))
 
 
-def coupled_bound(pairs, y, *, level=0.95, bootstrap=None, n_bootstrap=1000, seed=0):
+def coupled_bound(pairs, y, *, level=LEVEL, bootstrap=None, n_bootstrap=N_BOOTSTRAP, seed=0):
     """``bound_coupled = teacher_err + disagreement`` (exact on the sample)."""
     bootstrap = _bootstrap(pairs.n, bootstrap, n_bootstrap, seed, level, pairs.pred_t.device)
     return _count_bound(_teacher_wrong(pairs, y), pairs.disagree, bootstrap)
 
 
-def margin_bound(pairs, y, *, level=0.95, bootstrap=None, n_bootstrap=1000, seed=0):
+def margin_bound(pairs, y, *, level=LEVEL, bootstrap=None, n_bootstrap=N_BOOTSTRAP, seed=0):
     """``bound_margin = teacher_err + δ_γ`` (exact on the sample)."""
     bootstrap = _bootstrap(pairs.n, bootstrap, n_bootstrap, seed, level, pairs.pred_t.device)
     return _count_bound(_teacher_wrong(pairs, y), pairs.crossing, bootstrap)
@@ -412,7 +413,7 @@ def _markov_bound(teacher_wrong, margin_eff, sq, bootstrap, what):
     return MarkovBound(bootstrap.estimate(value, replicates, method=method), tau)
 
 
-def feat_markov_bound(pairs, y, *, level=0.95, bootstrap=None, n_bootstrap=1000, seed=0):
+def feat_markov_bound(pairs, y, *, level=LEVEL, bootstrap=None, n_bootstrap=N_BOOTSTRAP, seed=0):
     """``bound_feat_markov = teacher_err + min_τ P[γ(z_T) < τ] + feat_msd/τ²`` and the
     best τ (exact on the sample). ``pairs`` from ``paired_predictions``, y (n,)."""
     bootstrap = _bootstrap(pairs.n, bootstrap, n_bootstrap, seed, level, pairs.pred_t.device)
@@ -422,7 +423,7 @@ def feat_markov_bound(pairs, y, *, level=0.95, bootstrap=None, n_bootstrap=1000,
                          "γ quantiles")
 
 
-def logit_markov_bound(pairs, y, *, level=0.95, bootstrap=None, n_bootstrap=1000, seed=0):
+def logit_markov_bound(pairs, y, *, level=LEVEL, bootstrap=None, n_bootstrap=N_BOOTSTRAP, seed=0):
     """``bound_logit_markov = teacher_err + min_τ P[m(z_T) < 2τ] + logit_msd/τ²`` and the
     best τ (exact on the sample). ``pairs`` from ``paired_predictions``, y (n,)."""
     bootstrap = _bootstrap(pairs.n, bootstrap, n_bootstrap, seed, level, pairs.pred_t.device)

@@ -31,7 +31,6 @@ from ijckd_bounds.plotting.output import make_all_figures, save_figure  # noqa: 
 from ijckd_bounds.plotting.style import (  # noqa: E402
     COLUMN_WIDTH,
     FULL_WIDTH,
-    METHOD_COLOURS,
     PAPER_RC,
     method_palette,
     paper_style,
@@ -42,6 +41,7 @@ from ijckd_bounds.plotting.tables import (  # noqa: E402
     to_latex,
     to_markdown,
 )
+from ijckd_bounds.schema import METHOD_COLOURS  # noqa: E402
 
 __all__ = [
     "COLUMN_WIDTH", "DEFAULT_TERMS", "FINAL_TERMS", "FULL_WIDTH", "METHOD_COLOURS",

@@ -1,6 +1,6 @@
 """The figure of ``ijckd-bounds compare``: every seed, the interval, the published value.
 
-A pure function of the DataFrame ``ijckd_bounds.compare.figure_frame`` builds; nothing is
+A pure function of the DataFrame ``ijckd_bounds.app.compare.figure_frame`` builds; nothing is
 estimated here: the mean and the interval are the table's own columns.
 """
 

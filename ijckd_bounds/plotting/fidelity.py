@@ -14,6 +14,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from ijckd_bounds import schema
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.plotting import select
 from ijckd_bounds.plotting.figures import _palette, plot_terms
@@ -67,7 +68,7 @@ def plot_reliability(calibration_df, *, run=None, method=None, epoch=None, split
     rows = calibration_df
     if isinstance(rows, pd.DataFrame) and "split" in rows.columns and split is not None:
         rows = select.select_one(rows, "split", split, "calibration_df")
-    rows = select.select_checkpoint(rows, select.CALIBRATION_COLUMNS, "calibration_df",
+    rows = select.select_checkpoint(rows, schema.CALIBRATION_PLOT_COLUMNS, "calibration_df",
                                     run=run, method=method, epoch=epoch,
                                     rows_name="calibration bins")
     name = str(rows["method"].iloc[0])

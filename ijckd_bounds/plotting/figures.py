@@ -22,11 +22,9 @@ from ijckd_bounds.plotting.style import (
     BOUND_STYLES,
     COLUMN_WIDTH,
     DECOMPOSITION_STYLES,
-    DISCREPANCY_TERMS,
     FULL_WIDTH,
     STUDENT_UNDER_BOUNDS_STYLE,
     TEACHER_STYLE,
-    UNITS,
     method_label,
     method_order,
     darker,
@@ -40,7 +38,7 @@ from ijckd_bounds.plotting.style import (
 DEFAULT_TERMS = ("student_err", "disagreement", "delta_gamma", "feat_rel", "feat_cka",
                  "mmd2", "proxy_a_mlp", "ideal_joint", "ijc_gap")
 PLOTTABLE_TERMS = schema.INTERVAL_TERMS + schema.BOUNDS
-DECOMPOSITION_TERMS = ("teacher_err", "transfer_gap", "disagreement", "ijc_gap")
+DECOMPOSITION_TERMS = ("teacher_err", schema.TRANSFER_GAP, "disagreement", "ijc_gap")
 SMALL_SAMPLE_NOTE = "n < 10·d"
 MARKERS_UP_TO = 15  # epochs per line; beyond that markers only clutter the line
 PANEL_HEIGHT = 1.55  # inches per row of a grid
@@ -263,8 +261,8 @@ def plot_terms(df, terms=DEFAULT_TERMS, *, split="eval", dataset=None, ncols=3,
                     markers=len(rows) <= MARKERS_UP_TO)
             off_scale += _focus_on_later_epochs(ax)
             ax.set_title(term_label(term), loc="left")
-            ax.set_ylabel(UNITS.get(term, ""))
-            if term in DISCREPANCY_TERMS and select.small_sample_rows(rows_all).any():
+            ax.set_ylabel(schema.UNITS.get(term, ""))
+            if term in schema.DISCREPANCY_TERMS and select.small_sample_rows(rows_all).any():
                 _flag_small_sample(ax)
         handles = _method_handles(methods, colours, _seed_notes(rows_all))
         _legend_below(fig, handles + ([_off_scale_handle()] if off_scale else []),
@@ -409,7 +407,7 @@ def plot_decomposition(df, *, split="eval", dataset=None, ncols=3, method=None):
                                         band_alpha=0.08 if several else 0.15, markers=markers)
                 gap = (rows["student_err"] - rows["teacher_err"]).to_numpy(dtype=float)
                 ax.plot(x, gap * 100, marker="o" if markers else None, markersize=2.2,
-                        **{**DECOMPOSITION_STYLES["transfer_gap"], "linewidth": width})
+                        **{**DECOMPOSITION_STYLES[schema.TRANSFER_GAP], "linewidth": width})
             ax.set_title(method_label(name) + _seed_note(mine), loc="left")
             ax.set_ylabel(DECOMPOSITION_UNIT)
         _share_y_range(axes)
@@ -434,7 +432,7 @@ def _share_y_range(axes):
 
 
 def _select_margin_checkpoint(margins_df, run, method, epoch):
-    return select.select_checkpoint(margins_df, select.MARGIN_COLUMNS, "margins_df", run=run,
+    return select.select_checkpoint(margins_df, schema.MARGIN_PLOT_COLUMNS, "margins_df", run=run,
                                     method=method, epoch=epoch, rows_name="margins")
 
 
@@ -526,7 +524,7 @@ def plot_per_class(per_class_df, method, *, run=None, value="disagreement", ax=N
     if value not in ("student_err", "teacher_err", "disagreement"):
         raise IJCKDError(f"`value` must be student_err, teacher_err or disagreement, "
                          f"got {value!r}")
-    select.require_columns(per_class_df, select.PER_CLASS_COLUMNS + (value,), "per_class_df")
+    select.require_columns(per_class_df, schema.PER_CLASS_PLOT_COLUMNS + (value,), "per_class_df")
     rows = select.select_one(per_class_df, "method", method, "per_class_df")
     if run is not None:
         rows = select.select_one(rows, "run", run, "per_class_df")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ijckd_bounds import schema
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.io import atomic_path, atomic_write_text
 from ijckd_bounds.plotting import select
@@ -129,7 +130,7 @@ def make_all_figures(bounds_df, per_class_df, margins_df, out_dir, *, split="eva
                 written.append(target)
 
     if usable["per_class"]:
-        select.require_columns(per_class_df, select.PER_CLASS_COLUMNS, "per_class_df")
+        select.require_columns(per_class_df, schema.PER_CLASS_PLOT_COLUMNS, "per_class_df")
         for method in method_order(per_class_df["method"].dropna().astype(str).unique()):
             mine = per_class_df[per_class_df["method"].astype(str) == method]
             for run in sorted(mine["run"].astype(str).unique()):
@@ -140,13 +141,13 @@ def make_all_figures(bounds_df, per_class_df, margins_df, out_dir, *, split="eva
                 written += save_figure(ax.figure, out_dir / f"per_class_{_safe_name(run)}")
 
     if usable["margins"]:
-        select.require_columns(margins_df, select.MARGIN_COLUMNS, "margins_df")
+        select.require_columns(margins_df, schema.MARGIN_PLOT_COLUMNS, "margins_df")
         for run in sorted(margins_df["run"].astype(str).unique()):
             fig = plot_margins(margins_df, run=run, palette=palette)
             written += save_figure(fig, out_dir / f"margins_{_safe_name(run)}")
 
     if usable["calibration"]:
-        select.require_columns(calibration_df, select.CALIBRATION_COLUMNS, "calibration_df")
+        select.require_columns(calibration_df, schema.CALIBRATION_PLOT_COLUMNS, "calibration_df")
         for run in sorted(calibration_df["run"].astype(str).unique()):
             fig = plot_reliability(calibration_df, run=run, split=split, palette=palette)
             written += save_figure(fig, out_dir / f"reliability_{_safe_name(run)}")

@@ -10,10 +10,6 @@ import pandas as pd
 from ijckd_bounds.errors import IJCKDError, unknown_name
 
 BOUNDS_KEYS = ("run", "method", "epoch")
-PER_CLASS_COLUMNS = ("run", "method", "epoch", "class")
-MARGIN_COLUMNS = ("run", "method", "epoch", "teacher_margin", "feat_dist", "disagree")
-CALIBRATION_COLUMNS = ("run", "method", "epoch", "model", "bin", "bin_lo", "bin_hi", "n",
-                       "confidence", "accuracy")
 
 
 def require_frame(df, what):

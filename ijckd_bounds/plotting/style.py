@@ -2,9 +2,10 @@
 
 Figures are sized for a two-column paper: ``COLUMN_WIDTH`` (3.3 in) for a single panel,
 ``FULL_WIDTH`` (6.8 in) for grids. Fonts are 7-8 pt so that text printed at that width
-reads like the paper's own captions. Colours come from the Okabe-Ito palette, which stays
-distinguishable under the common colour-vision deficiencies; each built-in method owns
-one colour for good, so a method looks the same in every figure.
+reads like the paper's own captions. The method colours (``schema.METHOD_COLOURS``) come
+from the Okabe-Ito palette, which stays distinguishable under the common colour-vision
+deficiencies; each built-in method owns one colour for good, so a method looks the same in
+every figure. Term labels, units and which terms are shown in percent are schema's too.
 """
 
 import zlib
@@ -66,20 +67,6 @@ def new_figure(width, height):
     return Figure(figsize=(width, height), layout="constrained")
 
 
-# Okabe & Ito (2008), "Color universal design". Teacher black, plain CE grey.
-METHOD_COLOURS = {
-    "teacher": "#000000",
-    "ce": "#8c8c8c",
-    "kd": "#e69f00",  # orange
-    "fitnet": "#56b4e9",  # sky blue
-    "srrl": "#009e73",  # bluish green
-    "simkd": "#0072b2",  # blue
-    "ijckd": "#d55e00",  # vermillion
-}
-METHOD_ORDER = tuple(METHOD_COLOURS)
-METHOD_NAMES = {"teacher": "teacher", "ce": "CE", "kd": "KD", "fitnet": "FitNet",
-                "srrl": "SRRL", "simkd": "SimKD", "ijckd": "IJCKD"}
-
 # Colours left for methods a user brings: the rest of Okabe-Ito, then Paul Tol's "muted"
 # set (also colour-blind safe), yellow last because it is faint on white.
 EXTRA_COLOURS = ("#cc79a7", "#882255", "#44aa99", "#999933", "#332288", "#aa4499",
@@ -94,9 +81,9 @@ def method_palette(methods):
     and moves to the next free slot only when two unknown names collide.
     """
     palette = {}
-    unknown = sorted({str(m) for m in methods} - set(METHOD_COLOURS))
-    for method in {str(m) for m in methods} & set(METHOD_COLOURS):
-        palette[method] = METHOD_COLOURS[method]
+    unknown = sorted({str(m) for m in methods} - set(schema.METHOD_COLOURS))
+    for method in {str(m) for m in methods} & set(schema.METHOD_COLOURS):
+        palette[method] = schema.METHOD_COLOURS[method]
     taken = set()
     for method in unknown:
         start = zlib.crc32(method.encode()) % len(EXTRA_COLOURS)
@@ -130,61 +117,21 @@ def contrast_on_white(colour):
 def method_order(methods):
     """Built-in methods in their canonical order, then the others alphabetically."""
     names = {str(m) for m in methods}
-    known = [m for m in METHOD_ORDER if m in names]
+    known = [m for m in schema.METHOD_ORDER if m in names]
     return known + sorted(names - set(known))
 
 
 def method_label(method):
-    return METHOD_NAMES.get(str(method), str(method))
-
-
-# Terms that are proportions of evaluation samples (or sums/differences of them): shown
-# in percent. The rest (distances, CKA, MMD, proxy A-distance) keep their own scale.
-PERCENT_TERMS = frozenset({
-    "teacher_err", "student_err", "student_own_err", "disagreement", "delta_gamma",
-    "joint_err_T", "joint_err_S", "ideal_joint", "student_probe_err", "ijc_lambda",
-    "ijc_gap", "pair_disc", "transfer_gap", *schema.BOUNDS,
-    "teacher_probe_err", "connected_probe_err",
-})
-
-# fidelity and calibration: agreement and ECE are shares of samples too
-PERCENT_TERMS = PERCENT_TERMS | {"top1_agreement", "teacher_ece", "student_ece"}
-
-# Discrepancy estimates that need n >> d (docs/theory.md: flagged when n_eval < 10 * dim).
-DISCREPANCY_TERMS = frozenset({"proxy_a_linear", "proxy_a_mlp", "feat_cka", "mmd2"})
-
-_ERROR_UNIT = "error rate (%)"
-UNITS = {
-    "teacher_err": _ERROR_UNIT, "student_err": _ERROR_UNIT, "student_own_err": _ERROR_UNIT,
-    "joint_err_T": _ERROR_UNIT, "joint_err_S": _ERROR_UNIT, "student_probe_err": _ERROR_UNIT,
-    "disagreement": "rate (%)", "delta_gamma": "rate (%)",
-    "ideal_joint": "joint error (%)", "ijc_lambda": "joint error (%)",
-    "ijc_gap": "gap (% points)", "pair_disc": "gap (% points)",
-    "transfer_gap": "gap (% points)",
-    "feat_msd": "squared distance", "logit_msd": "squared distance",
-    "feat_rel": "ratio", "feat_cka": "CKA", "mmd2": "MMD$^2$",
-    "proxy_a_linear": "distance (0 to 2)", "proxy_a_mlp": "distance (0 to 2)",
-    **{bound: _ERROR_UNIT for bound in schema.BOUNDS},
-    "teacher_probe_err": _ERROR_UNIT, "connected_probe_err": _ERROR_UNIT,
-}
-
-# fidelity and calibration
-UNITS.update({
-    "top1_agreement": "agreement (%)", "pred_kl": "nats", "teacher_nll": "nats",
-    "student_nll": "nats", "teacher_brier": "Brier score", "student_brier": "Brier score",
-    "teacher_ece": "ECE (%)", "student_ece": "ECE (%)",
-})
-
-TERM_LABELS = {**schema.LABELS, "transfer_gap": "transfer gap $\\epsilon_S - \\epsilon_T$"}
+    return schema.METHOD_LABELS.get(str(method), str(method))
 
 
 def term_label(term):
-    return TERM_LABELS.get(term, term)
+    return schema.LABELS.get(term, term)
 
 
 def scale(term):
     """Display factor of a term: 100 for rates shown in percent, else 1."""
-    return 100.0 if term in PERCENT_TERMS else 1.0
+    return 100.0 if term in schema.PERCENT_TERMS else 1.0
 
 
 # Fixed styles for quantities drawn beside each other inside one method's panel.
@@ -204,7 +151,7 @@ BOUND_STYLES = {  # Paul Tol "muted": disjoint from the method colours above
 }
 DECOMPOSITION_STYLES = {
     "teacher_err": {"color": "#000000", "linestyle": "-"},
-    "transfer_gap": {"color": "#cc6677", "linestyle": "-"},
+    schema.TRANSFER_GAP: {"color": "#cc6677", "linestyle": "-"},
     "disagreement": {"color": "#332288", "linestyle": "--"},
     "ijc_gap": {"color": "#117733", "linestyle": "-."},
 }

@@ -13,7 +13,7 @@ import pandas as pd
 from ijckd_bounds import schema
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.plotting import select
-from ijckd_bounds.plotting.style import PERCENT_TERMS, method_label, method_order, scale
+from ijckd_bounds.plotting.style import method_label, method_order, scale
 
 FINAL_TERMS = ("student_err", "student_own_err", "teacher_err", "disagreement",
                "feat_cka", "ideal_joint", "ijc_gap", "bound_coupled")
@@ -91,7 +91,7 @@ def final_table(df, terms=FINAL_TERMS, *, split="eval"):
 
 
 def _header(column):
-    return f"{column} (%)" if column in PERCENT_TERMS else str(column)
+    return f"{column} (%)" if column in schema.PERCENT_TERMS else str(column)
 
 
 def _is_text_column(column):
@@ -141,7 +141,7 @@ def to_latex(table, *, caption=None, label=None):
     for column in columns:
         name = schema.LABELS.get(column)
         header = _latex_label(name) if name else latex_escape(column)
-        headers.append(header + (r" (\%)" if column in PERCENT_TERMS else ""))
+        headers.append(header + (r" (\%)" if column in schema.PERCENT_TERMS else ""))
     spec = "".join("l" if _is_text_column(c) else "r" for c in columns)
     lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(headers) + r" \\",
              r"\midrule"]

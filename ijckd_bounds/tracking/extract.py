@@ -43,25 +43,13 @@ import torch.distributed as dist
 
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.io import atomic_path, atomic_write_text
+from ijckd_bounds.runtime import barrier, rank_and_world
+from ijckd_bounds.track_config import CHUNK_SIZE
 
 MANIFEST = "manifest.json"
 CHUNK_DIR = "chunks"
 LABELS = "y"
 ABSENT_KEY = "_absent"  # names of outputs that fn returned as None, inside each chunk file
-
-
-def rank_and_world(group=None):
-    """``(rank, world_size)`` of this process in ``group`` (default group), or (0, 1)
-    outside torch.distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(group), dist.get_world_size(group)
-    return 0, 1
-
-
-def barrier(group=None):
-    """Wait for every rank of ``group``; a no-op in one process."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1:
-        dist.barrier(group=group)
 
 
 def chunk_bounds(n, chunk_size):
@@ -241,7 +229,7 @@ def load_extracted(out_dir):
     return out
 
 
-def extract_features(fn, dataset, out_dir, *, key, batch_size=256, chunk_size=4096,
+def extract_features(fn, dataset, out_dir, *, key, batch_size=256, chunk_size=CHUNK_SIZE,
                      num_workers=0, pin_memory=False, group=None, progress=False):
     """Features of every sample of ``dataset``, streamed to ``out_dir`` (module docstring).
 
@@ -294,5 +282,4 @@ def extract_features(fn, dataset, out_dir, *, key, batch_size=256, chunk_size=40
     return load_extracted(out_dir) if rank == 0 else None
 
 
-__all__ = ["barrier", "chunk_bounds", "extract_features", "load_extracted", "rank_and_world",
-           "split_fingerprint"]
+__all__ = ["chunk_bounds", "extract_features", "load_extracted", "split_fingerprint"]

@@ -30,8 +30,10 @@ from ijckd_bounds import schema
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.layers import layer_rows, stage_cka_matrix, stage_probe_errors
 from ijckd_bounds.io import load_torch, save_torch
+from ijckd_bounds.runtime import rank_and_world
+from ijckd_bounds.track_config import TrackConfig
 from ijckd_bounds.tracking import table
-from ijckd_bounds.tracking.extract import extract_features, rank_and_world, split_fingerprint
+from ijckd_bounds.tracking.extract import extract_features, split_fingerprint
 
 LAYERS_CSV = "layers.csv"
 TEACHER_STAGES = "teacher_stages.pt"
@@ -157,7 +159,7 @@ def teacher_stages(student, cache, run_dir, settings, *, group=None, teacher=Non
 
 def layer_table_rows(student, cache, run_dir, settings, keys, *, group=None, teacher=None):
     """The ``layers.csv`` rows (list of dicts) of one loaded student, or None on ranks
-    other than 0. ``settings``: resolved ``EstimatorSettings``; ``keys``: the row keys;
+    other than 0. ``settings``: resolved ``TrackConfig``; ``keys``: the row keys;
     ``teacher``: a ``LoadedTeacher`` (default: the one the student records)."""
     from ijckd_bounds.checkpoint import sha256_file
     from ijckd_bounds.tracking.track import _student_feature_dir
@@ -237,8 +239,7 @@ def track_run_layers(run_dir, settings=None, *, data_dir=None):
     whatever the run's ``track.layers`` says (``bounds.csv`` is left as it is). Returns
     the table."""
     from ijckd_bounds.checkpoint import load_student
-    from ijckd_bounds.tracking.track import (EstimatorSettings, _dataset_for, _keys,
-                                             _teacher_cache, checkpoints_of)
+    from ijckd_bounds.tracking.track import _dataset_for, _keys, _teacher_cache, checkpoints_of
 
     run_dir = Path(run_dir)
     have = tracked_checkpoints(run_dir)
@@ -248,10 +249,9 @@ def track_run_layers(run_dir, settings=None, *, data_dir=None):
             continue
         student = load_student(path)
         config = student.meta.get("config")
-        run_settings = settings or EstimatorSettings.from_config(config)
+        run_settings = (settings or TrackConfig()).resolved(config)
         if cache is None:
             cache = _teacher_cache(student, _dataset_for(student, data_dir), run_dir,
                                    run_settings)
-        track_layers(student, cache, run_dir, run_settings.resolved(config),
-                     _keys(student, run_dir.name, path.name))
+        track_layers(student, cache, run_dir, run_settings, _keys(student, run_dir.name, path.name))
     return table.read_table(run_dir / LAYERS_CSV, kind="layers")

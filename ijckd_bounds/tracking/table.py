@@ -26,18 +26,6 @@ from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.io import atomic_path
 
 ROW_KEY = ("run", "checkpoint", "split")
-PER_CLASS_COLUMNS = ("run", "method", "epoch", "checkpoint", "class", "n",
-                     "student_err", "student_err_lo", "student_err_hi",
-                     "teacher_err", "teacher_err_lo", "teacher_err_hi",
-                     "disagreement", "disagreement_lo", "disagreement_hi")
-MARGIN_COLUMNS = ("run", "method", "epoch", "checkpoint", "teacher_margin", "feat_dist",
-                  "disagree")
-
-# fidelity and calibration (docs/theory.md): per-class agreement, reliability-diagram bins
-PER_CLASS_COLUMNS = PER_CLASS_COLUMNS + ("top1_agreement", "top1_agreement_lo",
-                                         "top1_agreement_hi")
-CALIBRATION_COLUMNS = ("run", "method", "epoch", "checkpoint", "split", "model", "bin",
-                       "bin_lo", "bin_hi", "n", "confidence", "accuracy")
 
 
 @contextlib.contextmanager
@@ -181,17 +169,17 @@ def upsert_block(path, new_rows, *, columns, block=("run", "checkpoint")):
 
 
 def append_per_class(path, df):
-    upsert_block(path, df, columns=PER_CLASS_COLUMNS)
+    upsert_block(path, df, columns=schema.PER_CLASS_COLUMNS)
 
 
 def append_calibration(path, df):
-    upsert_block(path, df, columns=CALIBRATION_COLUMNS)
+    upsert_block(path, df, columns=schema.CALIBRATION_COLUMNS)
 
 
 def append_margins(path, df):
     df = df.copy()
     df["sample"] = range(len(df)) if "sample" not in df else df["sample"]
-    upsert_block(path, df, columns=MARGIN_COLUMNS + ("sample",))
+    upsert_block(path, df, columns=schema.MARGIN_COLUMNS + ("sample",))
 
 
 def drop_incomplete_checkpoints(bounds_path, companion_paths):

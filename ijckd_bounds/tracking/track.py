@@ -22,25 +22,22 @@ once per run:
 """
 
 import math
-import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
 
-from ijckd_bounds import schema
+from ijckd_bounds import runtime, schema
 from ijckd_bounds.checkpoint import (LoadedTeacher, capture_rng, load_student, load_teacher,
                                      load_teacher_from, restore_rng, sha256_file)
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators import estimate_bounds, fit_connector
 from ijckd_bounds.io import load_torch, save_torch
+from ijckd_bounds.runtime import barrier, rank_and_world
+from ijckd_bounds.track_config import CHUNK_SIZE, EVAL_BATCH_SIZE, TrackConfig
 from ijckd_bounds.tracking import layers, table
-from ijckd_bounds.tracking.extract import (barrier, extract_features, rank_and_world,
-                                           split_fingerprint)
-from ijckd_bounds.train.distributed import resolve_device as resolve_run_device
+from ijckd_bounds.tracking.extract import extract_features, split_fingerprint
 
 BOUNDS_CSV = "bounds.csv"
 PER_CLASS_CSV = "per_class.csv"
@@ -55,77 +52,11 @@ STUDENT_FEATURES = "student_features"
 TRACKING_BARRIER_TIMEOUT_S = 6 * 3600
 
 
-@dataclass(frozen=True)
-class EstimatorSettings:
-    """How the terms are estimated and the features extracted.
-
-    The fields left at None are taken from the run (``resolved``): its config's ``track``
-    section, then its ``data`` section, then the defaults below. ``n_bootstrap``,
-    ``n_permutations`` and ``seed`` given as None follow the run's ``track`` section
-    (defaults 1000, 200, 0): ``ijckd-bounds track`` without those flags estimates a run
-    with the settings it was tracked with online.
-
-    - ``batch_size``: extraction batch (``track.batch_size``, ``data.eval_batch_size``,
-      512);
-    - ``device``: where the models run ("cpu", "cuda", "cuda:1", or "auto": this rank's
-      GPU when CUDA is available; ``track.device``, "auto");
-    - ``num_workers``: DataLoader workers for image splits (``track.num_workers``,
-      ``data.num_workers``, 0);
-    - ``chunk_size``: samples per resumable, sharded feature chunk of image splits
-      (``track.chunk_size``, 4096);
-    - ``mmd_max_n``: MMD² and the CKA interval on a seeded subsample of this many
-      evaluation pairs; 0 for all pairs (``track.mmd_max_n``, all).
-    """
-
-    n_bootstrap: int | None = 1000
-    n_permutations: int | None = 200
-    seed: int | None = 0
-    batch_size: int | None = None
-    mmd_max_n: int | None = None
-    device: str | None = None
-    num_workers: int | None = None
-    chunk_size: int | None = None
-
-    @classmethod
-    def from_config(cls, config):
-        """Every setting of a run's config dict (for ``distill --track``)."""
-        track = dict((config or {}).get("track") or {})
-        plain = {name: track[name] for name in ("n_bootstrap", "n_permutations", "seed")
-                 if track.get(name) is not None}
-        return cls(**plain).resolved(config)
-
-    def resolved(self, config=None):
-        """These settings with every None filled in from the run's config dict."""
-        config = config or {}
-        track = dict(config.get("track") or {})
-        data = dict(config.get("data") or {})
-
-        def pick(name, *fallbacks):
-            for value in (getattr(self, name), *fallbacks):
-                if value is not None:
-                    return value
-            return None
-
-        mmd_max_n = pick("mmd_max_n", track.get("mmd_max_n"), 0)
-        return EstimatorSettings(
-            n_bootstrap=int(pick("n_bootstrap", track.get("n_bootstrap"), 1000)),
-            n_permutations=int(pick("n_permutations", track.get("n_permutations"), 200)),
-            seed=int(pick("seed", track.get("seed"), 0)),
-            batch_size=int(pick("batch_size", track.get("batch_size"),
-                                data.get("eval_batch_size"), 512)),
-            mmd_max_n=int(mmd_max_n) or None,
-            device=str(pick("device", track.get("device"), "auto")),
-            num_workers=int(pick("num_workers", track.get("num_workers"),
-                                 data.get("num_workers"), 0)),
-            chunk_size=int(pick("chunk_size", track.get("chunk_size"), 4096)))
-
-
 def resolve_device(spec):
-    """The trainer's ``resolve_device`` for tracking: None or ``"auto"`` -> cuda:LOCAL_RANK
+    """``runtime.resolve_device`` for tracking: None or ``"auto"`` -> cuda:LOCAL_RANK
     when CUDA is available, else cpu."""
-    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
-    return resolve_run_device("auto" if spec is None else spec, local_rank,
-                              what="tracking device", fix="")
+    return runtime.resolve_device("auto" if spec is None else spec, what="tracking device",
+                                  fix="")
 
 
 def in_memory(split):
@@ -180,8 +111,9 @@ def _classifier(teacher):
             teacher.model.classifier.bias.detach().cpu().clone())
 
 
-def teacher_features(teacher, splits, cache_path, *, batch_size=512, device="cpu",
-                     num_workers=0, chunk_size=4096, group=None, progress=False):
+def teacher_features(teacher, splits, cache_path, *, batch_size=EVAL_BATCH_SIZE,
+                     device="cpu", num_workers=0, chunk_size=CHUNK_SIZE, group=None,
+                     progress=False):
     """Teacher features on the fit and eval splits, cached next to the run.
 
     Args:
@@ -302,8 +234,8 @@ def _streamed_student_features(student, cache, *, batch_size, device, num_worker
             tensor(fit["s"]))
 
 
-def student_inputs(student, cache, *, batch_size=512, device="cpu", num_workers=0,
-                   chunk_size=4096, group=None):
+def student_inputs(student, cache, *, batch_size=EVAL_BATCH_SIZE, device="cpu",
+                   num_workers=0, chunk_size=CHUNK_SIZE, group=None):
     """Everything ``estimate_bounds`` needs from a student, on the cached eval/fit inputs
     (in-memory splits) or streamed from the image splits.
 
@@ -355,7 +287,7 @@ def estimate_checkpoint(student, cache, settings, *, group=None):
         fit=(cache["z_t_fit"], feats["z_s_fit"], cache["y_fit"]),
         s=feats["s"], s_fit=feats["s_fit"], student_logits=feats["student_logits"],
         n_permutations=settings.n_permutations, n_bootstrap=settings.n_bootstrap,
-        seed=settings.seed, mmd_max_n=settings.mmd_max_n)
+        seed=settings.seed, mmd_max_n=settings.mmd_max_n or None)
     if "student_features" in cache:
         # the student's streamed features served their purpose (hundreds of MB each)
         shutil.rmtree(_student_feature_dir(student, cache), ignore_errors=True)
@@ -375,15 +307,11 @@ def rows_for(report, keys):
     row = dict(keys)
     row.update(report.row())
     per_class = report.per_class().copy()
-    for name in ("run", "method", "epoch", "checkpoint"):
-        per_class[name] = keys[name]
-    margins = pd.DataFrame(report.margins())
-    margins = margins.rename(columns={"gamma": "teacher_margin", "distance": "feat_dist"})
-    for name in ("run", "method", "epoch", "checkpoint"):
-        margins[name] = keys[name]
+    margins = report.margin_frame()
     calibration = report.calibration()
-    for name in ("run", "method", "epoch", "checkpoint", "split"):
-        calibration[name] = keys[name]
+    for name in schema.COMPANION_KEYS:
+        per_class[name] = margins[name] = calibration[name] = keys[name]
+    calibration["split"] = keys["split"]
     return row, per_class, margins, calibration
 
 
@@ -430,9 +358,7 @@ class _CheckpointProgress:
     def __init__(self, setting, *, total, initial=0, desc):
         from tqdm.auto import tqdm
 
-        from ijckd_bounds.train.callbacks import progress_modes
-
-        bars, self.lines = progress_modes(setting)
+        bars, self.lines = runtime.progress_modes(setting)
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit="ckpt",
                         disable=not bars, dynamic_ncols=True, leave=False)
         self.started = time.perf_counter()
@@ -477,14 +403,13 @@ def track_run(run_dir, settings=None, *, data_dir=None, progress=True):
     try:
         for path in todo:
             student = load_student(path)
-            run_settings = settings or EstimatorSettings.from_config(student.meta.get("config"))
+            run_settings = (settings or TrackConfig()).resolved(student.meta.get("config"))
             if cache is None:
                 cache = _teacher_cache(student, _dataset_for(student, data_dir), run_dir,
                                        run_settings, progress=progress)
             keys = _keys(student, run_dir.name, path.name)
             if layers.layers_wanted(student, run_settings):  # before bounds.csv, a companion
-                layers.track_layers(student, cache, run_dir,
-                                    run_settings.resolved(student.meta.get("config")), keys)
+                layers.track_layers(student, cache, run_dir, run_settings, keys)
             if path.name in done:
                 shown.bar.update(1)
                 continue  # only its layer rows were missing
@@ -547,7 +472,7 @@ class BoundTracker:
         if self._idle:
             return
         student = load_student(path)
-        settings = self.settings or EstimatorSettings.from_config(student.meta.get("config"))
+        settings = (self.settings or TrackConfig()).resolved(student.meta.get("config"))
         if self._cache is None:
             splits = _dataset_for(student, self.data_dir)
             if in_memory(splits.fit) and in_memory(splits.eval) and rank != 0:
@@ -556,8 +481,7 @@ class BoundTracker:
             self._cache = _teacher_cache(student, splits, self.run_dir, settings, group)
         keys = _keys(student, self.run_dir.name, Path(path).name)
         if layers.layers_wanted(student, settings):  # every rank: image splits are sharded
-            layers.track_layers(student, self._cache, self.run_dir,
-                                settings.resolved(student.meta.get("config")), keys, group=group)
+            layers.track_layers(student, self._cache, self.run_dir, settings, keys, group=group)
         report, _ = estimate_checkpoint(student, self._cache, settings, group=group)
         if rank == 0:
             rows = rows_for(report, keys)
@@ -583,6 +507,6 @@ class BoundTracker:
         pass
 
 
-__all__ = ["BoundTracker", "EstimatorSettings", "track_run", "teacher_features",
+__all__ = ["BoundTracker", "track_run", "teacher_features",
            "estimate_checkpoint", "rows_for", "schema", "student_inputs", "split_tensors",
            "batched", "resolve_teacher"]

@@ -1,6 +1,6 @@
 """Teacher training and distillation: one loop, methods as objective objects.
 
-``train_teacher(cfg)`` / ``distill(cfg)`` take a ``TrainConfig`` (``ijckd_bounds.config.
+``train_teacher(cfg)`` / ``distill(cfg)`` take a ``TrainConfig`` (``ijckd_bounds.typed_yaml.
 load_config(TrainConfig, path, overrides)``); ``python -m ijckd_bounds.train --config F.yaml
 [key=value ...] [--resume] [--teacher-mode]`` runs them (also under torchrun).
 """

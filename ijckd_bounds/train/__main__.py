@@ -2,7 +2,7 @@
 [--teacher-weights FILE]``
 
 A runnable entry for torchrun and subprocess tests; the ``ijckd-bounds`` CLI wraps the
-same functions (under torchrun, ``python -m ijckd_bounds.cli distill --track`` also tracks
+same functions (under torchrun, ``python -m ijckd_bounds distill --track`` also tracks
 the bound terms: the trainer imports no tracking). Prints the run directory (or the
 teacher file) and exits 0; a problem with the input prints one line and exits 2.
 """
@@ -27,7 +27,7 @@ def main(argv=None):
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after flags
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from ijckd_bounds.config import load_config
+    from ijckd_bounds.typed_yaml import load_config
     from ijckd_bounds.errors import IJCKDError
     from ijckd_bounds.train import TrainConfig, distill, train_teacher
     from ijckd_bounds.train.config import with_teacher_weights

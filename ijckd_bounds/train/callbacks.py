@@ -11,11 +11,11 @@ tracked bound terms in TensorBoard.
 import csv
 import io
 import logging
-import sys
 import time
 from pathlib import Path
 
 from ijckd_bounds.io import atomic_write_text
+from ijckd_bounds.runtime import progress_modes
 from ijckd_bounds.train.loop import Callback
 
 log = logging.getLogger("ijckd_bounds.train")
@@ -99,16 +99,6 @@ class HistoryWriter(Callback):
                  metrics["best_epoch"])
 
 
-def progress_modes(setting):
-    """``(bars, lines)`` for ``run.progress`` = ``setting``: tqdm bars on stderr (None: when
-    stderr is a terminal; True: always), one plain line per epoch or checkpoint on stdout
-    when stdout is not a terminal (a log file or a pipe). False: neither."""
-    if setting is False:
-        return False, False
-    bars = True if setting else sys.stderr.isatty()
-    return bars, not sys.stdout.isatty()
-
-
 def epoch_line(epoch, epochs, metrics, seconds):
     """``epoch 3/15: loss 0.51, ce 0.3, kl 0.21, train acc 0.9123, eval acc 0.8811, 1.2 s``."""
     terms = ", ".join(f"{k[6:]} {v:.4g}" for k, v in metrics.items()
@@ -121,7 +111,7 @@ class ProgressBars(Callback):
     """tqdm bars over epochs and batches with the loss terms in the batch bar, and one
     line per epoch (``epoch_line``) on stdout when stdout is not a terminal.
 
-    ``enabled``: ``run.progress`` (see ``progress_modes``).
+    ``enabled``: ``run.progress`` (see ``runtime.progress_modes``).
     """
 
     def __init__(self, first_epoch, epochs, enabled=None):

@@ -1,11 +1,11 @@
 """The trainer's typed, frozen configuration, loadable from YAML with overrides::
 
-    from ijckd_bounds.config import load_config
+    from ijckd_bounds.typed_yaml import load_config
     cfg = load_config(TrainConfig, "experiments/digits_student.yaml", ["method.name=kd"])
 
 Sections: ``data`` (DataConfig), ``model`` (ModelConfig), ``optim`` (OptimConfig),
-``method`` (MethodConfig), ``run`` (RunConfig), ``track`` (TrackConfig: how ``distill
---track`` estimates the bound terms; the trainer itself ignores it). Method weights left
+``method`` (MethodConfig), ``run`` (RunConfig), ``track`` (``ijckd_bounds.track_config.TrackConfig``: how
+``distill --track`` estimates the bound terms; the trainer itself ignores it). Method weights left
 at ``None`` take the method's reference default (see ``ijckd_bounds.train.objectives``).
 """
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from ijckd_bounds.errors import IJCKDError
+from ijckd_bounds.track_config import EVAL_BATCH_SIZE, TrackConfig
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class DataConfig:
     data_dir: Optional[str] = None
     options: dict[str, Any] = field(default_factory=dict)  # extra build_dataset keywords
     batch_size: int = 64  # global batch: split evenly over DDP ranks
-    eval_batch_size: int = 512
+    eval_batch_size: int = EVAL_BATCH_SIZE
     # DataLoader processes per rank (0: load in the main process); in-memory splits without
     # augmentation skip the DataLoader when this is 0
     num_workers: int = 0
@@ -147,36 +148,6 @@ class RunConfig:
     def __post_init__(self):
         if self.ckpt_every < 1:
             raise IJCKDError(f"run.ckpt_every must be a positive integer, got {self.ckpt_every}")
-
-
-@dataclass(frozen=True)
-class TrackConfig:
-    """How ``distill --track`` (and ``track`` on this run without explicit options)
-    estimates the bound terms at each checkpoint (``ijckd_bounds.tracking.track``).
-    Changing it never changes training, so a run resumes with other values."""
-
-    n_bootstrap: int = 1000  # paired-bootstrap resamples of every interval
-    n_permutations: int = 200  # sign flips of the MMD test
-    mmd_max_n: Optional[int] = None  # MMD²/CKA interval on a subsample of this many pairs
-    seed: int = 0
-    device: str = "auto"  # where the models run for feature extraction
-    batch_size: Optional[int] = None  # extraction batch; None: data.eval_batch_size
-    num_workers: Optional[int] = None  # extraction DataLoader workers; None: data.num_workers
-    chunk_size: int = 4096  # image splits: samples per resumable, sharded feature chunk
-    layers: bool = False  # also write layers.csv: stage probes and the stage CKA matrix
-
-    def __post_init__(self):
-        for name in ("n_bootstrap", "n_permutations", "chunk_size"):
-            if getattr(self, name) < 1:
-                raise IJCKDError(f"track.{name} must be a positive integer, "
-                                 f"got {getattr(self, name)}")
-        if self.mmd_max_n is not None and self.mmd_max_n < 10:
-            raise IJCKDError(f"track.mmd_max_n must be at least 10, got {self.mmd_max_n}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise IJCKDError(f"track.batch_size must be a positive integer, "
-                             f"got {self.batch_size}")
-        if self.num_workers is not None and self.num_workers < 0:
-            raise IJCKDError(f"track.num_workers must be >= 0, got {self.num_workers}")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from ijckd_bounds.errors import IJCKDError
+from ijckd_bounds.runtime import env_int, resolve_device
 
 
 @dataclass(frozen=True)
@@ -43,40 +44,11 @@ class DistContext:
         return self.world_size > 1
 
 
-def _env_int(name, default):
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise IJCKDError(f"environment variable {name} must be an integer, got {raw!r}") from None
-
-
-def resolve_device(spec, local_rank=0, *, what="run.device",
-                   fix="; use run.device=cpu or auto"):
-    """``"auto"`` -> cuda:LOCAL_RANK when CUDA is available, else cpu; ``"cuda"`` ->
-    cuda:LOCAL_RANK. ``what`` names the setting in errors, ``fix`` ends the CUDA one."""
-    if spec == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise IJCKDError(f"{what} must be 'auto', 'cpu', 'cuda' or 'cuda:N', "
-                         f"got {spec!r}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise IJCKDError(f"{what} is {spec!r} but CUDA is not available here{fix}")
-        if device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
-    return device
-
-
 def init_distributed(device_spec="auto"):
     """Join the process group when WORLD_SIZE > 1; return this process's DistContext."""
-    world_size = _env_int("WORLD_SIZE", 1)
-    rank = _env_int("RANK", 0)
-    local_rank = _env_int("LOCAL_RANK", 0)
+    world_size = env_int("WORLD_SIZE", 1)
+    rank = env_int("RANK", 0)
+    local_rank = env_int("LOCAL_RANK", 0)
     device = resolve_device(device_spec, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -21,7 +21,7 @@ from ijckd_bounds import __version__
 from ijckd_bounds.checkpoint import (capture_rng, connector_entry, load_state_checked,
                                      load_teacher, load_teacher_weights, model_entry,
                                      read_checkpoint, restore_rng, write_checkpoint)
-from ijckd_bounds.config import to_dict
+from ijckd_bounds.typed_yaml import to_dict
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.io import atomic_write_text, check_writable_dir
 from ijckd_bounds.train.callbacks import (HISTORY_CSV, STEPS_CSV, HistoryWriter, ProgressBars,

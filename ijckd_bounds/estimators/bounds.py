@@ -51,9 +51,10 @@ from ijckd_bounds.estimators.probes import (
     LogisticProbe,
     domain_errors,
     fit_joint_classifier,
-    stratified_split,
+    holdout_split,
 )
 from ijckd_bounds.estimators.rowwise import all_finite, project64
+from ijckd_bounds.schema import LEVEL, N_BOOTSTRAP, N_PERMUTATIONS
 
 __all__ = ["BoundsReport", "estimate_bounds", "estimate_bounds_from_file",
            "MIN_EVAL", "MIN_FIT"]
@@ -121,10 +122,8 @@ class BoundsReport:
         predicts with), each with _lo/_hi (Clopper–Pearson)."""
         import pandas as pd
 
-        names = ("student_err", "teacher_err", "disagreement", "top1_agreement")
-        columns = ["class", "n"]
-        for name in names:
-            columns += [name, f"{name}_lo", f"{name}_hi"]
+        names = schema.PER_CLASS_TERMS
+        columns = list(schema.PER_CLASS_ROW)
         records = []
         for row in self.per_class_rows:
             record = {"class": row["class"], "n": row["n"]}
@@ -140,9 +139,8 @@ class BoundsReport:
         model, bin, bin_lo, bin_hi, n, confidence, accuracy (NaN for an empty bin)."""
         import pandas as pd
 
-        columns = ["model", "bin", "bin_lo", "bin_hi", "n", "confidence", "accuracy"]
         frame = pd.DataFrame.from_records(self.details.get("calibration", []),
-                                          columns=columns)
+                                          columns=list(schema.CALIBRATION_ROW))
         return frame.astype({"confidence": float, "accuracy": float})
 
     def margins(self):
@@ -151,6 +149,14 @@ class BoundsReport:
         ``distance`` ‖z_S − z_T‖, ``logit_margin`` m(z_T) = top1 − top2,
         ``disagree`` (bool), ``crossing`` (bool, counted by δ_γ)."""
         return {k: v.copy() for k, v in self._margins.items()}
+
+    def margin_frame(self):
+        """``margins()`` as a pandas DataFrame under the column names of ``margins.csv``
+        (``schema.MARGIN_TABLE_NAMES``: ``gamma`` is ``teacher_margin``, ``distance`` is
+        ``feat_dist``)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.margins()).rename(columns=schema.MARGIN_TABLE_NAMES)
 
     def indicators(self, canonical=False):
         """Per evaluation sample error indicators (bool numpy arrays) for the audit.
@@ -471,7 +477,7 @@ def _prepare(z_t, z_s, y, weight, bias, *, fit, s, s_fit, student_logits, seed,
             raise IJCKDError(f"need at least {MIN_EVAL + MIN_FIT} samples to split into fit "
                              f"and eval parts (no `fit` given), got {n}")
         order = _canonical_order([z_t, z_s, y, s, student_logits])
-        fit_pos, eval_pos = stratified_split(y[order], 1.0 - fit_fraction,
+        fit_pos, eval_pos = holdout_split(y[order], 1.0 - fit_fraction,
                                              derived_seed(seed, "fit-eval-split"))
         fit_rows, eval_rows = order[fit_pos.to(order.device)], order[eval_pos.to(order.device)]
         if eval_rows.numel() < MIN_EVAL or fit_rows.numel() < MIN_FIT:
@@ -525,7 +531,7 @@ def _prepare(z_t, z_s, y, weight, bias, *, fit, s, s_fit, student_logits, seed,
 
 
 def estimate_bounds(z_t, z_s, y, weight, bias, *, fit=None, s=None, s_fit=None,
-                    student_logits=None, level=0.95, n_permutations=200, n_bootstrap=1000,
+                    student_logits=None, level=LEVEL, n_permutations=N_PERMUTATIONS, n_bootstrap=N_BOOTSTRAP,
                     seed=0, mmd_max_n=None, device=None, fit_fraction=0.5):
     """Estimate every docs/theory.md term and bound for one student.
 

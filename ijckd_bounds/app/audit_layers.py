@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from ijckd_bounds.errors import IJCKDError
+from ijckd_bounds.schema import N_BOOTSTRAP
 
 __all__ = ["append_layers_section", "layer_findings", "layers_markdown"]
 
@@ -158,11 +159,12 @@ def layers_markdown(layers_df, *, figures=()):
 
 def _student_layer_rows(student, teacher, dataset, data_dir, out, n_bootstrap, seed):
     """The layer rows of an audited checkpoint (None where its model has no stages)."""
-    from ijckd_bounds.audit import _resolve_teacher
+    from ijckd_bounds.app.audit import _resolve_teacher
     from ijckd_bounds.checkpoint import load_student
     from ijckd_bounds.data import build_dataset
     from ijckd_bounds.tracking.layers import layer_table_rows
-    from ijckd_bounds.tracking.track import EstimatorSettings, teacher_features
+    from ijckd_bounds.track_config import TrackConfig
+    from ijckd_bounds.tracking.track import teacher_features
 
     loaded = load_student(student)
     teacher = _resolve_teacher(teacher, loaded, student)
@@ -175,7 +177,7 @@ def _student_layer_rows(student, teacher, dataset, data_dir, out, n_bootstrap, s
                            data_dir=data_dir or meta.get("data_dir"), **options)
     cache_dir = Path(out) / ".cache"  # shared with the audit's teacher features
     cache = teacher_features(teacher, splits, cache_dir / "teacher_features.pt")
-    settings = EstimatorSettings(n_bootstrap=n_bootstrap, seed=seed).resolved(
+    settings = TrackConfig(n_bootstrap=n_bootstrap, seed=seed).resolved(
         loaded.meta.get("config"))
     keys = {"run": "audit", "method": loaded.meta.get("method", "student"),
             "epoch": loaded.meta.get("epoch", math.nan), "checkpoint": Path(student).name,
@@ -184,7 +186,7 @@ def _student_layer_rows(student, teacher, dataset, data_dir, out, n_bootstrap, s
 
 
 def append_layers_section(report_path, *, student=None, teacher=None, dataset=None,
-                          data_dir=None, n_bootstrap=1000, seed=0):
+                          data_dir=None, n_bootstrap=N_BOOTSTRAP, seed=0):
     """Append the "Layers" section to an audit's ``report.md`` (``report_path``) for the
     student checkpoint ``student``; also writes ``layers.csv``, ``layers.json`` and the
     two layer figures beside it. Audits of a feature file (``student`` None) and models
@@ -205,7 +207,7 @@ def append_layers_section(report_path, *, student=None, teacher=None, dataset=No
         df.to_csv(tmp, index=False)
     save_figure(plot_layer_cka(df).figure, out / "layers_cka")
     save_figure(plot_layer_profile(df).figure, out / "layers_profile")
-    from ijckd_bounds.audit import _clean, _json_default
+    from ijckd_bounds.app.audit import _clean, _json_default
 
     found = _clean(layer_findings(df))
     atomic_write_text(out / "layers.json",

@@ -31,6 +31,7 @@ import pandas as pd
 
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.intervals import check_level, t_interval, welch_interval
+from ijckd_bounds.schema import LEVEL
 
 HISTORY_CSV = "history.csv"
 CONFIG_YAML = "config.yaml"
@@ -277,7 +278,7 @@ def _verb(what):
     return "adds" if what.endswith("loss") else "add"
 
 
-def summarize(runs, *, columns=(), level=0.95):
+def summarize(runs, *, columns=(), level=LEVEL):
     """One row per group of ``runs`` (``read_runs``): seeds, the final- and best-epoch
     accuracy statistics (``<kind>_mean``, ``_std``, ``_lo``, ``_hi``, ``_interval``: how
     the interval was made, or why there is none), ``best_minus_final`` (mean over seeds
@@ -724,7 +725,7 @@ class Comparison:
     columns: tuple
 
 
-def compare_runs(run_dirs, *, published=(), published_file=None, columns=(), level=0.95):
+def compare_runs(run_dirs, *, published=(), published_file=None, columns=(), level=LEVEL):
     """Read and compare ``run_dirs``; ``published``: METHOD=VALUE strings,
     ``published_file``: a YAML file of ``read_published``; ``columns``: bounds.csv columns
     to aggregate at the final epoch. Returns a ``Comparison``."""
@@ -781,7 +782,7 @@ def write_comparison(comparison, out_dir):
 
 
 def run_compare(run_dirs, out_dir, *, published=(), published_file=None, columns=(),
-                level=0.95):
+                level=LEVEL):
     """``compare_runs`` then ``write_comparison``: what ``ijckd-bounds compare`` does."""
     comparison = compare_runs(run_dirs, published=published, published_file=published_file,
                               columns=columns, level=level)

@@ -7,6 +7,8 @@ import warnings
 
 from ijckd_bounds import __version__
 from ijckd_bounds.errors import IJCKDError
+from ijckd_bounds.schema import N_BOOTSTRAP, N_PERMUTATIONS
+from ijckd_bounds.track_config import SEED
 
 
 def _add_overrides(parser):
@@ -22,16 +24,17 @@ def _add_estimator_flags(parser, *, from_run=False, permutations=True):
             return f" (default: the run's track.{key}, else {value})"
         return f" (default {value})"
 
-    parser.add_argument("--n-bootstrap", type=int, default=None if from_run else 1000,
+    parser.add_argument("--n-bootstrap", type=int, default=None if from_run else N_BOOTSTRAP,
                         metavar="N", help="paired-bootstrap resamples of every interval"
-                                          + default("n_bootstrap", 1000))
+                                          + default("n_bootstrap", N_BOOTSTRAP))
     if permutations:
-        parser.add_argument("--n-permutations", type=int, default=None if from_run else 200,
-                            metavar="N", help="sign flips of the MMD² permutation test"
-                                              + default("n_permutations", 200))
-    parser.add_argument("--seed", type=int, default=None if from_run else 0,
+        parser.add_argument("--n-permutations", type=int,
+                            default=None if from_run else N_PERMUTATIONS, metavar="N",
+                            help="sign flips of the MMD² permutation test"
+                                 + default("n_permutations", N_PERMUTATIONS))
+    parser.add_argument("--seed", type=int, default=None if from_run else SEED,
                         help="seed of the bootstrap, permutations and fitted probes"
-                             + default("seed", 0))
+                             + default("seed", SEED))
 
 
 def build_parser():
@@ -89,7 +92,7 @@ def build_parser():
 
     p = sub.add_parser("demo", help="teacher + six students on digits, tracked, plotted, audited")
     # choices listed, checked by run_demo (one-line error naming the valid ones)
-    from ijckd_bounds.demo import DEMO
+    from ijckd_bounds.app.demo import DEMO
 
     p.add_argument("--dataset", default="digits", metavar="{" + ",".join(DEMO) + "}",
                    help=f"dataset of the demo: {' or '.join(DEMO)} (default digits)")
@@ -163,7 +166,7 @@ def main(argv=None):
         parser.print_help()
         return 2
     try:
-        from ijckd_bounds import commands
+        from ijckd_bounds.app import commands
 
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning(args.command)
@@ -181,6 +184,3 @@ def main(argv=None):
               file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ijckd_bounds.errors import IJCKDError
-
-METHODS = ("ce", "kd", "fitnet", "srrl", "simkd", "ijckd")
+from ijckd_bounds.schema import DISTILLATION_METHODS as METHODS
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ DEMO = {name: EXPERIMENTS[name] for name in ("digits", "mnist1d")}
 
 def _config(dataset, settings, *, run_dir, seed, teacher_mode, method="ce", teacher_ckpt=None,
             epochs=None, data_dir=None):
-    from ijckd_bounds.config import from_dict
+    from ijckd_bounds.typed_yaml import from_dict
     from ijckd_bounds.train import TrainConfig
 
     model = {"teacher": settings.teacher, "student": settings.student}
@@ -90,12 +89,13 @@ def run_experiment(dataset="digits", out="demo_out", *, seeds=(0,), epochs=None,
     """Teacher (trained once, seed ``seeds[0]``) and every method's student per seed, bound
     terms tracked online at every checkpoint, every figure, and an audit of the weakest
     student. Re-running resumes whatever is unfinished. Returns a summary dict."""
-    from ijckd_bounds.audit import run_audit
+    from ijckd_bounds.app.audit import run_audit
     from ijckd_bounds.io import check_writable_dir
     from ijckd_bounds.plotting import make_all_figures
     from ijckd_bounds.plotting.layers import make_layer_figures
     from ijckd_bounds.tracking.table import collect, collect_layers
-    from ijckd_bounds.tracking.track import BoundTracker, EstimatorSettings, track_run
+    from ijckd_bounds.track_config import TrackConfig
+    from ijckd_bounds.tracking.track import BoundTracker, track_run
     from ijckd_bounds.train import distill, latest_checkpoint, train_teacher
 
     if dataset not in EXPERIMENTS:
@@ -127,7 +127,7 @@ def run_experiment(dataset="digits", out="demo_out", *, seeds=(0,), epochs=None,
 
     run_dirs = []
     for i, (seed, method) in enumerate(jobs, 1):
-        estimator = EstimatorSettings(seed=seed)
+        estimator = TrackConfig(seed=seed)
         run_dir = out / "students" / f"{method}-s{seed}"
         run_dirs.append(run_dir)
         print(f"[{dataset}] student {i}/{len(jobs)}: {method} ({settings.student}, seed {seed})"
@@ -270,7 +270,7 @@ def _check_existing_runs(out, configs):
     TrainConfig this command would train there."""
     import yaml
 
-    from ijckd_bounds.config import to_dict
+    from ijckd_bounds.typed_yaml import to_dict
     from ijckd_bounds.train.runner import CONFIG_FILE, absolute_data_paths, config_difference
 
     for run_dir, cfg in configs.items():

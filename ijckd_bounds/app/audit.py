@@ -10,9 +10,10 @@ import math
 from pathlib import Path
 
 from ijckd_bounds.errors import IJCKDError
-from ijckd_bounds.estimators.audit import error_budget
+from ijckd_bounds.estimators.budget import error_budget
 from ijckd_bounds.io import atomic_write_text, check_writable_dir
 from ijckd_bounds.reporting import Subject, audit_markdown
+from ijckd_bounds.schema import N_BOOTSTRAP, N_PERMUTATIONS
 
 
 def _json_default(value):
@@ -54,10 +55,11 @@ def budgets_from_report(report, *, own_features=True):
 
 
 def _checkpoint_inputs(teacher, student, dataset, data_dir, out, n_bootstrap, seed, *,
-                       n_permutations=200, allow_other_teacher=False):
+                       n_permutations=N_PERMUTATIONS, allow_other_teacher=False):
     from ijckd_bounds.checkpoint import load_student
     from ijckd_bounds.data import build_dataset
-    from ijckd_bounds.tracking.track import EstimatorSettings, estimate_checkpoint, teacher_features
+    from ijckd_bounds.track_config import TrackConfig
+    from ijckd_bounds.tracking.track import estimate_checkpoint, teacher_features
 
     if student is None:
         raise IJCKDError("audit needs --student (a checkpoint) or --features (a feature file)")
@@ -74,8 +76,7 @@ def _checkpoint_inputs(teacher, student, dataset, data_dir, out, n_bootstrap, se
     notes = _check_teacher_identity(loaded, student, teacher, allow_other=allow_other_teacher)
     # the teacher's features are cached beside the report so a re-run audit skips them
     cache = teacher_features(teacher, splits, Path(out) / ".cache" / "teacher_features.pt")
-    settings = EstimatorSettings(n_bootstrap=n_bootstrap, n_permutations=n_permutations,
-                                 seed=seed)
+    settings = TrackConfig(n_bootstrap=n_bootstrap, n_permutations=n_permutations, seed=seed)
     report, connector = estimate_checkpoint(loaded, cache, settings)
     title = (f"{loaded.meta.get('method')} student ({loaded.meta.get('model_name')}) at epoch "
              f"{loaded.meta.get('epoch')}, on {name}")
@@ -194,7 +195,7 @@ def _check_teacher_identity(loaded, student_path, teacher, *, allow_other):
             for problem in problems]
 
 
-def _feature_inputs(features, n_bootstrap, seed, n_permutations=200):
+def _feature_inputs(features, n_bootstrap, seed, n_permutations=N_PERMUTATIONS):
     from ijckd_bounds.estimators import estimate_bounds_from_file
 
     report = estimate_bounds_from_file(features, n_bootstrap=n_bootstrap,
@@ -217,7 +218,7 @@ def _feature_subject(features, report, own_features):
 
 
 def run_audit(*, teacher=None, student=None, dataset=None, data_dir=None, features=None,
-              out, n_bootstrap=1000, seed=0, n_permutations=200, allow_other_teacher=False):
+              out, n_bootstrap=N_BOOTSTRAP, seed=0, n_permutations=N_PERMUTATIONS, allow_other_teacher=False):
     """Write ``report.md``, ``bounds.json`` and figures to ``out``; returns report.md's path.
 
     ``allow_other_teacher``: accept a ``teacher`` that is not the student's recorded one (or
@@ -233,7 +234,7 @@ def run_audit(*, teacher=None, student=None, dataset=None, data_dir=None, featur
         report, own_features, title, notes, who = _checkpoint_inputs(
             teacher, student, dataset, data_dir, out, n_bootstrap, seed,
             n_permutations=n_permutations, allow_other_teacher=allow_other_teacher)
-    from ijckd_bounds.audit_layers import append_layers_section
+    from ijckd_bounds.app.audit_layers import append_layers_section
 
     path = write_audit(report, out, own_features=own_features, title=title, notes=notes,
                        student=who)
@@ -281,8 +282,8 @@ def _module_digest(module):
     return digest.hexdigest()
 
 
-def audit_models(teacher, student, splits, out, *, connector=None, n_bootstrap=1000, seed=0,
-                 title=None, n_permutations=200):
+def audit_models(teacher, student, splits, out, *, connector=None, n_bootstrap=N_BOOTSTRAP, seed=0,
+                 title=None, n_permutations=N_PERMUTATIONS):
     """Audit any two models of the zoo interface, e.g. user modules wrapped in
     ``FeatureModel``: ``model(x) -> (logits, features)``, ``.classifier`` an ``nn.Linear``,
     and ``forward_with_map(x)``.
@@ -299,7 +300,8 @@ def audit_models(teacher, student, splits, out, *, connector=None, n_bootstrap=1
     Returns the path of ``report.md``.
     """
     from ijckd_bounds.checkpoint import LoadedStudent, LoadedTeacher
-    from ijckd_bounds.tracking.track import EstimatorSettings, estimate_checkpoint, teacher_features
+    from ijckd_bounds.track_config import TrackConfig
+    from ijckd_bounds.tracking.track import estimate_checkpoint, teacher_features
 
     out = Path(out)
     check_writable_dir(out)
@@ -321,9 +323,8 @@ def audit_models(teacher, student, splits, out, *, connector=None, n_bootstrap=1
         meta={"method": "student", "dataset": {"name": splits.name}})
     cache = teacher_features(loaded_teacher, splits, out / ".cache" / "teacher_features.pt")
     report, kind = estimate_checkpoint(loaded_student, cache,
-                                       EstimatorSettings(n_bootstrap=n_bootstrap,
-                                                         n_permutations=n_permutations,
-                                                         seed=seed))
+                                       TrackConfig(n_bootstrap=n_bootstrap,
+                                                   n_permutations=n_permutations, seed=seed))
     notes = []
     if kind == "post-hoc ridge":
         notes.append("the student predicts with its own head: its features were mapped into "
@@ -340,12 +341,9 @@ def audit_models(teacher, student, splits, out, *, connector=None, n_bootstrap=1
 
 
 def _figures(report, per_class, out, student=None):
-    import pandas as pd
-
     from ijckd_bounds.plotting import plot_margins, save_figure
 
-    margins = pd.DataFrame(report.margins())
-    margins = margins.rename(columns={"gamma": "teacher_margin", "distance": "feat_dist"})
+    margins = report.margin_frame()
     # the title names the student the caller read: method, file or name, epoch
     who = dict(student or {})
     margins["run"] = who.get("run") or "audit"

@@ -35,17 +35,20 @@ def _list_model_options():
 
 
 def _list_config_keys():
-    from ijckd_bounds.config import to_dict
+    from ijckd_bounds.typed_yaml import to_dict
     from ijckd_bounds.train import TrainConfig
 
     _echo("\nconfig keys and defaults (--config FILE.yaml, or KEY=VALUE on the command line):")
-    for section, values in to_dict(TrainConfig()).items():
+    defaults = to_dict(TrainConfig())
+    # a track key left at None follows the run's other sections, then its default: show that
+    defaults["track"] = to_dict(TrainConfig().track.resolved(defaults))
+    for section, values in defaults.items():
         for key, value in values.items():
             _echo(f"  {section}.{key} = {value!r}")
 
 
 def _train_config(args, *, teacher):
-    from ijckd_bounds.config import load_config
+    from ijckd_bounds.typed_yaml import load_config
     from ijckd_bounds.train import TrainConfig
 
     from ijckd_bounds.train.config import with_teacher_weights
@@ -86,11 +89,11 @@ def cmd_distill(args):
 def _settings(args):
     """The tracking settings the flags give; a flag not given (None) follows the run's
     config (its ``track`` section), then the defaults."""
-    from ijckd_bounds.tracking.track import EstimatorSettings
+    from ijckd_bounds.track_config import TrackConfig
 
-    return EstimatorSettings(n_bootstrap=getattr(args, "n_bootstrap", None),
-                             n_permutations=getattr(args, "n_permutations", None),
-                             seed=getattr(args, "seed", None))
+    return TrackConfig(n_bootstrap=getattr(args, "n_bootstrap", None),
+                       n_permutations=getattr(args, "n_permutations", None),
+                       seed=getattr(args, "seed", None))
 
 
 # what tracking one run may write (tables, the teacher feature cache): fail before any
@@ -194,7 +197,7 @@ def cmd_estimate(args):
 
 
 def cmd_audit(args):
-    from ijckd_bounds.audit import run_audit
+    from ijckd_bounds.app.audit import run_audit
 
     path = run_audit(teacher=args.teacher, student=args.student, dataset=args.dataset,
                      data_dir=args.data_dir, features=args.features, out=args.out,
@@ -204,7 +207,7 @@ def cmd_audit(args):
 
 
 def cmd_demo(args):
-    from ijckd_bounds.demo import run_demo
+    from ijckd_bounds.app.demo import run_demo
 
     run_demo(dataset=args.dataset, out=args.out, epochs=args.epochs, seed=args.seed)
 
@@ -216,7 +219,7 @@ __all__ = [name for name in dir(sys.modules[__name__]) if name.startswith("cmd_"
 
 
 def cmd_compare(args):
-    from ijckd_bounds.compare import run_compare
+    from ijckd_bounds.app.compare import run_compare
 
     written = run_compare(args.run_dirs, args.out, published=args.published or (),
                           published_file=args.published_file, columns=args.columns or ())

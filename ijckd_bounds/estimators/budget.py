@@ -32,69 +32,10 @@ import torch
 
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.intervals import Estimate, PairedBootstrap
+from ijckd_bounds.schema import (DIAGNOSES, LEVEL, N_BOOTSTRAP, PIECE_DEFINITION_HEAD_WITHOUT_S,
+                                 PIECE_DEFINITIONS, STUDENT_PIECES, UNDETERMINED)
 
-__all__ = ["ADVICE", "DIAGNOSES", "ErrorBudget", "Piece", "UNDETERMINED", "error_budget"]
-
-UNDETERMINED = "undetermined"
-
-DIAGNOSES = {
-    "teacher": "teacher-limited",
-    "fit": "fit-limited (the audit's own data)",
-    "capacity": "capacity-limited",
-    "connector": "connector-limited",
-    "alignment": "alignment-limited (IJC violated)",
-    "head": "head-limited",
-    "representation": "representation-limited",
-    UNDETERMINED: "undetermined",
-}
-
-# pieces that describe the student (the teacher piece describes the teacher, the fit piece
-# the audit's fit split)
-STUDENT_PIECES = ("capacity", "connector", "alignment", "head", "representation")
-
-ADVICE = {
-    "teacher": "The student already does about as well as the teacher's classifier allows: "
-               "a better teacher is the fix.",
-    "capacity": "The student's own features separate the classes worse than the teacher's: "
-                "no head or connector can recover what is not there. Use a larger student "
-                "or train longer.",
-    "connector": "The student's own features hold the information, but the map into the "
-                 "teacher's space loses it: use a wider or deeper connector, or a stronger "
-                 "feature loss.",
-    "alignment": "The student's features in the teacher's space are linearly separable, just "
-                 "not by the teacher's classifier: raise the feature/logit loss weight, train "
-                 "longer, or fine-tune the classifier (see the margin figure and delta_gamma).",
-    "head": "A linear probe on the student's own features beats its own head: retrain or "
-            "fine-tune the head (or distil into the head with a logit loss).",
-    "representation": "The student's features in the teacher's space separate the classes "
-                      "worse than the teacher's: a larger student, longer training, or a "
-                      "better connector (give the student's own features `s`/`s_fit` to "
-                      "split capacity from connector).",
-}
-
-# one line per piece: its formula and what it measures (``{target}`` is filled in)
-_DEFINITIONS = {
-    "teacher": ("teacher_err", "the teacher classifier h_T's error on the teacher's features"),
-    "fit": ("teacher_probe_err − teacher_err",
-            "what a probe fitted on the fit split loses against h_T on the teacher's own "
-            "features: the audit's data, not the student"),
-    "capacity": ("student_probe_err − teacher_probe_err",
-                 "same-recipe probes on the student's own features s(x) and on the "
-                 "teacher's t(x): what the student's features lack"),
-    "connector": ("connected_probe_err − student_probe_err",
-                  "same-recipe probes on z_S = p(s(x)) and on s(x): what the connector "
-                  "loses"),
-    "alignment": ("student_err − connected_probe_err",
-                  "h_T against a probe on z_S: features separable by a linear classifier, "
-                  "but not by h_T, the IJC violated"),
-    "head": ("student_own_err − student_probe_err",
-             "the student's own head against a probe on its own features s(x)"),
-    "representation": ("connected_probe_err − teacher_probe_err",
-                       "same-recipe probes on z_S and on t(x): capacity and connector "
-                       "together (the student's own features s were not given)"),
-}
-_HEAD_WITHOUT_S = ("student_own_err − connected_probe_err",
-                   "the student's own head against a probe on z_S (s was not given)")
+__all__ = ["ErrorBudget", "Piece", "error_budget"]
 
 
 @dataclass(frozen=True)
@@ -240,16 +181,16 @@ def _parts(tw, sw, tpw, cpw, spw, ow):
         rows.append(("head", ow - (spw if own_features else cpw)))
     parts = []
     for name, diff in rows:
-        formula, meaning = _DEFINITIONS[name]
+        formula, meaning = PIECE_DEFINITIONS[name]
         if name == "head" and not own_features:
-            formula, meaning = _HEAD_WITHOUT_S
+            formula, meaning = PIECE_DEFINITION_HEAD_WITHOUT_S
         parts.append((name, diff, formula, meaning))
     return target, total, parts
 
 
 def error_budget(*, teacher_wrong, student_wrong, teacher_probe_wrong, connected_probe_wrong,
-                 student_probe_wrong=None, own_wrong=None, bootstrap=None, n_bootstrap=1000,
-                 seed=0, level=0.95, n_fit=None):
+                 student_probe_wrong=None, own_wrong=None, bootstrap=None, n_bootstrap=N_BOOTSTRAP,
+                 seed=0, level=LEVEL, n_fit=None):
     """The audit's additive error budget with paired-bootstrap intervals and its diagnosis.
 
     Args (each indicator (n,) bool or 0/1, over the same evaluation samples, in the row
