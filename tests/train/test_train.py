@@ -23,7 +23,7 @@ from ijckd_bounds.models import build_model
 from ijckd_bounds.train import TrainConfig, distill, train_teacher
 from ijckd_bounds.train import objectives as objectives_module
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 BATCH = 128
 STEPS_PER_EPOCH = 1078 // BATCH  # digits train split: 60% of 1,797 images
 

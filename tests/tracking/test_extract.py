@@ -16,7 +16,7 @@ from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.tracking.extract import (MANIFEST, chunk_bounds, extract_features,
                                            load_extracted, split_fingerprint)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # 3 classes of JPEGs of 20-33 pixels: 2 train and 7 val images each
 TREE = {"classes": 3, "per_split": {"train": 2, "val": 7}, "sizes": (20, 33)}
 
@@ -168,8 +168,9 @@ def test_two_gloo_ranks_shard_and_rank0_merges_what_one_process_extracts(tmp_pat
 
     root = image_tree(tmp_path / "tree", **TREE)
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(tests=str(REPO / "tests"), root=str(root),
-                                    out=str(tmp_path / "two"), log=str(tmp_path), workers=1))
+    here = Path(__file__).resolve().parent  # the worker imports this module's helpers
+    script.write_text(WORKER.format(tests=str(here), root=str(root), out=str(tmp_path / "two"),
+                                    log=str(tmp_path), workers=1))
     run_two_ranks([sys.executable, str(script)], cwd=REPO)
 
     logs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

@@ -25,7 +25,7 @@ from ijckd_bounds.train import DataConfig, TrainConfig, distill
 from ijckd_bounds.train.distributed import DistContext, RunData
 from tests.gloo_ranks import free_port, run_two_ranks
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "experiments" / "imagenet"
 
 

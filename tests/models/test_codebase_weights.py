@@ -1,6 +1,6 @@
 """Teachers trained by RepDistiller and mdistiller load into the CIFAR zoo models.
 
-``data/cifar_codebase_keys.json.gz`` lists, for each CIFAR zoo architecture, the state-dict
+``tests/files/cifar_codebase_keys.json.gz`` lists, for each CIFAR zoo architecture, the state-dict
 keys and shapes of the same architecture as RepDistiller's and mdistiller's model
 definitions build it for 100 classes (recorded from their ``state_dict()``; both code bases
 give the same list). Each test builds a file in that code base's layout from the list (its
@@ -23,8 +23,8 @@ from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.models import build_model
 from ijckd_bounds.models.weights import load_torchvision_weights
 
-LAYOUTS = json.loads(gzip.decompress(
-    (Path(__file__).parent / "data" / "cifar_codebase_keys.json.gz").read_bytes()))["models"]
+KEYS_FILE = Path(__file__).resolve().parents[1] / "files" / "cifar_codebase_keys.json.gz"
+LAYOUTS = json.loads(gzip.decompress(KEYS_FILE.read_bytes()))["models"]
 CLASSES = 100
 SHAPE = (3, 32, 32)
 
