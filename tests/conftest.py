@@ -116,6 +116,31 @@ def copy_run():
     return copy
 
 
+@pytest.fixture
+def poison_kd_loss(monkeypatch):
+    """``poison_kd_loss(at_call, factor)``: from the ``at_call``-th call of KD's forward on,
+    its ``kl`` term (and so the loss) is multiplied by ``factor`` (nan, inf): a run that
+    diverges at a known step. Returns ``cure()``, which puts the real forward back."""
+    from ijckd_bounds.train import objectives
+
+    def poison(at_call, factor):
+        original = objectives.HintonKD.forward
+        calls = {"n": 0}
+
+        def poisoned(self, x, y):
+            terms, logits = original(self, x, y)
+            calls["n"] += 1
+            if calls["n"] >= at_call:
+                terms["kl"] = terms["kl"] * factor
+                terms["loss"] = terms["loss"] + terms["kl"]
+            return terms, logits
+
+        monkeypatch.setattr(objectives.HintonKD, "forward", poisoned)
+        return lambda: monkeypatch.setattr(objectives.HintonKD, "forward", original)
+
+    return poison
+
+
 # ------------------------------------------------------------------------- models
 
 

@@ -516,25 +516,12 @@ def test_diverging_run_stops_before_writing_nan_weights(tmp_path, run_cli):
 
 
 def test_nan_loss_through_the_cli_names_step_term_and_checkpoint(untracked_run, tmp_path,
-                                                                 monkeypatch, cli, run_cli,
+                                                                 poison_kd_loss, cli, run_cli,
                                                                  digits_runs):
-    from ijckd_bounds.train import objectives
-
-    original = objectives.HintonKD.forward
-    calls = {"n": 0}
     history = pd.read_csv(untracked_run / "history.csv")  # same data and batch size
     steps_per_epoch = int(history.loc[history["epoch"] == 1, "step"].iloc[0])
     poison_at = steps_per_epoch + 2
-
-    def poisoned(self, x, y):
-        terms, logits = original(self, x, y)
-        calls["n"] += 1
-        if calls["n"] >= poison_at:
-            terms["kl"] = terms["kl"] * float("inf")
-            terms["loss"] = terms["loss"] + terms["kl"]
-        return terms, logits
-
-    monkeypatch.setattr(objectives.HintonKD, "forward", poisoned)
+    cure = poison_kd_loss(poison_at, float("inf"))
     run_dir = tmp_path / "run"
     teacher = digits_runs / "teacher" / "teacher.pt"
     argv = ["distill", "method.name=kd", "model.student=mlp_small", "optim.epochs=3",
@@ -548,7 +535,7 @@ def test_nan_loss_through_the_cli_names_step_term_and_checkpoint(untracked_run, 
     state = read_checkpoint(good)["model"]["state_dict"]
     assert all(torch.isfinite(v).all() for v in state.values())
 
-    monkeypatch.setattr(objectives.HintonKD, "forward", original)
+    cure()
     cli(*argv, "--resume")  # the way back: resume from the named checkpoint
     assert sorted(os.listdir(run_dir / "checkpoints")) == [
         "epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt"]

@@ -271,6 +271,22 @@ def test_mlp_rejects_inputs_of_another_shape():
         model(torch.randn(2, 1, 41))
 
 
+def _adam_fit_and_score(model, x, y, x_test, y_test, *, epochs, batch_size, lr=1e-2):
+    """Train ``model`` with Adam and cross-entropy on shuffled batches (torch's global
+    generator); return its accuracy on (x_test, y_test)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(epochs):
+        model.train()
+        for batch in torch.randperm(len(x)).split(batch_size):
+            loss = F.cross_entropy(model(x[batch])[0], y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        return (model(x_test)[0].argmax(1) == y_test).float().mean().item()
+
+
 def test_cnn_large_learns_digits_quickly():
     from sklearn.datasets import load_digits
 
@@ -281,17 +297,8 @@ def test_cnn_large_learns_digits_quickly():
     train, test = order[:1200], order[1200:]
     torch.manual_seed(0)
     model = build_model("cnn_large", 10, (1, 8, 8))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(3):
-        model.train()
-        for batch in train[torch.randperm(len(train))].split(64):
-            loss = F.cross_entropy(model(x[batch])[0], y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        accuracy = (model(x[test])[0].argmax(1) == y[test]).float().mean().item()
+    accuracy = _adam_fit_and_score(model, x[train], y[train], x[test], y[test], epochs=3,
+                                   batch_size=64)
     assert accuracy > 0.9
 
 
@@ -308,17 +315,7 @@ def test_cnn_large_is_a_real_cnn_on_mnist1d():
     y_test = torch.tensor(data["y_test"])
     torch.manual_seed(0)
     model = build_model("cnn_large", 10, (1, 40))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(5):
-        model.train()
-        for batch in torch.randperm(len(x)).split(100):
-            loss = F.cross_entropy(model(x[batch])[0], y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        accuracy = (model(x_test)[0].argmax(1) == y_test).float().mean().item()
+    accuracy = _adam_fit_and_score(model, x, y, x_test, y_test, epochs=5, batch_size=100)
     assert accuracy > 0.85
 
 
