@@ -84,6 +84,7 @@ def test_audit_refuses_another_teacher_than_the_recorded_one(runs, tmp_path, cli
                      r"[0-9a-f]{12}\.\.\., recorded [0-9a-f]{12}\.\.\.\); omit --teacher", err)
 
 
+@pytest.mark.slow
 def test_audit_with_allow_other_teacher_warns_in_the_report(runs, tmp_path,
                                                             monkeypatch, cli):
     out = tmp_path / "audit"
@@ -302,6 +303,7 @@ def test_resume_skips_a_corrupt_latest_checkpoint_with_a_warning(runs, tmp_path,
     assert all(torch.equal(again[k], first[k]) for k in first)
 
 
+@pytest.mark.slow
 def test_a_tensors_run_is_tracked_and_audited_from_another_directory(tmp_path,
                                                                      monkeypatch, cli):
     work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"

@@ -739,6 +739,7 @@ def test_plot_reliability_draws_teacher_beside_student_with_bin_counts():
         plot_reliability(calibration.drop(columns="accuracy"), run="kd-s0")
 
 
+@pytest.mark.slow
 def test_make_all_figures_adds_the_fidelity_figure_and_a_reliability_diagram_per_run(
         tmp_path):
     bounds = synthetic_bounds(methods=("kd", "ijckd"), epochs=(0, 5, 10))
