@@ -208,7 +208,8 @@ def _meta(payload, path):
 
 @dataclass
 class LoadedTeacher:
-    """A frozen teacher. ``features(x) -> (z_t (n, d), logits (n, K))``.
+    """A frozen teacher, called like its model: ``teacher(x) -> (logits (n, K), z_t (n, d))``
+    (in eval mode, without gradients, on the model's device).
 
     ``source``: "checkpoint" (a teacher run's teacher.pt) or "torchvision_weights" (a
     torchvision-layout state dict loaded into zoo model ``meta["model_name"]``).
@@ -232,11 +233,10 @@ class LoadedTeacher:
                 "options": dict(self.meta.get("model_options") or {})}
 
     @torch.no_grad()
-    def features(self, x):
+    def __call__(self, x):
         self.model.eval()
         device = next(self.model.parameters()).device
-        logits, z_t = self.model(x.to(device))
-        return z_t, logits
+        return self.model(x.to(device))
 
     def to(self, device):
         self.model.to(device)

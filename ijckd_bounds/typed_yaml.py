@@ -10,6 +10,7 @@ import math
 import re
 import types
 import typing
+import warnings
 from pathlib import Path
 
 from ijckd_bounds.errors import IJCKDError, closest
@@ -166,6 +167,7 @@ def from_dict(cls, data, *, where="config"):
         data = {}
     if not isinstance(data, dict):
         raise IJCKDError(f"{where} must be a mapping, got {type(data).__name__}")
+    data = renamed_keys(cls, data, where=where, warn=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in data:
@@ -184,6 +186,26 @@ def from_dict(cls, data, *, where="config"):
         if isinstance(exc, IJCKDError):
             raise
         raise IJCKDError(f"{where}: {exc}") from None
+
+
+def renamed_keys(cls, data, *, where="config", warn=False):
+    """``data`` with the old key names of ``cls`` (its ``RENAMED_KEYS``: old -> new) under
+    their new names; with ``warn``, one warning line per old key read."""
+    renamed = getattr(cls, "RENAMED_KEYS", {})
+    if not renamed or not any(old in data for old in renamed):
+        return data
+    data = dict(data)
+    for old, new in renamed.items():
+        if old not in data:
+            continue
+        if new in data:
+            raise IJCKDError(f"{_join(where, old)} and {_join(where, new)} are both given: "
+                             f"{old} is the old name of {new}; keep only {new}")
+        if warn:
+            warnings.warn(f"config key {_join(where, old)} is now {_join(where, new)}; "
+                          f"read as {_join(where, new)}", FutureWarning, stacklevel=3)
+        data[new] = data.pop(old)
+    return data
 
 
 def _join(where, key):

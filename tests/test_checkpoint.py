@@ -139,7 +139,7 @@ def test_load_teacher_features_and_hash(tmp_path):
     loaded = load_teacher(path)
     assert loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     x = torch.randn(4, *SHAPE)
-    z_t, logits = loaded.features(x)
+    logits, z_t = loaded(x)
     teacher.eval()
     with torch.no_grad():
         expected_logits, expected_z = teacher(x)

@@ -47,7 +47,7 @@ def _list_config_keys():
             _echo(f"  {section}.{key} = {value!r}")
 
 
-def _train_config(args, *, teacher):
+def _train_config(args):
     from ijckd_bounds.typed_yaml import load_config
     from ijckd_bounds.train import TrainConfig
 
@@ -61,7 +61,7 @@ def _train_config(args, *, teacher):
 def cmd_train_teacher(args):
     from ijckd_bounds.train import train_teacher
 
-    cfg = _train_config(args, teacher=True)
+    cfg = _train_config(args)
     result = train_teacher(cfg, resume=args.resume)
     _echo(f"teacher written to {result.teacher_path}")
 
@@ -69,7 +69,7 @@ def cmd_train_teacher(args):
 def cmd_distill(args):
     from ijckd_bounds.train import distill
 
-    cfg = _train_config(args, teacher=False)
+    cfg = _train_config(args)
     callbacks = []
     if args.track:
         from ijckd_bounds.tracking.track import BoundTracker

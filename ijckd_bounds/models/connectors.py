@@ -21,10 +21,13 @@ References (checked against the public code, none copied):
   there: when the student's map is larger, it is average-pooled to the teacher's size
   *before* the projector (``input_size``); when it is smaller, the teacher's map is pooled
   to the student's size in the loss (``align_maps``).
-- ``PooledConnector``: SRRL's connector as in the SimKD repository (class ``SRRL``, and
-  the original jingyang2017/KD_SRRL ``transfer_conv``): conv1x1 without bias - BN - ReLU,
-  applied to the student's *pooled* feature vector (n, d_s, 1, 1), hence Linear - BN1d -
-  ReLU on (n, d_s).
+- ``PooledConnector``: SRRL's connector as in the SimKD repository (class ``SRRL``):
+  conv1x1 without bias - BN - ReLU, applied to the student's *pooled* feature vector
+  (n, d_s, 1, 1), hence Linear - BN1d - ReLU on (n, d_s). The original SRRL
+  (jingyang2017/KD_SRRL ``transfer_conv``) has the same layers but applies them to the
+  student's last feature map, before pooling: its feature loss compares the spatial means
+  of the connected map and of the teacher's map. This package implements the pooled
+  variant only.
 - ``FitNetRegressor``: RepDistiller's ``ConvReg`` (HobbitLong/RepDistiller,
   ``models/util.py``): a convolution chosen by the spatial sizes (3x3 stride 2 when the
   student map is twice the teacher's, 4x4 stride-2 transposed when half, a

@@ -15,7 +15,6 @@ and margin rows of a checkpoint are replaced as one block.
 
 import contextlib
 import fcntl
-import math
 import shutil
 from pathlib import Path
 
@@ -230,14 +229,6 @@ def collect(paths, *, kind="bounds"):
         table = table.drop_duplicates(subset=list(ROW_KEY), keep="last")
         check_bounds_table(table)
     return table
-
-
-def finite_or_nan(value):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return value if math.isfinite(value) else math.nan
 
 
 def remove_stale_temp_files(directory):

@@ -140,7 +140,7 @@ def teacher_features(teacher, splits, cache_path, *, batch_size=EVAL_BATCH_SIZE,
     teacher.to(device)
 
     def fn(x):
-        z_t, _ = teacher.features(x)
+        _, z_t = teacher(x)
         return {"z_t": z_t}
 
     arrays = {}
@@ -174,8 +174,8 @@ def _in_memory_teacher_features(teacher, splits, cache_path, batch_size, device)
     x_fit, y_fit = split_tensors(splits.fit, batch_size)
     x_eval, y_eval = split_tensors(splits.eval, batch_size)
     teacher.to(device)
-    z_t_fit, logits_t_fit = batched(teacher.features, x_fit, batch_size)
-    z_t, logits_t = batched(teacher.features, x_eval, batch_size)
+    _, z_t_fit = batched(teacher, x_fit, batch_size)
+    logits_t, z_t = batched(teacher, x_eval, batch_size)
     teacher.to("cpu")
     weight, bias = _classifier(teacher)
     cached = {"key": key, "z_t": z_t, "logits_t": logits_t, "y": y_eval.long(),

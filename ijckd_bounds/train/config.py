@@ -10,7 +10,7 @@ at ``None`` take the method's reference default (see ``ijckd_bounds.train.object
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.track_config import EVAL_BATCH_SIZE, TrackConfig
@@ -115,16 +115,21 @@ class OptimConfig:
 class MethodConfig:
     """Distillation method and its weights; ``None`` = the method's reference default.
 
-    ce_weight: cross-entropy; kl_weight: Hinton KL; alpha: logit (prediction) MSE (IJCKD);
-    beta: feature term (FitNet hint, SRRL, SimKD, IJCKD feature MSE); temperature: KD
-    temperature; reduction: bottleneck connector reduction (SimKD, IJCKD).
+    ce_weight: cross-entropy; kl_weight: Hinton KL; logit_weight: the logit (prediction)
+    MSE of IJCKD; feat_weight: the feature term (FitNet hint, SRRL's feature and logit
+    MSEs, SimKD, IJCKD's feature MSE); temperature: KD temperature; reduction: bottleneck
+    connector reduction (SimKD, IJCKD). The old names ``alpha`` and ``beta`` (which meant
+    different terms in SRRL and IJCKD) are read as logit_weight and feat_weight, with a
+    warning.
     """
+
+    RENAMED_KEYS: ClassVar[dict] = {"alpha": "logit_weight", "beta": "feat_weight"}
 
     name: str = "ce"  # train-teacher needs "ce"; distill: any of METHODS
     ce_weight: Optional[float] = None
     kl_weight: Optional[float] = None
-    alpha: Optional[float] = None
-    beta: Optional[float] = None
+    logit_weight: Optional[float] = None
+    feat_weight: Optional[float] = None
     temperature: Optional[float] = None
     reduction: Optional[int] = None
 

@@ -40,7 +40,8 @@ from ijckd_bounds.registry import Registry
 
 METHODS = Registry("method")
 
-WEIGHT_NAMES = ("ce_weight", "kl_weight", "alpha", "beta", "temperature", "reduction")
+WEIGHT_NAMES = ("ce_weight", "kl_weight", "logit_weight", "feat_weight", "temperature",
+                "reduction")
 
 
 # ------------------------------------------------------------------------- loss formulas
@@ -172,14 +173,14 @@ class HintonKD(Objective):
 
 @METHODS.register("fitnet")
 class FitNet(Objective):
-    """loss = ce_weight · CE(z_s, y) + kl_weight · KL_T + beta · MSE(r(s map), t map).
+    """loss = ce_weight · CE(z_s, y) + kl_weight · KL_T + feat_weight · MSE(r(s map), t map).
 
     ``r`` = ``FitNetRegressor`` (RepDistiller ``ConvReg``: conv - BN - ReLU), at the last
-    stage. Defaults ce 1, kl 0, beta 100 (RepDistiller: ``-a 0 -b 100``); the KL term is
+    stage. Defaults ce 1, kl 0, feat 100 (RepDistiller: ``-a 0 -b 100``); the KL term is
     skipped while kl_weight is 0 (the SimKD repo's script uses ``-d 1``)."""
 
     name = "fitnet"
-    defaults = {"ce_weight": 1.0, "kl_weight": 0.0, "beta": 100.0, "temperature": 4.0}
+    defaults = {"ce_weight": 1.0, "kl_weight": 0.0, "feat_weight": 100.0, "temperature": 4.0}
     term_names = ("loss", "ce", "kl", "hint_mse")
 
     @classmethod
@@ -197,23 +198,28 @@ class FitNet(Objective):
         kl = (hinton_kl(logits, t_logits, self.weights["temperature"])
               if self.weights["kl_weight"] else torch.zeros((), device=ce.device))
         loss = (self.weights["ce_weight"] * ce + self.weights["kl_weight"] * kl
-                + self.weights["beta"] * hint)
+                + self.weights["feat_weight"] * hint)
         return {"loss": loss, "ce": ce, "kl": kl, "hint_mse": hint}, logits
 
 
 @METHODS.register("srrl")
 class SRRL(Objective):
     """loss = ce_weight · CE(z_s, y) + kl_weight · KL_T
-              + beta · [MSE(p(s), t) + MSE(W_T p(s) + b_T, z_t)].
+              + feat_weight · [MSE(p(s), t) + MSE(W_T p(s) + b_T, z_t)].
 
     ``s``, ``t``: pooled student/teacher features; ``p`` = Linear(no bias) - BN - ReLU
     (a 1x1 conv on the pooled vector, SimKD repo class ``SRRL``); ``z_t`` teacher logits.
-    Defaults ce 1, kl 1, beta 1, T = 4 follow the SimKD repository's script
-    (``-c 1 -d 1 -b 1``); the original SRRL (jingyang2017/KD_SRRL) has no KL term: set
-    ``kl_weight=0`` to get it."""
+    ``feat_weight`` weights both MSEs alike (the script's single ``-b``). Defaults ce 1,
+    kl 1, feat 1, T = 4 follow the SimKD repository's script (``-c 1 -d 1 -b 1``).
+
+    This is the SimKD repository's variant: the connector acts on the pooled vector. The
+    original SRRL (Yang et al. 2021, jingyang2017/KD_SRRL) puts its connector on the
+    student's last feature map and pools after it (the losses compare spatial means of
+    the connected map), and has no KL term; ``kl_weight=0`` removes the KL term but does
+    not give the original, whose connector sees every spatial position."""
 
     name = "srrl"
-    defaults = {"ce_weight": 1.0, "kl_weight": 1.0, "beta": 1.0, "temperature": 4.0}
+    defaults = {"ce_weight": 1.0, "kl_weight": 1.0, "feat_weight": 1.0, "temperature": 4.0}
     term_names = ("loss", "ce", "kl", "feat_mse", "logit_mse")
 
     @classmethod
@@ -230,7 +236,7 @@ class SRRL(Objective):
         ce = F.cross_entropy(logits, y)
         kl = hinton_kl(logits, t_logits, self.weights["temperature"])
         loss = (self.weights["ce_weight"] * ce + self.weights["kl_weight"] * kl
-                + self.weights["beta"] * (feat + logit))
+                + self.weights["feat_weight"] * (feat + logit))
         return {"loss": loss, "ce": ce, "kl": kl, "feat_mse": feat, "logit_mse": logit}, logits
 
 
@@ -271,37 +277,37 @@ class _TeacherClassifierObjective(Objective):
 
 @METHODS.register("simkd")
 class SimKD(_TeacherClassifierObjective):
-    """loss = beta · MSE(p(s map), t map), the larger map average-pooled to the smaller
+    """loss = feat_weight · MSE(p(s map), t map), the larger map average-pooled to the smaller
     size. ``p`` = SimKD's bottleneck (1x1 - 3x3 - 1x1 conv, BN + ReLU after each,
-    reduction 2). Defaults beta 1 (SimKD repo ``-c 0 -d 0 -b 1``)."""
+    reduction 2). Defaults feat 1 (SimKD repo ``-c 0 -d 0 -b 1``)."""
 
     name = "simkd"
-    defaults = {"beta": 1.0, "reduction": 2}
+    defaults = {"feat_weight": 1.0, "reduction": 2}
     term_names = ("loss", "feat_mse")
 
     def forward(self, x, y):
         logits, feat, _ = self.project(x)
-        return {"loss": self.weights["beta"] * feat, "feat_mse": feat}, logits
+        return {"loss": self.weights["feat_weight"] * feat, "feat_mse": feat}, logits
 
 
 @METHODS.register("ijckd")
 class IJCKD(_TeacherClassifierObjective):
-    """loss = ce_weight · CE(h_T(z_S), y) + alpha · MSE(h_T(z_S), h_T(z_T))
-              + beta · MSE(p(s map), t map),
+    """loss = ce_weight · CE(h_T(z_S), y) + logit_weight · MSE(h_T(z_S), h_T(z_T))
+              + feat_weight · MSE(p(s map), t map),
 
     ``z_S = pool(p(s map))``, ``p`` the SimKD bottleneck, ``h_T(z_T)`` the teacher's
-    logits. Defaults ce 1, alpha 1, beta 1, reduction 2."""
+    logits. Defaults ce 1, logit 1, feat 1, reduction 2."""
 
     name = "ijckd"
-    defaults = {"ce_weight": 1.0, "alpha": 1.0, "beta": 1.0, "reduction": 2}
+    defaults = {"ce_weight": 1.0, "logit_weight": 1.0, "feat_weight": 1.0, "reduction": 2}
     term_names = ("loss", "ce", "logit_mse", "feat_mse")
 
     def forward(self, x, y):
         logits, feat, t_logits = self.project(x)
         ce = F.cross_entropy(logits, y)
         logit = F.mse_loss(logits, t_logits)
-        loss = (self.weights["ce_weight"] * ce + self.weights["alpha"] * logit
-                + self.weights["beta"] * feat)
+        loss = (self.weights["ce_weight"] * ce + self.weights["logit_weight"] * logit
+                + self.weights["feat_weight"] * feat)
         return {"loss": loss, "ce": ce, "logit_mse": logit, "feat_mse": feat}, logits
 
 

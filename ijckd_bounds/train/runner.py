@@ -21,15 +21,17 @@ from ijckd_bounds import __version__
 from ijckd_bounds.checkpoint import (capture_rng, connector_entry, load_state_checked,
                                      load_teacher, load_teacher_weights, model_entry,
                                      read_checkpoint, restore_rng, write_checkpoint)
-from ijckd_bounds.typed_yaml import to_dict
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.io import atomic_write_text, check_writable_dir
+from ijckd_bounds.runtime import progress_modes
 from ijckd_bounds.train.callbacks import (HISTORY_CSV, STEPS_CSV, HistoryWriter, ProgressBars,
-                                          TensorBoardLogger, progress_modes, truncate_logs)
+                                          TensorBoardLogger, truncate_logs)
+from ijckd_bounds.train.config import MethodConfig
 from ijckd_bounds.train.distributed import (Precision, RunData, init_distributed,
                                             shutdown_distributed)
 from ijckd_bounds.train.loop import TrainState, fit
 from ijckd_bounds.train.objectives import METHODS, build_objective
+from ijckd_bounds.typed_yaml import renamed_keys, to_dict
 
 log = logging.getLogger("ijckd_bounds.train")
 
@@ -99,7 +101,11 @@ def _flatten(tree, prefix=""):
 
 def config_difference(saved, current):
     """The first config key (sorted) whose value changes what is trained, as
-    ``(key, saved value, current value)``; None when both configs train the same run."""
+    ``(key, saved value, current value)``; None when both configs train the same run. A
+    saved config's old key names (``method.alpha``, ``method.beta``) count as the new ones."""
+    method = (saved or {}).get("method")
+    if isinstance(method, dict):
+        saved = {**saved, "method": renamed_keys(MethodConfig, method, where="config.method")}
     saved_flat, current_flat = _flatten(saved), _flatten(current)
     for key in sorted(set(saved_flat) | set(current_flat)):
         if key in _RESUME_FREE or key.startswith(_RESUME_FREE_SECTIONS):

@@ -208,7 +208,7 @@ def reference_terms(method, weights, student, teacher, connector, x, y):
         terms["ce"] = cross_entropy(s_logits, y)
         terms["kl"] = 0.0
         terms["hint_mse"] = mse(regressed, t_map)
-        terms["loss"] = weights["ce_weight"] * terms["ce"] + weights["beta"] * terms["hint_mse"]
+        terms["loss"] = weights["ce_weight"] * terms["ce"] + weights["feat_weight"] * terms["hint_mse"]
         return terms, s_logits
     if method == "srrl":
         lin, bn = connector.transfer[0], connector.transfer[1]
@@ -219,7 +219,7 @@ def reference_terms(method, weights, student, teacher, connector, x, y):
         terms["feat_mse"] = mse(projected, t_pooled)
         terms["logit_mse"] = mse(projected @ w_t.T + b_t, t_logits)
         terms["loss"] = (weights["ce_weight"] * terms["ce"] + weights["kl_weight"] * terms["kl"]
-                         + weights["beta"] * (terms["feat_mse"] + terms["logit_mse"]))
+                         + weights["feat_weight"] * (terms["feat_mse"] + terms["logit_mse"]))
         return terms, s_logits
     # simkd / ijckd: projector on the student map, teacher classifier on the pooled result
     projected = bottleneck_np(connector, s_map)
@@ -229,7 +229,7 @@ def reference_terms(method, weights, student, teacher, connector, x, y):
     logits = gap(projected) @ w_t.T + b_t
     terms["feat_mse"] = mse(projected, target)
     if method == "simkd":
-        terms["loss"] = weights["beta"] * terms["feat_mse"]
+        terms["loss"] = weights["feat_weight"] * terms["feat_mse"]
         return terms, logits
     if method == "ce_connector":
         terms = {"ce": cross_entropy(logits, y)}
@@ -237,8 +237,8 @@ def reference_terms(method, weights, student, teacher, connector, x, y):
         return terms, logits
     terms["ce"] = cross_entropy(logits, y)
     terms["logit_mse"] = mse(logits, t_logits)
-    terms["loss"] = (weights["ce_weight"] * terms["ce"] + weights["alpha"] * terms["logit_mse"]
-                     + weights["beta"] * terms["feat_mse"])
+    terms["loss"] = (weights["ce_weight"] * terms["ce"] + weights["logit_weight"] * terms["logit_mse"]
+                     + weights["feat_weight"] * terms["feat_mse"])
     return terms, logits
 
 
@@ -287,10 +287,10 @@ def test_reference_defaults_of_each_method():
     expect = {
         "ce": {"ce_weight": 1.0},
         "kd": {"ce_weight": 0.1, "kl_weight": 0.9, "temperature": 4.0},
-        "fitnet": {"ce_weight": 1.0, "kl_weight": 0.0, "beta": 100.0, "temperature": 4.0},
-        "srrl": {"ce_weight": 1.0, "kl_weight": 1.0, "beta": 1.0, "temperature": 4.0},
-        "simkd": {"beta": 1.0, "reduction": 2},
-        "ijckd": {"ce_weight": 1.0, "alpha": 1.0, "beta": 1.0, "reduction": 2},
+        "fitnet": {"ce_weight": 1.0, "kl_weight": 0.0, "feat_weight": 100.0, "temperature": 4.0},
+        "srrl": {"ce_weight": 1.0, "kl_weight": 1.0, "feat_weight": 1.0, "temperature": 4.0},
+        "simkd": {"feat_weight": 1.0, "reduction": 2},
+        "ijckd": {"ce_weight": 1.0, "logit_weight": 1.0, "feat_weight": 1.0, "reduction": 2},
         "ce_connector": {"ce_weight": 1.0, "reduction": 2},
     }
     for name, weights in expect.items():
@@ -301,7 +301,8 @@ def test_reference_defaults_of_each_method():
 def test_configured_weights_change_the_loss_as_the_formula_says():
     student, teacher = _models("conv")
     x, y = _batch()
-    objective = build_objective(MethodConfig(name="ijckd", ce_weight=0.5, alpha=3.0, beta=0.25),
+    objective = build_objective(MethodConfig(name="ijckd", ce_weight=0.5, logit_weight=3.0,
+                                              feat_weight=0.25),
                                 student, teacher, x[:2])
     terms, _ = objective(x, y)
     combined = 0.5 * terms["ce"] + 3.0 * terms["logit_mse"] + 0.25 * terms["feat_mse"]
@@ -314,9 +315,9 @@ def test_unknown_method_and_unused_weight_fail_with_one_line():
     with pytest.raises(IJCKDError, match=r"unknown method 'ijkd'.*did you mean 'ijckd'.*valid: ce, "
                                          r"ce_connector, fitnet, ijckd, kd, simkd, srrl"):
         build_objective(MethodConfig(name="ijkd"), student, teacher, x[:2])
-    with pytest.raises(IJCKDError, match=r"method.alpha is not used by method 'kd'; it uses "
+    with pytest.raises(IJCKDError, match=r"method.logit_weight is not used by method 'kd'; it uses "
                                          r"ce_weight, kl_weight, temperature"):
-        build_objective(MethodConfig(name="kd", alpha=1.0), student, teacher, x[:2])
+        build_objective(MethodConfig(name="kd", logit_weight=1.0), student, teacher, x[:2])
     with pytest.raises(IJCKDError, match="needs a teacher"):
         build_objective(MethodConfig(name="simkd"), student, None, x[:2])
     with pytest.raises(IJCKDError, match="temperature must be positive"):

@@ -87,7 +87,7 @@ def test_teacher_run_writes_the_documented_layout(teacher, digits):
     assert float(history[-1]["best_eval_acc"]) == pytest.approx(best)
     # The logged eval accuracy is what the saved teacher really scores on the eval split.
     loaded = load_teacher(teacher.teacher_path)
-    _, logits = loaded.features(digits.eval.inputs)
+    logits, _ = loaded(digits.eval.inputs)
     assert float(history[-1]["eval_acc"]) == pytest.approx(accuracy(logits, digits.eval.labels))
     assert accuracy(logits, digits.eval.labels) > 0.85
     assert loaded.meta["dataset"]["name"] == "digits"
