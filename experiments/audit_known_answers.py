@@ -13,7 +13,7 @@ students:
     python experiments/audit_known_answers.py --seeds 60 --n-fit 300
 
 prints, per student, how often each diagnosis was named over the seeds and the mean of each
-piece. The tests (tests/test_audit_known_answers.py) use the same students.
+piece. The tests (tests/app/test_audit_known_answers.py) use the same students.
 """
 
 import argparse

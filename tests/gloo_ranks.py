@@ -1,7 +1,9 @@
-"""Run one command as two torch.distributed (gloo) ranks on this machine.
+"""Run one command as two torch.distributed (gloo) ranks on this machine, or as one
+process outside any group.
 
 Shared by the tests of the multi-process paths: DDP training, sharded feature
-extraction, tracking under torchrun. Not a test module itself.
+extraction, tracking under torchrun, and the subprocesses that tests kill and resume.
+Not a test module itself.
 """
 
 import os
@@ -14,6 +16,15 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def one_process_env():
+    """This environment without torchrun's variables, one OpenMP thread, unbuffered output:
+    for a subprocess that must run as a single process, whatever launched the tests."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    return env
 
 
 def run_two_ranks(command, *, cwd=None, timeout=180):

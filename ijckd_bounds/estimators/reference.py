@@ -29,7 +29,7 @@
   term from weighted sums, ĥ*'s choice included, and MMD² as the weighted U-statistic
   ``wᵀHw / Σ_{i≠j} w_i w_j``. Percentile intervals, widened to contain the estimate.
 
-It is the reference of ``tests/test_reference.py`` (every column of a report) and the
+It is the reference of ``tests/estimators/test_reference.py`` (every column of a report) and the
 stack ``benchmarks/bench_estimators.py`` times against the report. Memory: two to three
 n×n float64 matrices.
 """

@@ -21,7 +21,7 @@ from ijckd_bounds.app.compare import (Published, compare_markdown, compare_runs,
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.intervals import t_interval, welch_interval
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 T_975_2 = stats.t.ppf(0.975, 2)  # three seeds
 
 

@@ -50,10 +50,6 @@ CIFAR_MAPS = {
 SMALL = ("mlp_large", "mlp_small", "cnn_large", "cnn_small")
 
 
-def count_parameters(model):
-    return sum(p.numel() for p in model.parameters())
-
-
 # ---------------------------------------------------------------- registry
 
 
@@ -79,7 +75,7 @@ def test_unknown_model_suggests_closest_name():
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_PARAMETERS))
-def test_cifar_parameter_count_matches_reference(name):
+def test_cifar_parameter_count_matches_reference(name, count_parameters):
     model = build_model(name, 100, CIFAR)
     assert count_parameters(model) == REFERENCE_PARAMETERS[name]
 
@@ -124,7 +120,7 @@ def closed_form_wrn_parameters(depth, widen, num_classes):
     ("resnet8x4", 8, (32, 64, 128, 256)),
     ("resnet32x4", 32, (32, 64, 128, 256)),
 ])
-def test_resnet_parameter_count_matches_closed_form(name, depth, widths):
+def test_resnet_parameter_count_matches_closed_form(name, depth, widths, count_parameters):
     for num_classes in (10, 100):
         model = build_model(name, num_classes, CIFAR)
         assert count_parameters(model) == closed_form_resnet_parameters(depth, widths,
@@ -132,7 +128,7 @@ def test_resnet_parameter_count_matches_closed_form(name, depth, widths):
 
 
 @pytest.mark.parametrize("name,depth", [("wrn_40_2", 40), ("wrn_16_2", 16)])
-def test_wrn_parameter_count_matches_closed_form(name, depth):
+def test_wrn_parameter_count_matches_closed_form(name, depth, count_parameters):
     assert count_parameters(build_model(name, 10, CIFAR)) == closed_form_wrn_parameters(
         depth, 2, 10)
 
@@ -180,7 +176,7 @@ def test_cifar_model_trains_in_train_mode_and_takes_grey_images():
     assert model.conv1.weight.grad is not None and model.conv1.weight.grad.abs().sum() > 0
 
 
-def test_vgg_pools_before_its_last_stage_only_for_large_inputs():
+def test_vgg_pools_before_its_last_stage_only_for_large_inputs(count_parameters):
     small = build_model("vgg8", 10, (3, 32, 32))
     large = build_model("vgg8", 10, (3, 64, 64))
     pools = lambda m: sum(isinstance(layer, nn.MaxPool2d) for layer in m.modules())  # noqa: E731
@@ -247,7 +243,7 @@ def test_small_models_contract(name, feature_dim, shape):
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 40)])
-def test_students_are_clearly_smaller_than_teachers(shape):
+def test_students_are_clearly_smaller_than_teachers(shape, count_parameters):
     for teacher, student in (("mlp_large", "mlp_small"), ("cnn_large", "cnn_small")):
         big = count_parameters(build_model(teacher, 10, shape))
         small = count_parameters(build_model(student, 10, shape))
@@ -275,6 +271,22 @@ def test_mlp_rejects_inputs_of_another_shape():
         model(torch.randn(2, 1, 41))
 
 
+def _adam_fit_and_score(model, x, y, x_test, y_test, *, epochs, batch_size, lr=1e-2):
+    """Train ``model`` with Adam and cross-entropy on shuffled batches (torch's global
+    generator); return its accuracy on (x_test, y_test)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(epochs):
+        model.train()
+        for batch in torch.randperm(len(x)).split(batch_size):
+            loss = F.cross_entropy(model(x[batch])[0], y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        return (model(x_test)[0].argmax(1) == y_test).float().mean().item()
+
+
 def test_cnn_large_learns_digits_quickly():
     from sklearn.datasets import load_digits
 
@@ -285,17 +297,8 @@ def test_cnn_large_learns_digits_quickly():
     train, test = order[:1200], order[1200:]
     torch.manual_seed(0)
     model = build_model("cnn_large", 10, (1, 8, 8))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(3):
-        model.train()
-        for batch in train[torch.randperm(len(train))].split(64):
-            loss = F.cross_entropy(model(x[batch])[0], y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        accuracy = (model(x[test])[0].argmax(1) == y[test]).float().mean().item()
+    accuracy = _adam_fit_and_score(model, x[train], y[train], x[test], y[test], epochs=3,
+                                   batch_size=64)
     assert accuracy > 0.9
 
 
@@ -312,71 +315,14 @@ def test_cnn_large_is_a_real_cnn_on_mnist1d():
     y_test = torch.tensor(data["y_test"])
     torch.manual_seed(0)
     model = build_model("cnn_large", 10, (1, 40))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(5):
-        model.train()
-        for batch in torch.randperm(len(x)).split(100):
-            loss = F.cross_entropy(model(x[batch])[0], y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        accuracy = (model(x_test)[0].argmax(1) == y_test).float().mean().item()
+    accuracy = _adam_fit_and_score(model, x, y, x_test, y_test, epochs=5, batch_size=100)
     assert accuracy > 0.85
 
 
 # ---------------------------------------------------------------- FeatureModel
 
 
-class TinyBasicBlock(nn.Module):
-    def __init__(self, in_channels, out_channels, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.downsample = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                nn.BatchNorm2d(out_channels))
-
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + identity)
-
-
-class TinyTorchvisionResNet(nn.Module):
-    """torchvision's ResNet layout and names at toy widths (8, 16, 16, 32)."""
-
-    def __init__(self, num_classes=5):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = nn.Sequential(TinyBasicBlock(8, 8))
-        self.layer2 = nn.Sequential(TinyBasicBlock(8, 16, 2))
-        self.layer3 = nn.Sequential(TinyBasicBlock(16, 16, 2))
-        self.layer4 = nn.Sequential(TinyBasicBlock(16, 32, 2))
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(32, num_classes)
-
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-def wrapped_resnet(seed=0, map_layer="layer4"):
-    torch.manual_seed(seed)
-    return FeatureModel(TinyTorchvisionResNet(), "avgpool", "fc", map_layer=map_layer)
-
-
-def test_feature_model_matches_the_wrapped_module():
+def test_feature_model_matches_the_wrapped_module(wrapped_resnet):
     model = wrapped_resnet().eval()
     inner = model.module
     x = torch.randn(2, 3, 32, 32)
@@ -395,14 +341,14 @@ def test_feature_model_matches_the_wrapped_module():
     assert all(not m._forward_hooks for m in inner.modules())
 
 
-def test_feature_model_without_map_layer_returns_features_as_map():
+def test_feature_model_without_map_layer_returns_features_as_map(wrapped_resnet):
     model = wrapped_resnet(map_layer=None).eval()
     with torch.no_grad():
         _, features, fmap = model.forward_with_map(torch.randn(2, 3, 32, 32))
     assert fmap is features
 
 
-def test_feature_model_gradients_reach_the_wrapped_module():
+def test_feature_model_gradients_reach_the_wrapped_module(wrapped_resnet):
     model = wrapped_resnet().train()
     logits, features = model(torch.randn(2, 3, 32, 32))
     (F.cross_entropy(logits, torch.tensor([1, 2])) + features.square().mean()).backward()
@@ -410,24 +356,24 @@ def test_feature_model_gradients_reach_the_wrapped_module():
     assert model.classifier.weight.grad.abs().sum() > 0
 
 
-def test_feature_model_state_dict_has_the_module_keys():
+def test_feature_model_state_dict_has_the_module_keys(wrapped_resnet, tiny_torchvision_resnet):
     model = wrapped_resnet(seed=0)
-    bare = TinyTorchvisionResNet()
+    bare = tiny_torchvision_resnet()
     assert list(model.state_dict()) == list(bare.state_dict())
     # A bare module's checkpoint loads into a wrapper and vice versa.
     torch.manual_seed(1)
-    other = TinyTorchvisionResNet().eval()
+    other = tiny_torchvision_resnet().eval()
     model.load_state_dict(other.state_dict())
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model.eval()(x)[0], other(x))
-    fresh = TinyTorchvisionResNet().eval()
+    fresh = tiny_torchvision_resnet().eval()
     fresh.load_state_dict(wrapped_resnet(seed=2).state_dict())
     with torch.no_grad():
         assert torch.equal(fresh(x), wrapped_resnet(seed=2).eval()(x)[0])
 
 
-def test_feature_model_state_dict_inside_a_container():
+def test_feature_model_state_dict_inside_a_container(wrapped_resnet):
     holder = nn.ModuleDict({"student": wrapped_resnet(seed=0), "head": nn.Linear(3, 2)})
     keys = list(holder.state_dict())
     assert "student.layer1.0.conv1.weight" in keys and "head.weight" in keys
@@ -439,7 +385,7 @@ def test_feature_model_state_dict_inside_a_container():
         assert torch.equal(a, b), name
 
 
-def test_feature_model_reports_missing_keys_without_the_wrapper_prefix():
+def test_feature_model_reports_missing_keys_without_the_wrapper_prefix(wrapped_resnet):
     model = wrapped_resnet()
     state = model.state_dict()
     del state["fc.bias"]
@@ -449,7 +395,7 @@ def test_feature_model_reports_missing_keys_without_the_wrapper_prefix():
     assert result.unexpected_keys == ["extra.weight"]
 
 
-def test_feature_model_survives_deepcopy():
+def test_feature_model_survives_deepcopy(wrapped_resnet):
     model = wrapped_resnet()
     twin = copy.deepcopy(model)
     with torch.no_grad():
@@ -462,27 +408,27 @@ def test_feature_model_survives_deepcopy():
         assert torch.equal(twin.eval()(x)[0], twin.module(x))
 
 
-def test_feature_model_unknown_layer_lists_close_names():
+def test_feature_model_unknown_layer_lists_close_names(tiny_torchvision_resnet):
     with pytest.raises(IJCKDError, match=r"`feature_layer` 'avgpol'.*close names: avgpool"):
-        FeatureModel(TinyTorchvisionResNet(), "avgpol", "fc")
+        FeatureModel(tiny_torchvision_resnet(), "avgpol", "fc")
     with pytest.raises(IJCKDError, match=r"`map_layer` 'layer5'.*layer4"):
-        FeatureModel(TinyTorchvisionResNet(), "avgpool", "fc", map_layer="layer5")
+        FeatureModel(tiny_torchvision_resnet(), "avgpool", "fc", map_layer="layer5")
 
 
-def test_feature_model_classifier_must_be_linear():
+def test_feature_model_classifier_must_be_linear(tiny_torchvision_resnet):
     with pytest.raises(IJCKDError, match=r"`classifier_layer` 'layer4' must be an nn.Linear, "
                                          r"got Sequential"):
-        FeatureModel(TinyTorchvisionResNet(), "avgpool", "layer4")
+        FeatureModel(tiny_torchvision_resnet(), "avgpool", "layer4")
 
 
-def test_feature_model_checks_the_feature_width():
-    model = FeatureModel(TinyTorchvisionResNet(), "layer3", "fc")
+def test_feature_model_checks_the_feature_width(tiny_torchvision_resnet):
+    model = FeatureModel(tiny_torchvision_resnet(), "layer3", "fc")
     with pytest.raises(IJCKDError, match=r"must give \(n, 32\) features"):
         model(torch.randn(2, 3, 32, 32))
 
 
-def test_feature_model_layer_never_called():
-    module = TinyTorchvisionResNet()
+def test_feature_model_layer_never_called(tiny_torchvision_resnet):
+    module = tiny_torchvision_resnet()
     module.unused = nn.Identity()
     model = FeatureModel(module, "avgpool", "fc", map_layer="unused")
     with pytest.raises(IJCKDError, match="'unused'.*not called"):

@@ -22,7 +22,7 @@ from scipy.stats import binom
 
 from ijckd_bounds.estimators import debiased_cka, median_bandwidth, mmd2
 
-_PATH = Path(__file__).resolve().parents[1] / "experiments" / "validity.py"
+_PATH = Path(__file__).resolve().parents[2] / "experiments" / "validity.py"
 _SPEC = importlib.util.spec_from_file_location("validity_experiment", _PATH)
 validity = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(validity)

@@ -41,6 +41,7 @@ from ijckd_bounds.plotting.figures import (
 )
 from ijckd_bounds.plotting.style import (
     BOUND_STYLES,
+    DECOMPOSITION_STYLES,
     STUDENT_UNDER_BOUNDS_STYLE,
     contrast_on_white,
     darker,
@@ -260,7 +261,14 @@ def test_plot_bounds_one_panel_per_method_with_the_estimate_dashed(bounds_df):
     assert len(fig.axes) == bounds_df["method"].nunique()
     legend = {t.get_text() for t in fig.legends[0].get_texts()}
     assert schema.LABELS["bound_ben_david"] in legend
-    assert "(estimate)" in schema.LABELS["bound_ben_david"]
+    # in the legend, the estimate (and only it) is drawn dashed, the exact bounds solid
+    legend_styles = {t.get_text(): h.get_linestyle()
+                     for t, h in zip(fig.legends[0].get_texts(), fig.legends[0].legend_handles)}
+    bound_labels = [schema.LABELS[b] for b in schema.BOUNDS]
+    assert set(bound_labels) <= set(legend_styles)
+    assert [legend_styles[label] for label in bound_labels] == [
+        "--" if "(estimate)" in label else "-" for label in bound_labels]
+    assert "--" in legend_styles.values()
     ijckd_ax = next(ax for ax in fig.axes if ax.get_title(loc="left") == "IJCKD")
     styles = {to_hex(ln.get_color()): ln.get_linestyle() for ln in data_lines(ijckd_ax)}
     assert styles["#882255"] == "--"  # Ben-David estimate
@@ -268,9 +276,10 @@ def test_plot_bounds_one_panel_per_method_with_the_estimate_dashed(bounds_df):
     rows = bounds_df[bounds_df["run"] == "ijckd-s0"].sort_values("epoch")
     student = _student_line(ijckd_ax)
     np.testing.assert_allclose(student.get_ydata(), rows["student_err"] * 100)
-    # the exact coupled bound lies on or above the student's error everywhere
-    coupled = _bound_line(ijckd_ax, "bound_coupled")
-    assert np.all(coupled.get_ydata() >= student.get_ydata())
+    # every bound is drawn at the table's values, in percent
+    for bound in schema.BOUNDS:
+        np.testing.assert_allclose(_bound_line(ijckd_ax, bound).get_ydata(), rows[bound] * 100,
+                                   err_msg=bound)
     single = plot_bounds(bounds_df, method="kd")
     assert len(single.axes) == 1 and single.axes[0].get_title(loc="left") == "KD (3 seeds)"
     # the Markov bounds exceed 100%: the panel says they run off scale
@@ -370,7 +379,16 @@ def test_plot_decomposition_draws_the_transfer_gap_within_disagreement(bounds_df
     gap = by_colour["#cc6677"].get_ydata()
     np.testing.assert_allclose(gap, (rows["student_err"] - rows["teacher_err"]) * 100)
     np.testing.assert_allclose(by_colour["#332288"].get_ydata(), rows["disagreement"] * 100)
-    assert np.all(np.abs(gap) <= by_colour["#332288"].get_ydata())
+    # δ, teacher_err and ijc_gap are drawn with their interval; the gap, which the table
+    # gives no interval for, without one
+    bands = {to_hex(band.get_facecolor()[0]): band for band in ax.collections}
+    assert set(bands) == {DECOMPOSITION_STYLES[t]["color"]
+                          for t in ("teacher_err", "disagreement", "ijc_gap")}
+    band_y = bands["#332288"].get_paths()[0].vertices[:, 1]
+    for edge in ("disagreement_lo", "disagreement_hi"):
+        assert all(np.isclose(band_y, 100 * v).any() for v in rows[edge]), edge
+    assert band_y.min() >= 100 * rows["disagreement_lo"].min() - 1e-9
+    assert band_y.max() <= 100 * rows["disagreement_hi"].max() + 1e-9
     assert len(plot_decomposition(bounds_df).axes) == bounds_df["method"].nunique()
 
 
@@ -690,14 +708,22 @@ def test_plot_reliability_draws_teacher_beside_student_with_bin_counts():
         gaps = top.containers[1]
         assert np.allclose([g.get_height() for g in gaps],
                            (mine["confidence"] - mine["accuracy"]).abs())
+        # each gap spans from the bin's accuracy to its confidence
+        assert np.allclose([g.get_y() for g in gaps],
+                           np.minimum(mine["confidence"], mine["accuracy"]))
+        centres = [b.get_x() + b.get_width() / 2 for b in bars]
+        assert np.allclose(centres, (mine["bin_lo"] + mine["bin_hi"]) / 2)
         assert np.allclose([b.get_height() for b in counts.containers[0]], mine["n"])
         assert counts.get_yscale() == "log"
         assert f"{int(mine['n'].sum())} samples" in top.get_title(loc="left")
     assert "student (KD)" in top_student.get_title(loc="left")
     assert "epoch 10" in fig._suptitle.get_text()
-    # the student's bars sit under the diagonal (over-confident), the teacher's on it
-    assert (last.loc[last["model"] == "student", "accuracy"].dropna()
-            < last.loc[last["model"] == "student", "confidence"].dropna()).all()
+    # as drawn, the student's bars sit under the diagonal y = x (over-confident), the
+    # teacher's reach it
+    for bars, below in ((top_student.containers[0], True), (top_teacher.containers[0], False)):
+        heights = np.array([b.get_height() for b in bars])
+        centres = np.array([b.get_x() + b.get_width() / 2 for b in bars])
+        assert np.all(heights < centres) if below else np.allclose(heights, centres)
     earlier = plot_reliability(calibration, run="kd-s0", epoch=5)
     first = calibration[(calibration["run"] == "kd-s0") & (calibration["epoch"] == 5)
                         & (calibration["model"] == "student") & (calibration["n"] > 0)]
@@ -713,6 +739,7 @@ def test_plot_reliability_draws_teacher_beside_student_with_bin_counts():
         plot_reliability(calibration.drop(columns="accuracy"), run="kd-s0")
 
 
+@pytest.mark.slow
 def test_make_all_figures_adds_the_fidelity_figure_and_a_reliability_diagram_per_run(
         tmp_path):
     bounds = synthetic_bounds(methods=("kd", "ijckd"), epochs=(0, 5, 10))

@@ -2,7 +2,6 @@
 torchvision-layout weights file, ResNet-34 -> ResNet-18 IJCKD at 32 pixels, checkpoints,
 resumption, streamed bound tracking online and offline, and the recipe's files."""
 
-import hashlib
 import json
 import os
 import subprocess
@@ -13,7 +12,6 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 from ijckd_bounds.app import cli
 from ijckd_bounds.checkpoint import load_student, load_teacher_from, load_teacher_weights
@@ -27,74 +25,31 @@ from ijckd_bounds.train import DataConfig, TrainConfig, distill
 from ijckd_bounds.train.distributed import DistContext, RunData
 from tests.gloo_ranks import free_port, run_two_ranks
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "experiments" / "imagenet"
-CLASSES = 4
-SMALL = {"image_size": 32, "resize": 36}
-
-
-def write_tree(root, seed=0):
-    """4 classes; 8 train and 6 val JPEGs each (val: 12 fit + 12 eval), 36-52 pixels."""
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", 8), ("val", 6)):
-        for k in range(CLASSES):
-            folder = Path(root) / split / f"n{k:08d}"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                height, width = rng.integers(36, 53, size=2)
-                pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-                pixels[..., k % 3] = pixels[..., k % 3] // 4 + 40 * k  # class-dependent colour
-                Image.fromarray(pixels).save(folder / f"img{i:02d}.JPEG", quality=90)
-    return Path(root)
-
-
-def sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def save_torchvision_style(state_dict, folder, name):
-    """Save like torchvision's files: ``<name>-<first 8 hex of the sha256>.pth``."""
-    tmp = Path(folder) / f"{name}.tmp"
-    torch.save(state_dict, tmp)
-    path = Path(folder) / f"{name}-{sha256(tmp)[:8]}.pth"
-    tmp.rename(path)
-    return path
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    return write_tree(tmp_path_factory.mktemp("imagenet_tree"))
+def tree(tmp_path_factory, imagenet_toy):
+    return imagenet_toy.write_tree(tmp_path_factory.mktemp("imagenet_tree"))
 
 
 @pytest.fixture(scope="module")
-def resnet18_weights(tmp_path_factory):
+def resnet18_weights(tmp_path_factory, imagenet_toy):
     torch.manual_seed(1)
-    model = build_model("resnet18", CLASSES, (3, 32, 32))
-    return save_torchvision_style(model.state_dict(), tmp_path_factory.mktemp("w18"), "resnet18")
-
-
-def distill_tree(tree, run_dir, **sections):
-    base = {"data": {"name": "imagefolder", "data_dir": str(tree), "options": dict(SMALL),
-                     "batch_size": 8, "eval_batch_size": 16},
-            "model": {"teacher": "resnet18", "student": "resnet18"},
-            "method": {"name": "ijckd", "ce_weight": 1.0, "logit_weight": 1.0,
-                       "feat_weight": 1.0},
-            "optim": {"epochs": 2, "lr": 0.01, "weight_decay": 1e-4, "schedule": "multistep",
-                      "milestones": [1]},
-            "run": {"run_dir": str(run_dir), "device": "cpu", "progress": False},
-            "track": {"n_bootstrap": 50, "n_permutations": 20, "chunk_size": 8,
-                      "batch_size": 8}}
-    for section, values in sections.items():
-        base[section] = {**base.get(section, {}), **values}
-    return base
+    model = build_model("resnet18", imagenet_toy.classes, (3, 32, 32))
+    return imagenet_toy.save_torchvision_style(model.state_dict(), tmp_path_factory.mktemp("w18"),
+                                               "resnet18")
 
 
 # ----------------------------------------------------------------------- teacher weights
 
 
-def test_teacher_weights_file_loads_into_the_named_architecture(tree, resnet18_weights):
-    teacher = load_teacher_weights(resnet18_weights, "resnet18", CLASSES, (3, 32, 32))
-    model = build_model("resnet18", CLASSES, (3, 32, 32))
+def test_teacher_weights_file_loads_into_the_named_architecture(tree, resnet18_weights,
+                                                                imagenet_toy):
+    teacher = load_teacher_weights(resnet18_weights, "resnet18", imagenet_toy.classes,
+                                   (3, 32, 32))
+    model = build_model("resnet18", imagenet_toy.classes, (3, 32, 32))
     model.load_state_dict(torch.load(resnet18_weights, weights_only=True))
     model.eval()
     x = torch.randn(3, 3, 32, 32)
@@ -102,7 +57,7 @@ def test_teacher_weights_file_loads_into_the_named_architecture(tree, resnet18_w
     want_logits, want_z = model(x)
     torch.testing.assert_close(z_t, want_z)
     torch.testing.assert_close(logits, want_logits)
-    assert teacher.sha256 == sha256(resnet18_weights)
+    assert teacher.sha256 == imagenet_toy.sha256(resnet18_weights)
     assert not any(p.requires_grad for p in teacher.model.parameters())
     # the description a student checkpoint stores rebuilds the same teacher
     entry = teacher.describe()
@@ -111,66 +66,59 @@ def test_teacher_weights_file_loads_into_the_named_architecture(tree, resnet18_w
     torch.testing.assert_close(rebuilt(x)[1], z_t)
 
 
-def test_a_teacher_file_changed_since_distillation_is_refused(resnet18_weights, tmp_path):
+def test_a_teacher_file_changed_since_distillation_is_refused(resnet18_weights, tmp_path,
+                                                              imagenet_toy):
     import shutil
 
     path = tmp_path / "teacher.pth"
     shutil.copy(resnet18_weights, path)
-    entry = load_teacher_weights(path, "resnet18", CLASSES, (3, 32, 32)).describe()
+    entry = load_teacher_weights(path, "resnet18", imagenet_toy.classes, (3, 32, 32)).describe()
     torch.manual_seed(5)
-    torch.save(build_model("resnet18", CLASSES, (3, 32, 32)).state_dict(), path)
+    torch.save(build_model("resnet18", imagenet_toy.classes, (3, 32, 32)).state_dict(), path)
     with pytest.raises(IJCKDError, match="has changed since the student was distilled"):
         load_teacher_from(entry)
     with pytest.raises(IJCKDError, match="unknown source 'onnx'"):
         load_teacher_from({**entry, "source": "onnx"})
 
 
-def _cli_error(capsys, argv):
-    code = cli.main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert len(err.splitlines()) == 1, err
-    return err
-
-
 def test_bad_weights_files_fail_with_one_line_through_the_cli(tree, resnet18_weights,
-                                                              tmp_path, capsys):
+                                                              tmp_path, imagenet_toy, cli_fails):
     config = tmp_path / "student.yaml"
-    config.write_text(yaml.safe_dump(distill_tree(tree, tmp_path / "run")))
+    config.write_text(yaml.safe_dump(imagenet_toy.distill_config(tree, tmp_path / "run")))
     state = torch.load(resnet18_weights, weights_only=True)
 
     renamed = dict(state)
     renamed["head.weight"] = renamed.pop("fc.weight")
-    bad_key = save_torchvision_style(renamed, tmp_path, "resnet18")
-    err = _cli_error(capsys, ["distill", "--config", str(config), "--teacher-weights",
-                              str(bad_key)])
+    bad_key = imagenet_toy.save_torchvision_style(renamed, tmp_path, "resnet18")
+    err = cli_fails("distill", "--config", str(config), "--teacher-weights",
+                    str(bad_key))
     assert "missing key 'fc.weight'" in err and str(bad_key) in err
 
     torch.manual_seed(0)
     ten_classes = build_model("resnet18", 10, (3, 32, 32)).state_dict()
-    bad_shape = save_torchvision_style(ten_classes, tmp_path, "resnet18")
-    err = _cli_error(capsys, ["distill", "--config", str(config), "--teacher-weights",
-                              str(bad_shape)])
+    bad_shape = imagenet_toy.save_torchvision_style(ten_classes, tmp_path, "resnet18")
+    err = cli_fails("distill", "--config", str(config), "--teacher-weights",
+                    str(bad_shape))
     assert "'fc.weight' has shape (10, 512) in the file but (4, 512) in the model" in err
 
     wrong_hash = tmp_path / "resnet18-00000000.pth"
     os.symlink(resnet18_weights, wrong_hash)
-    err = _cli_error(capsys, ["distill", "--config", str(config), "--teacher-weights",
-                              str(wrong_hash)])
+    err = cli_fails("distill", "--config", str(config), "--teacher-weights",
+                    str(wrong_hash))
     assert "named for sha256 00000000" in err
 
-    err = _cli_error(capsys, ["distill", "--config", str(config), "--teacher-weights",
-                              str(resnet18_weights), "model.teacher=resnet34"])
+    err = cli_fails("distill", "--config", str(config), "--teacher-weights",
+                    str(resnet18_weights), "model.teacher=resnet34")
     assert "missing key" in err or "unexpected key" in err  # another architecture
 
-    err = _cli_error(capsys, ["distill", "--config", str(config), "--teacher-weights",
-                              str(resnet18_weights), "model.teacher=null"])
+    err = cli_fails("distill", "--config", str(config), "--teacher-weights",
+                    str(resnet18_weights), "model.teacher=null")
     assert "model.teacher_weights needs model.teacher" in err
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
 
 
-def test_teacher_checkpoint_and_weights_together_are_refused(tree, tmp_path):
-    tree_cfg = distill_tree(tree, tmp_path)
+def test_teacher_checkpoint_and_weights_together_are_refused(tree, tmp_path, imagenet_toy):
+    tree_cfg = imagenet_toy.distill_config(tree, tmp_path)
     tree_cfg["model"].update(teacher_weights="a.pth", teacher_checkpoint="teacher.pt")
     with pytest.raises(IJCKDError, match="not both"):
         from_dict(TrainConfig, tree_cfg)
@@ -189,8 +137,8 @@ def test_loader_options_are_checked():
                                         "prefetch_factor": 4}
 
 
-def test_image_batches_depend_on_seed_epoch_and_sample_not_on_workers(tree):
-    splits = build_dataset("imagefolder", data_dir=str(tree), **SMALL)
+def test_image_batches_depend_on_seed_epoch_and_sample_not_on_workers(tree, imagenet_toy):
+    splits = build_dataset("imagefolder", data_dir=str(tree), **imagenet_toy.images)
     ctx = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
     def epochs(**loader):
@@ -245,12 +193,13 @@ class CrashAfterCheckpoint:
 
 @pytest.mark.slow
 def test_resnet34_to_resnet18_distills_resumes_and_tracks_exact_bounds(tree, tmp_path,
-                                                                        capsys):
+                                                                        capsys, imagenet_toy):
     torch.manual_seed(2)
-    teacher_model = build_model("resnet34", CLASSES, (3, 32, 32))
-    weights = save_torchvision_style(teacher_model.state_dict(), tmp_path, "resnet34")
-    tree_cfg = distill_tree(tree, tmp_path / "cut", model={"teacher": "resnet34",
-                                                           "teacher_weights": str(weights)})
+    teacher_model = build_model("resnet34", imagenet_toy.classes, (3, 32, 32))
+    weights = imagenet_toy.save_torchvision_style(teacher_model.state_dict(), tmp_path,
+                                                  "resnet34")
+    tree_cfg = imagenet_toy.distill_config(
+        tree, tmp_path / "cut", model={"teacher": "resnet34", "teacher_weights": str(weights)})
     cfg = from_dict(TrainConfig, tree_cfg)
 
     # interrupted after epoch 1 (tracked online), then resumed
@@ -270,13 +219,14 @@ def test_resnet34_to_resnet18_distills_resumes_and_tracks_exact_bounds(tree, tmp
         for key, value in full_state[part]["state_dict"].items():
             assert torch.equal(cut_state[part]["state_dict"][key], value), (part, key)
     assert not torch.equal(cut_state["model"]["state_dict"]["conv1.weight"],
-                           build_model("resnet18", CLASSES, (3, 32, 32)).conv1.weight)
+                           build_model("resnet18", imagenet_toy.classes, (3, 32, 32)).conv1.weight)
 
     # the student checkpoint describes its teacher: file, hash, architecture, classifier
     teacher = cut_state["teacher"]
     assert teacher["source"] == "torchvision_weights" and teacher["name"] == "resnet34"
-    assert teacher["sha256"] == sha256(weights) and Path(teacher["path"]) == weights.resolve()
-    assert teacher["num_classes"] == CLASSES and teacher["input_shape"] == [3, 32, 32]
+    assert teacher["sha256"] == imagenet_toy.sha256(weights)
+    assert Path(teacher["path"]) == weights.resolve()
+    assert teacher["num_classes"] == imagenet_toy.classes and teacher["input_shape"] == [3, 32, 32]
     assert torch.equal(teacher["weight"], teacher_model.fc.weight)
     assert torch.equal(teacher["bias"], teacher_model.fc.bias)
 
@@ -284,7 +234,7 @@ def test_resnet34_to_resnet18_distills_resumes_and_tracks_exact_bounds(tree, tmp
     online = pd.read_csv(tmp_path / "cut" / BOUNDS_CSV).sort_values("epoch")
     assert list(online["epoch"]) == [1, 2]
     assert (online["n_eval"] == 12).all() and (online["n_fit"] == 12).all()
-    assert (online["dim"] == 512).all() and (online["n_classes"] == CLASSES).all()
+    assert (online["dim"] == 512).all() and (online["n_classes"] == imagenet_toy.classes).all()
     for bound in EXACT_BOUNDS:
         assert (online["student_err"] <= online[bound] + 1e-12).all(), bound
     # image folders: streamed features, never a cache of inputs
@@ -319,7 +269,7 @@ def test_resnet34_to_resnet18_distills_resumes_and_tracks_exact_bounds(tree, tmp
         assert audited["teacher_err"] == pytest.approx(last["teacher_err"])
 
     # the teacher features are the teacher's own outputs on the evaluation images
-    splits = build_dataset("imagefolder", data_dir=str(tree), **SMALL)
+    splits = build_dataset("imagefolder", data_dir=str(tree), **imagenet_toy.images)
     cache = teacher_features(load_student(resumed.checkpoint).meta["teacher_source"], splits,
                              tmp_path / "cut" / "teacher_features.pt")
     images = torch.stack([splits.eval[i][0] for i in range(len(splits.eval))])
@@ -331,14 +281,14 @@ def test_resnet34_to_resnet18_distills_resumes_and_tracks_exact_bounds(tree, tmp
 
 @pytest.mark.slow
 def test_two_gloo_ranks_track_online_like_one_process_offline(tree, resnet18_weights,
-                                                             tmp_path):
+                                                             tmp_path, imagenet_toy):
     import shutil
     import sys
 
     from ijckd_bounds.tracking.track import track_run
 
-    tree_cfg = distill_tree(tree, tmp_path / "two", model={"student": "resnet20"},
-                            optim={"epochs": 1}, run={"ckpt_every": 1})
+    tree_cfg = imagenet_toy.distill_config(tree, tmp_path / "two", model={"student": "resnet20"},
+                                           optim={"epochs": 1}, run={"ckpt_every": 1})
     config = tmp_path / "student.yaml"
     config.write_text(yaml.safe_dump(tree_cfg))
     run_two_ranks([sys.executable, "-m", "ijckd_bounds", "distill", "--config",

@@ -19,27 +19,6 @@ COMMON = ["data.batch_size=64", "optim.lr=0.05", "run.device=cpu", "run.progress
 FAST = ["--n-bootstrap", "20", "--n-permutations", "10"]
 
 
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def ok(capsys, *argv):
-    code, out, err = run_cli(capsys, *argv)
-    assert code == 0, err
-    return out, err
-
-
-def fails(capsys, *argv, code=2):
-    """Exit ``code`` with exactly one stderr line and no traceback; returns that line."""
-    got, _, err = run_cli(capsys, *argv)
-    assert got == code, err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert err.startswith(f"ijckd-bounds {argv[0]}: error: "), err
-    return err.rstrip("\n")
-
-
 def tensors_file(path, n_per_class=50, n_classes=3, dim=6, seed=0):
     """Three Gaussian blobs: a data set small enough for a test to track in seconds."""
     rng = np.random.default_rng(seed)
@@ -87,57 +66,59 @@ def _spy_settings(monkeypatch):
     return seen
 
 
-def test_audit_refuses_a_student_checkpoint_as_the_teacher(runs, tmp_path, capsys):
+def test_audit_refuses_a_student_checkpoint_as_the_teacher(runs, tmp_path, cli_fails):
     student = student_of(runs)
-    err = fails(capsys, "audit", "--teacher", student_of(runs, 1), "--student", student,
-                "--out", tmp_path / "audit", *FAST)
+    err = cli_fails("audit", "--teacher", student_of(runs, 1), "--student", student,
+                    "--out", tmp_path / "audit", *FAST)
     assert f"--teacher {str(student_of(runs, 1))!r} is a kd student checkpoint, not a " \
            f"teacher" in err
     assert "--allow-other-teacher" in err
     assert not (tmp_path / "audit" / "report.md").exists()
 
 
-def test_audit_refuses_another_teacher_than_the_recorded_one(runs, tmp_path, capsys):
+def test_audit_refuses_another_teacher_than_the_recorded_one(runs, tmp_path, cli_fails):
     other = runs / "teacher_b" / "teacher.pt"
-    err = fails(capsys, "audit", "--teacher", other, "--student", student_of(runs),
-                "--out", tmp_path / "audit", *FAST)
+    err = cli_fails("audit", "--teacher", other, "--student", student_of(runs),
+                    "--out", tmp_path / "audit", *FAST)
     assert re.search(r"is not the teacher student checkpoint .* was distilled from \(sha256 "
                      r"[0-9a-f]{12}\.\.\., recorded [0-9a-f]{12}\.\.\.\); omit --teacher", err)
 
 
-def test_audit_with_allow_other_teacher_warns_in_the_report(runs, tmp_path, capsys,
-                                                            monkeypatch):
+@pytest.mark.slow
+def test_audit_with_allow_other_teacher_warns_in_the_report(runs, tmp_path,
+                                                            monkeypatch, cli):
     out = tmp_path / "audit"
     seen = _spy_settings(monkeypatch)
-    ok(capsys, "audit", "--teacher", student_of(runs, 1), "--student", student_of(runs),
-       "--allow-other-teacher", "--out", out, "--n-bootstrap", 20, "--n-permutations", 13)
+    cli("audit", "--teacher", student_of(runs, 1), "--student", student_of(runs),
+        "--allow-other-teacher", "--out", out, "--n-bootstrap", 20, "--n-permutations", 13)
     assert seen == [{"n_bootstrap": 20, "n_permutations": 13, "seed": 0}]  # audit's flags
     report = (out / "report.md").read_text()
     assert "WARNING: --teacher" in report and "not a teacher" in report
     assert any("WARNING" in n for n in json.loads((out / "bounds.json").read_text())["notes"])
     # the recorded teacher given explicitly is no warning
-    ok(capsys, "audit", "--teacher", runs / "teacher" / "teacher.pt", "--student",
-       student_of(runs), "--out", tmp_path / "plain", *FAST)
+    cli("audit", "--teacher", runs / "teacher" / "teacher.pt", "--student",
+        student_of(runs), "--out", tmp_path / "plain", *FAST)
     assert "WARNING" not in (tmp_path / "plain" / "report.md").read_text()
 
 
-def test_track_follows_the_runs_settings_unless_a_flag_is_given(runs, tmp_path, capsys,
-                                                               monkeypatch):
+def test_track_follows_the_runs_settings_unless_a_flag_is_given(runs, tmp_path,
+                                                               monkeypatch, cli):
     import shutil
 
     run = tmp_path / "kd"
     shutil.copytree(runs / "kd", run)
     seen = _spy_settings(monkeypatch)
-    ok(capsys, "track", run)
+    cli("track", run)
     assert seen == [{"n_bootstrap": 37, "n_permutations": 11, "seed": 5}] * 2
     (run / "bounds.csv").unlink()
     seen.clear()
-    ok(capsys, "track", run, "--n-bootstrap", 23)
+    cli("track", run, "--n-bootstrap", 23)
     assert seen == [{"n_bootstrap": 23, "n_permutations": 11, "seed": 5}] * 2
 
 
 def test_interrupted_tracked_distill_resumes_to_one_row_per_checkpoint(runs, tmp_path,
-                                                                      capsys, monkeypatch):
+                                                                         monkeypatch, run_cli,
+                                                                         cli):
     """Ctrl-C while epoch 2's checkpoint is being tracked (written, not yet in
     bounds.csv); ``distill --resume --track`` must track it too."""
     import ijckd_bounds.tracking.track as track
@@ -156,14 +137,14 @@ def test_interrupted_tracked_distill_resumes_to_one_row_per_checkpoint(runs, tmp
         return real(*args, **kwargs)
 
     monkeypatch.setattr(track, "estimate_checkpoint", interrupted_at_the_second)
-    code, _, err = run_cli(capsys, *argv)
+    code, _, err = run_cli(*argv)
     assert code == 130
     assert err.strip().endswith(f"interrupted; continue with: ijckd-bounds "
                                 f"{' '.join(argv)} --resume"), err
     assert pd.read_csv(tmp_path / "kd" / "bounds.csv")["checkpoint"].tolist() == [
         "epoch_0001.pt"]
     monkeypatch.setattr(track, "estimate_checkpoint", real)
-    ok(capsys, *argv, "--resume")
+    cli(*argv, "--resume")
     tracked = pd.read_csv(tmp_path / "kd" / "bounds.csv")["checkpoint"]
     assert sorted(tracked) == ["epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt"]
 
@@ -184,10 +165,10 @@ def feature_arrays(n=60, d=4, k=3, seed=0, fit=True):
     return arrays
 
 
-def test_estimate_without_a_fit_split_says_so_on_stderr(tmp_path, capsys):
+def test_estimate_without_a_fit_split_says_so_on_stderr(tmp_path, cli):
     path = tmp_path / "f.npz"
     np.savez(path, **feature_arrays(fit=False))
-    out, err = ok(capsys, "estimate", path, *FAST)
+    out, err = cli("estimate", path, *FAST)
     assert "student_err" in json.loads(out)
     assert err.startswith("ijckd-bounds estimate: note: no fit split given: split the 60 "
                           "samples into"), err
@@ -195,13 +176,13 @@ def test_estimate_without_a_fit_split_says_so_on_stderr(tmp_path, capsys):
 
 @pytest.mark.parametrize("typo, hint", [("t_fit", "z_t_fit"), ("s_fit_", "s_fit"),
                                         ("labels_fit", None)])
-def test_estimate_refuses_misspelled_arrays_with_the_closest_name(tmp_path, capsys, typo,
-                                                                  hint):
+def test_estimate_refuses_misspelled_arrays_with_the_closest_name(tmp_path, typo,
+                                                                  hint, cli_fails):
     arrays = feature_arrays(fit=False)
     arrays[typo] = arrays["z_t"]
     path = tmp_path / "f.npz"
     np.savez(path, **arrays)
-    err = fails(capsys, "estimate", path, *FAST)
+    err = cli_fails("estimate", path, *FAST)
     assert f"feature file {str(path)!r} has unknown array(s) {typo}" in err
     if hint:
         assert f"(did you mean {hint!r} for {typo!r}?)" in err
@@ -214,15 +195,15 @@ def test_estimate_refuses_misspelled_arrays_with_the_closest_name(tmp_path, caps
     (lambda y: y + 0.5, False),                       # not class indices
     (lambda y: y == 1, False),                        # booleans
 ])
-def test_estimate_and_the_tensors_dataset_take_the_same_labels(tmp_path, capsys, labels,
-                                                               accepted):
+def test_estimate_and_the_tensors_dataset_take_the_same_labels(tmp_path, labels,
+                                                               accepted, run_cli):
     from ijckd_bounds.data import build_dataset
     from ijckd_bounds.errors import IJCKDError
 
     arrays = feature_arrays()
     arrays["y"], arrays["y_fit"] = labels(arrays["y"]), labels(arrays["y_fit"])
     np.savez(tmp_path / "f.npz", **arrays)
-    code, _, err = run_cli(capsys, "estimate", tmp_path / "f.npz", *FAST)
+    code, _, err = run_cli("estimate", tmp_path / "f.npz", *FAST)
     assert code == (0 if accepted else 2), err
     x = np.concatenate([arrays["z_t"], arrays["z_t_fit"]]).astype(np.float32)
     y = np.concatenate([arrays["y"], arrays["y_fit"]])
@@ -239,54 +220,54 @@ def test_estimate_and_the_tensors_dataset_take_the_same_labels(tmp_path, capsys,
 # ------------------------------------------------------------------ messages that mislead
 
 
-def test_a_directory_where_a_file_is_expected(runs, tmp_path, capsys):
+def test_a_directory_where_a_file_is_expected(runs, tmp_path, cli_fails):
     folder = tmp_path / "folder"
     folder.mkdir()
-    err = fails(capsys, "estimate", folder)
+    err = cli_fails("estimate", folder)
     assert err.endswith(f"feature file {str(folder)!r} is a directory, expected a .npz or "
                         f".pt file")
-    err = fails(capsys, "audit", "--features", folder, "--out", tmp_path / "a")
+    err = cli_fails("audit", "--features", folder, "--out", tmp_path / "a")
     assert f"{str(folder)!r} is a directory, expected a .npz or .pt file" in err
-    err = fails(capsys, "audit", "--student", folder, "--out", tmp_path / "a")
+    err = cli_fails("audit", "--student", folder, "--out", tmp_path / "a")
     assert err.endswith(f"student checkpoint {str(folder)!r} is a directory, expected a .pt "
                         f"file")
-    err = fails(capsys, "train-teacher", "--config", folder)
+    err = cli_fails("train-teacher", "--config", folder)
     assert err.endswith(f"config file {str(folder)!r} is a directory, expected a YAML file")
 
 
-def test_a_file_where_a_run_directory_is_expected(runs, tmp_path, capsys):
+def test_a_file_where_a_run_directory_is_expected(runs, tmp_path, cli_fails):
     table = tmp_path / "F.csv"
     table.write_text("run,epoch\n")
-    err = fails(capsys, "track", table)
+    err = cli_fails("track", table)
     assert err.endswith(f"{str(table)!r} is a file, expected a run directory (the "
                         f"run.run_dir of a distill run, holding checkpoints/)")
 
 
-def test_estimate_out_a_directory_names_the_users_path(tmp_path, capsys):
+def test_estimate_out_a_directory_names_the_users_path(tmp_path, cli_fails):
     np.savez(tmp_path / "f.npz", **feature_arrays())
     folder = tmp_path / "out"
     folder.mkdir()
-    err = fails(capsys, "estimate", tmp_path / "f.npz", "--out", folder, *FAST)
+    err = cli_fails("estimate", tmp_path / "f.npz", "--out", folder, *FAST)
     assert f"--out {str(folder)!r} is a directory, expected the path of a JSON file" in err
     assert ".tmp" not in err
 
 
-def test_a_garbage_npz_is_not_called_pickled_data(tmp_path, capsys):
+def test_a_garbage_npz_is_not_called_pickled_data(tmp_path, cli_fails):
     garbage = tmp_path / "f.npz"
     garbage.write_bytes(b"\x80\x04 these bytes are no archive" * 10)
-    err = fails(capsys, "estimate", garbage)
+    err = cli_fails("estimate", garbage)
     assert "pickle" not in err and "unsafe" not in err
     assert err.endswith(f"feature file {str(garbage)!r} is not a readable .npz file (no zip "
                         f"structure: corrupt, truncated or another format); write it with "
                         f"numpy.savez")
 
 
-def test_torch_messages_are_not_cut_mid_sentence(runs, tmp_path, capsys):
+def test_torch_messages_are_not_cut_mid_sentence(runs, tmp_path, cli_fails):
     import pathlib
 
     path = tmp_path / "unsafe.pt"
     torch.save({"x": pathlib.PurePosixPath("a")}, path)  # an object weights_only refuses
-    err = fails(capsys, "audit", "--student", path, "--out", tmp_path / "a")
+    err = cli_fails("audit", "--student", path, "--out", tmp_path / "a")
     assert err.endswith(f"student checkpoint {str(path)!r} holds Python objects that a safe "
                         f"load (weights_only=True) refuses: Unsupported global: GLOBAL "
                         f"pathlib.PurePosixPath was not an allowed global by default. Save "
@@ -294,23 +275,23 @@ def test_torch_messages_are_not_cut_mid_sentence(runs, tmp_path, capsys):
     assert "\x1b" not in err
     truncated = tmp_path / "cut.pt"
     truncated.write_bytes(student_of(runs).read_bytes()[:2000])
-    err = fails(capsys, "audit", "--student", truncated, "--out", tmp_path / "a")
+    err = cli_fails("audit", "--student", truncated, "--out", tmp_path / "a")
     reason = re.search(r"not a torch file \((.*)\)$", err).group(1)
     assert reason and not reason.endswith(("'", ",")), reason
 
 
-def test_resume_skips_a_corrupt_latest_checkpoint_with_a_warning(runs, tmp_path, capsys):
+def test_resume_skips_a_corrupt_latest_checkpoint_with_a_warning(runs, tmp_path, cli):
     import shutil
 
     run = tmp_path / "kd"
     shutil.copytree(runs / "kd", run)
     latest = run / "checkpoints" / "epoch_0002.pt"
     latest.write_bytes(latest.read_bytes()[:1000])  # cut short
-    _, err = ok(capsys, "distill", "method.name=kd", "model.student=mlp_small",
-                "optim.epochs=2", "data.name=tensors", f"data.options.path={runs / 'blobs.npz'}",
-                f"model.teacher_checkpoint={runs / 'teacher' / 'teacher.pt'}",
-                "track.n_bootstrap=37", "track.n_permutations=11", "track.seed=5",
-                f"run.run_dir={run}", *COMMON, "--resume")
+    _, err = cli("distill", "method.name=kd", "model.student=mlp_small",
+                 "optim.epochs=2", "data.name=tensors", f"data.options.path={runs / 'blobs.npz'}",
+                 f"model.teacher_checkpoint={runs / 'teacher' / 'teacher.pt'}",
+                 "track.n_bootstrap=37", "track.n_permutations=11", "track.seed=5",
+                 f"run.run_dir={run}", *COMMON, "--resume")
     assert err.startswith(f"ijckd-bounds distill: warning: checkpoint {str(latest)!r} is "
                           f"corrupt, truncated or not a torch file"), err
     assert err.count("\n") == 1
@@ -322,28 +303,29 @@ def test_resume_skips_a_corrupt_latest_checkpoint_with_a_warning(runs, tmp_path,
     assert all(torch.equal(again[k], first[k]) for k in first)
 
 
-def test_a_tensors_run_is_tracked_and_audited_from_another_directory(tmp_path, capsys,
-                                                                     monkeypatch):
+@pytest.mark.slow
+def test_a_tensors_run_is_tracked_and_audited_from_another_directory(tmp_path,
+                                                                     monkeypatch, cli):
     work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
     work.mkdir(), elsewhere.mkdir()
     tensors_file(work / "blobs.npz")
     monkeypatch.chdir(work)  # the run made with paths relative to here
     data = ["data.name=tensors", "data.options.path=blobs.npz"]
-    ok(capsys, "train-teacher", "model.teacher=mlp_large", "method.name=ce", "optim.epochs=1",
-       "run.run_dir=teacher", *data, *COMMON)
-    ok(capsys, "distill", "method.name=kd", "model.student=mlp_small", "optim.epochs=1",
-       "model.teacher_checkpoint=teacher/teacher.pt", "run.run_dir=kd", *data, *COMMON)
+    cli("train-teacher", "model.teacher=mlp_large", "method.name=ce", "optim.epochs=1",
+        "run.run_dir=teacher", *data, *COMMON)
+    cli("distill", "method.name=kd", "model.student=mlp_small", "optim.epochs=1",
+        "model.teacher_checkpoint=teacher/teacher.pt", "run.run_dir=kd", *data, *COMMON)
     recorded = torch.load(work / "kd" / "checkpoints" / "epoch_0001.pt",
                           weights_only=True)["dataset"]["options"]["path"]
     assert recorded == str(work / "blobs.npz")
     monkeypatch.chdir(elsewhere)
-    ok(capsys, "track", work / "kd", *FAST)
-    ok(capsys, "audit", "--student", work / "kd" / "checkpoints" / "epoch_0001.pt",
-       "--out", "audit", *FAST)
+    cli("track", work / "kd", *FAST)
+    cli("audit", "--student", work / "kd" / "checkpoints" / "epoch_0001.pt",
+        "--out", "audit", *FAST)
     assert (elsewhere / "audit" / "report.md").is_file()
 
 
-def test_demo_with_other_epochs_over_an_earlier_demo_is_refused(tmp_path, capsys):
+def test_demo_with_other_epochs_over_an_earlier_demo_is_refused(tmp_path, cli_fails):
     """An earlier 15-epoch demo in the folder: ``demo --epochs 10`` must not show its
     results as its own (nothing is trained: the check comes first)."""
     import yaml
@@ -358,7 +340,7 @@ def test_demo_with_other_epochs_over_an_earlier_demo_is_refused(tmp_path, capsys
                       epochs=15)
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(earlier)))
-    err = fails(capsys, "demo", "--epochs", 10, "--out", out)
+    err = cli_fails("demo", "--epochs", 10, "--out", out)
     assert err.endswith(f"{str(out)!r} holds a demo made with optim.epochs=15 "
                         f"({str(run_dir)!r}), this command asks for 10; pass --epochs 15 to "
                         f"show it, or choose another --out (or delete {str(out)!r}) to start "
@@ -400,8 +382,8 @@ def test_a_flag_typo_prints_the_subcommands_usage(tmp_path, capsys):
     assert "error: unrecognized arguments: --n-bootsrap" in err
 
 
-def test_list_shows_model_options_and_config_keys(capsys):
-    out, _ = ok(capsys, "list")
+def test_list_shows_model_options_and_config_keys(cli):
+    out, _ = cli("list")
     assert re.search(r"^  mlp_small +hidden_sizes=\(32,\)$", out, re.M), out
     assert re.search(r"^  cnn_large +channels=\(64, 128, 128\), strides=\(1, 2, 2\), "
                      r"kernel_size=None$", out, re.M)
@@ -491,7 +473,7 @@ def test_tensorboard_logs_every_loss_and_bound_term_per_epoch(logged_run):
             assert [e.value for e in got] == pytest.approx(bounds[term].tolist(), rel=1e-6)
 
 
-def test_tensorboard_missing_is_one_line(runs, tmp_path, capsys, monkeypatch):
+def test_tensorboard_missing_is_one_line(runs, tmp_path, monkeypatch, cli_fails):
     import builtins
 
     real_import = builtins.__import__
@@ -502,9 +484,9 @@ def test_tensorboard_missing_is_one_line(runs, tmp_path, capsys, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
-    err = fails(capsys, "train-teacher", "model.teacher=mlp_large", "method.name=ce",
-                "optim.epochs=1", "data.name=tensors", f"data.options.path={runs / 'blobs.npz'}",
-                "run.tensorboard=true", f"run.run_dir={tmp_path / 't'}", *COMMON)
+    err = cli_fails("train-teacher", "model.teacher=mlp_large", "method.name=ce",
+                    "optim.epochs=1", "data.name=tensors", f"data.options.path={runs / 'blobs.npz'}",
+                    "run.tensorboard=true", f"run.run_dir={tmp_path / 't'}", *COMMON)
     assert err.endswith("run.tensorboard=true needs the tensorboard package: pip install "
                         "'ijckd_bounds[tensorboard]' (or tensorboard)")
 

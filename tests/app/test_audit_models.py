@@ -6,7 +6,6 @@ import torch
 
 from ijckd_bounds.app.audit import audit_models
 from ijckd_bounds.data.splits import DatasetSplits, TensorSplit
-from tests.test_models import wrapped_resnet
 
 
 def _splits(n=120, classes=5, seed=0):
@@ -20,8 +19,14 @@ def _splits(n=120, classes=5, seed=0):
                          num_classes=classes, input_shape=(3, 32, 32))
 
 
-def test_audit_of_feature_models_with_their_own_heads(tmp_path):
+def _state_copy(model):
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
+def test_audit_of_feature_models_with_their_own_heads(tmp_path, wrapped_resnet):
     teacher, student = wrapped_resnet(seed=0), wrapped_resnet(seed=1)
+    before = {name: _state_copy(model) for name, model in (("teacher", teacher),
+                                                           ("student", student))}
     report = audit_models(teacher, student, _splits(), tmp_path, n_bootstrap=100)
     payload = json.loads((tmp_path / "bounds.json").read_text())
     primary, with_h_t = payload["budgets"]
@@ -36,11 +41,16 @@ def test_audit_of_feature_models_with_their_own_heads(tmp_path):
     assert "post-hoc ridge connector" in text and "## Diagnosis" in text
     assert "- teacher: in-memory FeatureModel" in text
     assert "- student: in-memory FeatureModel; predicts with its own head" in text
-    # the student was only evaluated: its weights are untouched and it is in eval mode
-    assert not student.training
+    # both models were only evaluated: every parameter and buffer (batch-norm running
+    # statistics included) is what it was before the audit
+    for name, model in (("teacher", teacher), ("student", student)):
+        after = model.state_dict()
+        assert after.keys() == before[name].keys()
+        for key, value in before[name].items():
+            assert torch.equal(after[key], value), f"{name} {key} changed"
 
 
-def test_audit_models_rejects_a_bare_module(tmp_path):
+def test_audit_models_rejects_a_bare_module(tmp_path, wrapped_resnet):
     import pytest
 
     from ijckd_bounds.errors import IJCKDError

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from PIL import Image
 
 from ijckd_bounds.data import build_dataset
 from ijckd_bounds.data.splits import TensorSplit
@@ -17,22 +16,9 @@ from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.tracking.extract import (MANIFEST, chunk_bounds, extract_features,
                                            load_extracted, split_fingerprint)
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def write_tree(root, classes=3, train_per_class=2, val_per_class=7, seed=0):
-    """A tiny ImageFolder tree of JPEGs of assorted sizes."""
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", train_per_class), ("val", val_per_class)):
-        for k in range(classes):
-            folder = Path(root) / split / f"c{k}"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                height, width = rng.integers(20, 34, size=2)
-                pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-                pixels[..., k % 3] //= 3  # a class-dependent tint
-                Image.fromarray(pixels).save(folder / f"{i:02d}.jpg", quality=90)
-    return Path(root)
+REPO = Path(__file__).resolve().parents[2]
+# 3 classes of JPEGs of 20-33 pixels: 2 train and 7 val images each
+TREE = {"classes": 3, "per_split": {"train": 2, "val": 7}, "sizes": (20, 33)}
 
 
 def small_net(seed=0):
@@ -67,8 +53,8 @@ def reference(fn, dataset):
 
 
 @pytest.fixture(scope="module")
-def splits(tmp_path_factory):
-    root = write_tree(tmp_path_factory.mktemp("tree"))
+def splits(tmp_path_factory, image_tree):
+    root = image_tree(tmp_path_factory.mktemp("tree"), **TREE)
     return build_dataset("imagefolder", data_dir=str(root), image_size=16, resize=18,
                          fit_fraction=0.5)
 
@@ -173,17 +159,18 @@ WORKER = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_shard_and_rank0_merges_what_one_process_extracts(tmp_path):
+def test_two_gloo_ranks_shard_and_rank0_merges_what_one_process_extracts(tmp_path, image_tree):
     import json
 
     # here, not at the top: the ranks' worker script imports this module without the
     # repository on its path
     from tests.gloo_ranks import run_two_ranks
 
-    root = write_tree(tmp_path / "tree")
+    root = image_tree(tmp_path / "tree", **TREE)
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(tests=str(REPO / "tests"), root=str(root),
-                                    out=str(tmp_path / "two"), log=str(tmp_path), workers=1))
+    here = Path(__file__).resolve().parent  # the worker imports this module's helpers
+    script.write_text(WORKER.format(tests=str(here), root=str(root), out=str(tmp_path / "two"),
+                                    log=str(tmp_path), workers=1))
     run_two_ranks([sys.executable, str(script)], cwd=REPO)
 
     logs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

@@ -27,8 +27,8 @@ import torch
 
 from ijckd_bounds import io, schema
 from ijckd_bounds.checkpoint import read_checkpoint
-from ijckd_bounds.app.cli import main
 from ijckd_bounds.tracking import table
+from tests.gloo_ranks import one_process_env
 
 TRACK_SETTINGS = ["--n-bootstrap", "50", "--n-permutations", "20"]
 # each table and the columns that identify one of its rows within a run
@@ -40,31 +40,13 @@ COMMON = ["data.name=digits", "data.batch_size=64", "optim.lr=0.05", "run.device
           "run.progress=false"]
 
 
-def cli(*argv):
-    code = main([str(a) for a in argv])
-    assert code == 0, f"ijckd-bounds {' '.join(map(str, argv))} exited {code}"
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.err
-
-
 def one_line(err):
     return err.count("\n") == 1 and "Traceback" not in err
 
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    return env
-
-
 def track_process(run_dir):
     return subprocess.Popen([sys.executable, "-m", "ijckd_bounds", "track", str(run_dir),
-                             *TRACK_SETTINGS], env=_env(), stdout=subprocess.PIPE,
+                             *TRACK_SETTINGS], env=one_process_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
@@ -98,7 +80,7 @@ sys.exit(main(sys.argv[2:]))
 def killed_at(point, *argv):
     """Run ``ijckd-bounds ARGV`` in a subprocess that SIGKILLs itself at ``point``."""
     result = subprocess.run([sys.executable, "-c", KILL_AT_RENAME, point, *map(str, argv)],
-                            env=_env(), capture_output=True, text=True, timeout=300)
+                            env=one_process_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == -signal.SIGKILL, (point, result.returncode, result.stderr)
 
 
@@ -108,8 +90,8 @@ def track_killed_at(run_dir, point):
 
 def track_to_completion(run_dir):
     result = subprocess.run([sys.executable, "-m", "ijckd_bounds", "track", str(run_dir),
-                             *TRACK_SETTINGS], env=_env(), capture_output=True, text=True,
-                            timeout=300)
+                             *TRACK_SETTINGS], env=one_process_env(), capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
@@ -154,28 +136,19 @@ def assert_same_tables(run_dir, reference):
 
 
 @pytest.fixture(scope="module")
-def untracked_run(tmp_path_factory):
-    """A digits teacher (MLP, 2 epochs) and a KD student (3 epochs, 3 checkpoints)."""
-    root = tmp_path_factory.mktemp("reliability")
-    cli("train-teacher", "model.teacher=mlp_large", "method.name=ce", "optim.epochs=2",
-        f"run.run_dir={root / 'teacher'}", *COMMON)
-    cli("distill", "method.name=kd", "model.student=mlp_small", "optim.epochs=3",
-        f"model.teacher_checkpoint={root / 'teacher' / 'teacher.pt'}",
-        f"run.run_dir={root / 'kd'}", *COMMON)
-    return root / "kd"
-
-
-def fresh_copy(untracked_run, parent):
-    """The untracked run under ``parent/kd`` (same directory name: same ``run`` column)."""
-    target = Path(parent) / untracked_run.name
-    shutil.copytree(untracked_run, target)
-    return target
+def untracked_run(digits_runs, tmp_path_factory, cli_setup):
+    """A KD student (3 epochs, 3 checkpoints) of the shared digits teacher."""
+    run = tmp_path_factory.mktemp("reliability") / "kd"
+    cli_setup("distill", "method.name=kd", "model.student=mlp_small", "optim.epochs=3",
+              f"model.teacher_checkpoint={digits_runs / 'teacher' / 'teacher.pt'}",
+              f"run.run_dir={run}", *COMMON)
+    return run
 
 
 @pytest.fixture(scope="module")
-def reference(untracked_run, tmp_path_factory):
+def reference(untracked_run, tmp_path_factory, copy_run):
     """Tables of one uninterrupted track in a subprocess, and how long its writing took."""
-    run_dir = fresh_copy(untracked_run, tmp_path_factory.mktemp("reference"))
+    run_dir = copy_run(untracked_run, tmp_path_factory.mktemp("reference"))
     process = track_process(run_dir)
     first_write = _wait_for_first_write(process, run_dir, time.time())
     out, _ = process.communicate(timeout=300)
@@ -204,8 +177,8 @@ def _wait_for_first_write(process, run_dir, launched, timeout=300):
 
 @pytest.mark.slow
 def test_track_killed_at_every_write_boundary_resumes_to_identical_tables(
-        untracked_run, reference, tmp_path):
-    run_dir = fresh_copy(untracked_run, tmp_path)
+        untracked_run, reference, tmp_path, copy_run):
+    run_dir = copy_run(untracked_run, tmp_path)
 
     # 1. the teacher feature cache complete in its temporary file, not yet renamed
     track_killed_at(run_dir, "before:teacher_features.pt:1")
@@ -246,8 +219,8 @@ def test_track_killed_at_every_write_boundary_resumes_to_identical_tables(
 
 @pytest.mark.slow
 def test_track_killed_at_random_moments_resumes_to_identical_tables(untracked_run, reference,
-                                                                    tmp_path):
-    run_dir = fresh_copy(untracked_run, tmp_path)
+                                                                    tmp_path, copy_run):
+    run_dir = copy_run(untracked_run, tmp_path)
     rng = random.Random(20240611)
     kills = attempts = 0
     latest = 0.9 * reference["writing_s"]
@@ -268,7 +241,7 @@ def test_track_killed_at_random_moments_resumes_to_identical_tables(untracked_ru
             # the machine wrote faster than when the reference was timed: start again
             # from the untracked run with kills drawn earlier
             shutil.rmtree(run_dir)
-            run_dir = fresh_copy(untracked_run, tmp_path)
+            run_dir = copy_run(untracked_run, tmp_path)
             latest /= 2
     assert kills >= 1, "no kill landed while the tracker was running"
     track_to_completion(run_dir)
@@ -276,8 +249,9 @@ def test_track_killed_at_random_moments_resumes_to_identical_tables(untracked_ru
 
 
 @pytest.mark.slow
-def test_two_concurrent_trackers_write_the_tables_of_one(untracked_run, reference, tmp_path):
-    run_dir = fresh_copy(untracked_run, tmp_path)
+def test_two_concurrent_trackers_write_the_tables_of_one(untracked_run, reference, tmp_path,
+                                                         copy_run):
+    run_dir = copy_run(untracked_run, tmp_path)
     first, second = track_process(run_dir), track_process(run_dir)
     for process in (first, second):
         out, _ = process.communicate(timeout=300)
@@ -298,7 +272,7 @@ def test_training_killed_inside_a_checkpoint_write_resumes_without_leftovers(tmp
         "epoch_0001.pt"]
     assert [n.startswith(".epoch_0002.pt.") for n in temp_files(tmp_path / "run")] == [True]
     result = subprocess.run([sys.executable, "-m", "ijckd_bounds", *argv, "--resume"],
-                            env=_env(), capture_output=True, text=True, timeout=300)
+                            env=one_process_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in checkpoints.iterdir()) == [
         "epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt"]
@@ -433,13 +407,14 @@ COMMANDS = ("train-teacher", "distill", "track", "plot", "audit", "demo")
 
 
 @pytest.mark.parametrize("kind", COMMANDS)
-def test_full_disk_fails_before_any_work(kind, tmp_path, reference, monkeypatch, capsys):
+def test_full_disk_fails_before_any_work(kind, tmp_path, reference, monkeypatch, run_cli,
+                                         copy_run):
     out = tmp_path / "out"
     if kind == "track":  # tracking needs an existing run directory with checkpoints
-        out = fresh_copy(reference["run_dir"], tmp_path)
+        out = copy_run(reference["run_dir"], tmp_path)
     argv = _command(kind, tmp_path, reference, monkeypatch, out)
     _full_disk(monkeypatch)
-    code, err = run_cli(capsys, *argv)
+    code, _, err = run_cli(*argv)
     assert code == 2
     assert f"ijckd-bounds {kind}: error: directory {str(out)!r} has 0.0 MiB free, need at " \
            f"least" in err
@@ -448,12 +423,12 @@ def test_full_disk_fails_before_any_work(kind, tmp_path, reference, monkeypatch,
 
 @pytest.mark.parametrize("kind", COMMANDS)
 def test_unwritable_directory_fails_before_any_work(kind, tmp_path, reference, monkeypatch,
-                                                    capsys):
+                                                    run_cli, copy_run):
     # tests run as root, whom chmod does not stop: refuse the write probe instead (what a
     # read-only mount or another user's directory does)
     out = tmp_path / "out"
     if kind == "track":
-        out = fresh_copy(reference["run_dir"], tmp_path)
+        out = copy_run(reference["run_dir"], tmp_path)
     argv = _command(kind, tmp_path, reference, monkeypatch, out)
     real_mkstemp = io.tempfile.mkstemp
 
@@ -463,7 +438,7 @@ def test_unwritable_directory_fails_before_any_work(kind, tmp_path, reference, m
         return real_mkstemp(*args, dir=dir, **kwargs)
 
     monkeypatch.setattr(io.tempfile, "mkstemp", refused)
-    code, err = run_cli(capsys, *argv)
+    code, _, err = run_cli(*argv)
     assert code == 2
     assert f"error: directory {str(out)!r} is not writable: Permission denied" in err
     assert one_line(err)
@@ -471,26 +446,26 @@ def test_unwritable_directory_fails_before_any_work(kind, tmp_path, reference, m
 
 @pytest.mark.parametrize("kind", ("train-teacher", "distill", "plot", "audit", "demo"))
 def test_directory_under_a_regular_file_fails_before_any_work(kind, tmp_path, reference,
-                                                              monkeypatch, capsys):
+                                                              monkeypatch, run_cli):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     out = blocker / "out"
     argv = _command(kind, tmp_path, reference, monkeypatch, out)
-    code, err = run_cli(capsys, *argv)
+    code, _, err = run_cli(*argv)
     assert code == 2
     assert f"error: cannot create directory {str(out)!r}: Not a directory" in err
     assert one_line(err)
 
 
-def test_track_of_a_missing_run_directory_creates_nothing(tmp_path, capsys):
-    code, err = run_cli(capsys, "track", tmp_path / "nope", *TRACK_SETTINGS)
+def test_track_of_a_missing_run_directory_creates_nothing(tmp_path, run_cli):
+    code, _, err = run_cli("track", tmp_path / "nope", *TRACK_SETTINGS)
     assert code == 2 and one_line(err)
     assert f"run directory {str(tmp_path / 'nope')!r} does not exist" in err
     assert not (tmp_path / "nope").exists()
 
 
-def test_disk_full_mid_run_loses_no_checkpoint_and_resume_finishes(tmp_path, monkeypatch,
-                                                                   capsys):
+def test_disk_full_mid_run_loses_no_checkpoint_and_resume_finishes(tmp_path, monkeypatch, cli,
+                                                                   run_cli):
     argv = ["train-teacher", "model.teacher=mlp_large", "method.name=ce", "optim.epochs=3",
             *COMMON]
     cli(*argv, f"run.run_dir={tmp_path / 'full'}")
@@ -509,7 +484,7 @@ def test_disk_full_mid_run_loses_no_checkpoint_and_resume_finishes(tmp_path, mon
 
     cut = tmp_path / "cut"
     monkeypatch.setattr(torch, "save", disk_full_at_second_checkpoint)
-    code, err = run_cli(capsys, *argv, f"run.run_dir={cut}")
+    code, _, err = run_cli(*argv, f"run.run_dir={cut}")
     assert code == 1 and one_line(err)
     assert err.startswith("ijckd-bounds train-teacher: error: No space left on device")
     assert sorted(os.listdir(cut / "checkpoints")) == ["epoch_0001.pt"]  # no partial file
@@ -527,12 +502,12 @@ def test_disk_full_mid_run_loses_no_checkpoint_and_resume_finishes(tmp_path, mon
 # -------------------------------------------------------------------------- NaN losses
 
 
-def test_diverging_run_stops_before_writing_nan_weights(tmp_path, capsys):
+def test_diverging_run_stops_before_writing_nan_weights(tmp_path, run_cli):
     run_dir = tmp_path / "run"
     # 1e12 without a dot: YAML 1.1 reads it as text, the config loader as the number
-    code, err = run_cli(capsys, "train-teacher", "model.teacher=mlp_large", "method.name=ce",
-                        *COMMON, "optim.lr=1e12", "optim.momentum=0", "optim.epochs=2",
-                        f"run.run_dir={run_dir}")
+    code, _, err = run_cli("train-teacher", "model.teacher=mlp_large", "method.name=ce",
+                           *COMMON, "optim.lr=1e12", "optim.momentum=0", "optim.epochs=2",
+                           f"run.run_dir={run_dir}")
     assert code == 2 and one_line(err)
     assert err.startswith("ijckd-bounds train-teacher: error: loss term 'ce' is ")
     assert "stopped before the update. Last good checkpoint: none yet" in err
@@ -541,29 +516,17 @@ def test_diverging_run_stops_before_writing_nan_weights(tmp_path, capsys):
 
 
 def test_nan_loss_through_the_cli_names_step_term_and_checkpoint(untracked_run, tmp_path,
-                                                                 monkeypatch, capsys):
-    from ijckd_bounds.train import objectives
-
-    original = objectives.HintonKD.forward
-    calls = {"n": 0}
+                                                                 poison_kd_loss, cli, run_cli,
+                                                                 digits_runs):
     history = pd.read_csv(untracked_run / "history.csv")  # same data and batch size
     steps_per_epoch = int(history.loc[history["epoch"] == 1, "step"].iloc[0])
     poison_at = steps_per_epoch + 2
-
-    def poisoned(self, x, y):
-        terms, logits = original(self, x, y)
-        calls["n"] += 1
-        if calls["n"] >= poison_at:
-            terms["kl"] = terms["kl"] * float("inf")
-            terms["loss"] = terms["loss"] + terms["kl"]
-        return terms, logits
-
-    monkeypatch.setattr(objectives.HintonKD, "forward", poisoned)
+    cure = poison_kd_loss(poison_at, float("inf"))
     run_dir = tmp_path / "run"
-    teacher = untracked_run.parent / "teacher" / "teacher.pt"
+    teacher = digits_runs / "teacher" / "teacher.pt"
     argv = ["distill", "method.name=kd", "model.student=mlp_small", "optim.epochs=3",
             f"model.teacher_checkpoint={teacher}", f"run.run_dir={run_dir}", *COMMON]
-    code, err = run_cli(capsys, *argv)
+    code, _, err = run_cli(*argv)
     good = run_dir / "checkpoints" / "epoch_0001.pt"
     assert code == 2 and one_line(err)
     assert err == (f"ijckd-bounds distill: error: loss term 'kl' is inf at step {poison_at} "
@@ -572,7 +535,7 @@ def test_nan_loss_through_the_cli_names_step_term_and_checkpoint(untracked_run, 
     state = read_checkpoint(good)["model"]["state_dict"]
     assert all(torch.isfinite(v).all() for v in state.values())
 
-    monkeypatch.setattr(objectives.HintonKD, "forward", original)
+    cure()
     cli(*argv, "--resume")  # the way back: resume from the named checkpoint
     assert sorted(os.listdir(run_dir / "checkpoints")) == [
         "epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt"]

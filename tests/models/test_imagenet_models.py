@@ -42,10 +42,6 @@ def imagenet_model(name, num_classes=1000):
     return _BUILT[key]
 
 
-def count_parameters(model):
-    return sum(p.numel() for p in model.parameters())
-
-
 def bn_entries(prefix, channels):
     return [(f"{prefix}.weight", (channels,)), (f"{prefix}.bias", (channels,)),
             (f"{prefix}.running_mean", (channels,)), (f"{prefix}.running_var", (channels,)),
@@ -101,13 +97,13 @@ def test_models_are_registered():
 
 
 @pytest.mark.parametrize("name", sorted(TORCHVISION_PARAMETERS))
-def test_resnet_parameter_count_and_layout_equal_torchvision(name):
+def test_resnet_parameter_count_and_layout_equal_torchvision(name, count_parameters):
     model = imagenet_model(name)
     assert count_parameters(model) == TORCHVISION_PARAMETERS[name]
     assert layout(model) == torchvision_resnet_layout(RESNET_BLOCKS[name], BOTTLENECK[name], 1000)
 
 
-def test_mobilenet_parameter_count_by_formula_and_layout():
+def test_mobilenet_parameter_count_by_formula_and_layout(count_parameters):
     # Stem: 3x3x3x32 conv + BN(32); each block: 3x3 depthwise (9c) + BN(c) + 1x1 (c*o) + BN(o);
     # BN contributes 2 parameters per channel; fc: 1024 x 1000 + 1000.
     expected = 27 * 32 + 2 * 32

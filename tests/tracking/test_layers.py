@@ -6,7 +6,6 @@ import pytest
 
 from ijckd_bounds import schema
 from ijckd_bounds.tracking.table import collect_layers
-from tests.test_end_to_end import cli
 
 COMMON = ["data.name=digits", "data.batch_size=64", "optim.epochs=2", "optim.lr=0.05",
           "run.device=cpu", "run.progress=false", "track.n_bootstrap=60",
@@ -14,17 +13,17 @@ COMMON = ["data.name=digits", "data.batch_size=64", "optim.epochs=2", "optim.lr=
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, cli_setup):
     root = tmp_path_factory.mktemp("layers")
-    cli("train-teacher", "model.teacher=cnn_large", "method.name=ce",
-        f"run.run_dir={root / 'teacher'}", *COMMON)
+    cli_setup("train-teacher", "model.teacher=cnn_large", "method.name=ce",
+              f"run.run_dir={root / 'teacher'}", *COMMON)
     teacher = root / "teacher" / "teacher.pt"
     out = {}
     for name, extra in (("online", ["--track", "track.layers=true"]),
                         ("plain", ["--track"])):
-        cli("distill", "method.name=fitnet", "model.student=cnn_small",
-            f"model.teacher_checkpoint={teacher}", f"run.run_dir={root / name}", *extra,
-            *COMMON)
+        cli_setup("distill", "method.name=fitnet", "model.student=cnn_small",
+                  f"model.teacher_checkpoint={teacher}", f"run.run_dir={root / name}", *extra,
+                  *COMMON)
         out[name] = root / name
     return out
 
@@ -78,7 +77,7 @@ def test_layers_are_off_by_default_and_track_run_layers_adds_them(runs, tmp_path
 
 
 @pytest.mark.slow
-def test_layers_csv_survives_a_re_track_and_is_filled_in(runs):
+def test_layers_csv_survives_a_re_track_and_is_filled_in(runs, cli):
     run = runs["online"]
     before = _sorted(pd.read_csv(run / "layers.csv"))
     bounds_before = pd.read_csv(run / "bounds.csv")
@@ -102,7 +101,7 @@ def test_layers_csv_survives_a_re_track_and_is_filled_in(runs):
 
 
 @pytest.mark.slow
-def test_image_folders_stream_the_stages_and_delete_the_students(tmp_path):
+def test_image_folders_stream_the_stages_and_delete_the_students(tmp_path, imagenet_toy):
     import torch
 
     from ijckd_bounds.typed_yaml import from_dict
@@ -110,15 +109,13 @@ def test_image_folders_stream_the_stages_and_delete_the_students(tmp_path):
     from ijckd_bounds.models import build_model
     from ijckd_bounds.tracking.track import BoundTracker
     from ijckd_bounds.train import TrainConfig, distill
-    from tests.test_imagenet_recipe import CLASSES, SMALL, distill_tree, save_torchvision_style
-    from tests.test_imagenet_recipe import write_tree
 
-    tree = write_tree(tmp_path / "tree")
+    tree = imagenet_toy.write_tree(tmp_path / "tree")
     torch.manual_seed(3)
-    teacher = build_model("resnet18", CLASSES, (3, 32, 32))
-    weights = save_torchvision_style(teacher.state_dict(), tmp_path, "resnet18")
+    teacher = build_model("resnet18", imagenet_toy.classes, (3, 32, 32))
+    weights = imagenet_toy.save_torchvision_style(teacher.state_dict(), tmp_path, "resnet18")
     run = tmp_path / "run"
-    cfg = from_dict(TrainConfig, distill_tree(
+    cfg = from_dict(TrainConfig, imagenet_toy.distill_config(
         tree, run, model={"teacher": "resnet18", "teacher_weights": str(weights)},
         optim={"epochs": 1}, track={"layers": True}))
     distill(cfg, callbacks=[BoundTracker(run)])
@@ -131,7 +128,7 @@ def test_image_folders_stream_the_stages_and_delete_the_students(tmp_path):
     # the streamed teacher stages are the teacher's own stage outputs on the images
     import numpy as np
 
-    splits = build_dataset("imagefolder", data_dir=str(tree), **SMALL)
+    splits = build_dataset("imagefolder", data_dir=str(tree), **imagenet_toy.images)
     images = torch.stack([splits.eval[i][0] for i in range(len(splits.eval))])
     with torch.no_grad():
         _, want = teacher.eval().forward_stages(images)
@@ -140,7 +137,7 @@ def test_image_folders_stream_the_stages_and_delete_the_students(tmp_path):
 
 
 @pytest.mark.slow
-def test_plot_and_audit_show_the_layers(runs, tmp_path):
+def test_plot_and_audit_show_the_layers(runs, tmp_path, cli):
     cli("plot", runs["online"], runs["plain"], "--out", tmp_path / "figures")
     for name in ("layers_cka_online.png", "layers_profile_online.png"):
         assert (tmp_path / "figures" / name).stat().st_size > 5000

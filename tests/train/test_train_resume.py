@@ -1,7 +1,6 @@
 """A run killed with SIGKILL (twice) and resumed ends bit-identical to an uninterrupted one."""
 
 import csv
-import os
 import signal
 import subprocess
 import sys
@@ -15,20 +14,14 @@ import yaml
 from ijckd_bounds.checkpoint import read_checkpoint
 from ijckd_bounds.typed_yaml import from_dict
 from ijckd_bounds.train import TrainConfig, train_teacher
+from tests.gloo_ranks import one_process_env
 
 EPOCHS = 8
 
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    return env
-
-
 def _launch(config, run_dir, *extra):
     return subprocess.Popen([sys.executable, "-m", "ijckd_bounds.train", "--config", str(config),
-                             f"run.run_dir={run_dir}", *extra], env=_env(),
+                             f"run.run_dir={run_dir}", *extra], env=one_process_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -81,7 +74,7 @@ def test_sigkill_and_resume_gives_the_uninterrupted_weights(tmp_path):
     _kill_when(second, ckpts / "epoch_0004.pt", after=0.03)  # somewhere inside epoch 5
     assert not final.exists()
     last = subprocess.run([sys.executable, "-m", "ijckd_bounds.train", "--config", str(config),
-                           f"run.run_dir={cut_dir}", "--resume"], env=_env(),
+                           f"run.run_dir={cut_dir}", "--resume"], env=one_process_env(),
                           capture_output=True, text=True, timeout=300)
     assert last.returncode == 0, last.stderr
     assert "resuming from" in last.stderr

@@ -18,33 +18,15 @@ COMMON = ["data.batch_size=64", "optim.epochs=1", "optim.lr=0.05", "run.device=c
           "run.progress=false"]
 
 
-def cli_ok(*argv):
-    code = main([str(a) for a in argv])
-    assert code == 0, f"ijckd-bounds {' '.join(map(str, argv))} exited {code}"
-
-
-def fails(capsys, *argv, code=2):
-    """Run the CLI; assert it exits ``code`` with exactly one stderr line; return it."""
-    got = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert got == code, err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert err.startswith(f"ijckd-bounds {argv[0]}: error: "), err
-    return err.rstrip("\n")
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Two digits teachers (MLP, 1 epoch, seeds 0 and 1), a KD and an IJCKD student."""
-    root = tmp_path_factory.mktemp("bad_input")
-    for name, seed in (("teacher", 0), ("teacher_b", 1)):
-        cli_ok("train-teacher", "model.teacher=mlp_large", "method.name=ce", f"run.seed={seed}",
-               f"run.run_dir={root / name}", *COMMON)
-    for method in ("kd", "ijckd"):
-        cli_ok("distill", f"method.name={method}", "model.student=mlp_small",
-               f"model.teacher_checkpoint={root / 'teacher' / 'teacher.pt'}",
-               f"run.run_dir={root / method}", *COMMON)
-    return root
+def runs(digits_runs, tmp_path_factory, cli_setup):
+    """The shared digits runs (``teacher``, ``kd``, ``ijckd``; 2 epochs) and a second
+    digits teacher ``teacher_b`` (MLP, seed 1, 1 epoch): name -> run directory."""
+    other = tmp_path_factory.mktemp("bad_input") / "teacher_b"
+    cli_setup("train-teacher", "model.teacher=mlp_large", "method.name=ce", "run.seed=1",
+              f"run.run_dir={other}", *COMMON)
+    return {**{name: digits_runs / name for name in ("teacher", "kd", "ijckd")},
+            "teacher_b": other}
 
 
 def _payload(path):
@@ -54,50 +36,52 @@ def _payload(path):
 # --------------------------------------------------------------------------- checkpoints
 
 
-def test_truncated_student_checkpoint(runs, tmp_path, capsys):
-    data = (runs / "kd" / "checkpoints" / "epoch_0001.pt").read_bytes()
+def test_truncated_student_checkpoint(runs, tmp_path, cli_fails):
+    data = (runs["kd"] / "checkpoints" / "epoch_0001.pt").read_bytes()
     bad = tmp_path / "truncated.pt"
     bad.write_bytes(data[: len(data) // 2])
-    err = fails(capsys, "audit", "--student", bad, "--out", tmp_path / "audit")
+    err = cli_fails("audit", "--student", bad, "--out", tmp_path / "audit")
     assert f"student checkpoint {str(bad)!r} is corrupt, truncated or not a torch file" in err
 
 
-def test_garbage_teacher_checkpoint(runs, tmp_path, capsys):
+def test_garbage_teacher_checkpoint(runs, tmp_path, cli_fails):
     bad = tmp_path / "teacher.pt"
     bad.write_bytes(b"this is not a checkpoint")
-    err = fails(capsys, "distill", "method.name=kd", "model.student=mlp_small",
-                f"model.teacher_checkpoint={bad}", f"run.run_dir={tmp_path / 'run'}", *COMMON)
+    err = cli_fails("distill", "method.name=kd", "model.student=mlp_small",
+                    f"model.teacher_checkpoint={bad}", f"run.run_dir={tmp_path / 'run'}", *COMMON)
     assert f"teacher checkpoint {str(bad)!r} is corrupt, truncated or not a torch file" in err
 
 
-def test_torch_file_that_is_no_checkpoint(tmp_path, capsys):
+def test_torch_file_that_is_no_checkpoint(tmp_path, cli_fails):
     other = tmp_path / "weights.pt"
     torch.save({"fc.weight": torch.zeros(2, 2)}, other)
-    err = fails(capsys, "audit", "--student", other, "--out", tmp_path / "audit")
+    err = cli_fails("audit", "--student", other, "--out", tmp_path / "audit")
     assert f"student checkpoint {str(other)!r} is not an ijckd_bounds checkpoint" in err
 
 
-def test_corrupt_checkpoint_inside_a_run_stops_track(runs, tmp_path, capsys):
+def test_corrupt_checkpoint_inside_a_run_stops_track(runs, tmp_path, cli_fails):
     import shutil
 
     run = tmp_path / "kd"
-    shutil.copytree(runs / "kd" / "checkpoints", run / "checkpoints")
+    shutil.copytree(runs["kd"] / "checkpoints", run / "checkpoints")
     bad = run / "checkpoints" / "epoch_0002.pt"
     bad.write_bytes(b"\x80\x02\x8a\x0alf")  # a torch header cut after a few bytes
-    err = fails(capsys, "track", run, "--n-bootstrap", 20, "--n-permutations", 10)
+    err = cli_fails("track", run, "--n-bootstrap", 20, "--n-permutations", 10)
     assert "is corrupt, truncated or not a torch file" in err and "epoch_0002.pt" in err
 
 
-def test_resume_from_a_truncated_checkpoint(runs, tmp_path, capsys):
+def test_resume_from_a_truncated_checkpoint(runs, tmp_path, cli_fails):
     import shutil
 
     run = tmp_path / "kd"
-    shutil.copytree(runs / "kd", run)
+    shutil.copytree(runs["kd"], run)
+    # the only checkpoint left is cut short: no earlier complete one to fall back on
+    (run / "checkpoints" / "epoch_0002.pt").unlink()
     latest = run / "checkpoints" / "epoch_0001.pt"
     latest.write_bytes(latest.read_bytes()[:1000])
-    err = fails(capsys, "distill", "method.name=kd", "model.student=mlp_small",
-                f"model.teacher_checkpoint={runs / 'teacher' / 'teacher.pt'}",
-                f"run.run_dir={run}", "--resume", *COMMON)
+    err = cli_fails("distill", "method.name=kd", "model.student=mlp_small",
+                    f"model.teacher_checkpoint={runs['teacher'] / 'teacher.pt'}",
+                    f"run.run_dir={run}", "--resume", *COMMON, "optim.epochs=2")
     assert f"{str(latest)!r} is corrupt, truncated or not a torch file" in err
 
 
@@ -105,46 +89,46 @@ def _run_with_teacher_path(runs, tmp_path, teacher_path):
     """A copy of the KD run whose checkpoints name ``teacher_path`` as their teacher."""
     run = tmp_path / "kd"
     (run / "checkpoints").mkdir(parents=True)
-    for source in (runs / "kd" / "checkpoints").glob("*.pt"):
+    for source in (runs["kd"] / "checkpoints").glob("*.pt"):
         payload = _payload(source)
         payload["teacher"]["path"] = str(teacher_path)
         torch.save(payload, run / "checkpoints" / source.name)
     return run
 
 
-def test_track_when_the_teacher_file_is_gone(runs, tmp_path, capsys):
+def test_track_when_the_teacher_file_is_gone(runs, tmp_path, cli_fails):
     gone = tmp_path / "moved" / "teacher.pt"
     run = _run_with_teacher_path(runs, tmp_path, gone)
-    err = fails(capsys, "track", run, "--n-bootstrap", 20, "--n-permutations", 10)
+    err = cli_fails("track", run, "--n-bootstrap", 20, "--n-permutations", 10)
     assert f"{str(gone)!r} does not exist" in err
 
 
-def test_track_when_the_teacher_file_was_replaced(runs, tmp_path, capsys):
+def test_track_when_the_teacher_file_was_replaced(runs, tmp_path, cli_fails):
     import shutil
 
     replaced = tmp_path / "teacher.pt"
-    shutil.copy(runs / "teacher_b" / "teacher.pt", replaced)  # retrained in place
+    shutil.copy(runs["teacher_b"] / "teacher.pt", replaced)  # retrained in place
     run = _run_with_teacher_path(runs, tmp_path, replaced)
-    err = fails(capsys, "track", run, "--n-bootstrap", 20, "--n-permutations", 10)
+    err = cli_fails("track", run, "--n-bootstrap", 20, "--n-permutations", 10)
     assert f"{str(replaced)!r} has changed since the student was distilled from it" in err
 
 
-def test_checkpoint_of_another_model(runs, tmp_path, capsys):
-    payload = _payload(runs / "kd" / "checkpoints" / "epoch_0001.pt")
+def test_checkpoint_of_another_model(runs, tmp_path, cli_fails):
+    payload = _payload(runs["kd"] / "checkpoints" / "epoch_0001.pt")
     payload["model"]["name"] = "cnn_small"
     other = tmp_path / "other_model.pt"
     torch.save(payload, other)
-    err = fails(capsys, "audit", "--student", other, "--out", tmp_path / "audit")
+    err = cli_fails("audit", "--student", other, "--out", tmp_path / "audit")
     assert err.endswith(f"student checkpoint {str(other)!r} does not fit model 'cnn_small': "
                         f"key 'body.0.weight' of the model is missing from the checkpoint")
 
 
-def test_checkpoint_of_another_width(runs, tmp_path, capsys):
-    payload = _payload(runs / "kd" / "checkpoints" / "epoch_0001.pt")
+def test_checkpoint_of_another_width(runs, tmp_path, cli_fails):
+    payload = _payload(runs["kd"] / "checkpoints" / "epoch_0001.pt")
     payload["model"]["options"] = {"hidden_sizes": [48]}
     wider = tmp_path / "wider.pt"
     torch.save(payload, wider)
-    err = fails(capsys, "audit", "--student", wider, "--out", tmp_path / "audit")
+    err = cli_fails("audit", "--student", wider, "--out", tmp_path / "audit")
     assert err.endswith(f"student checkpoint {str(wider)!r} does not fit model 'mlp_small': "
                         f"'body.1.weight' has shape (32, 64) in the checkpoint, (48, 64) in the "
                         f"model (another width?)")
@@ -155,24 +139,24 @@ def test_checkpoint_of_another_width(runs, tmp_path, capsys):
      "config key model.student_options was {}, now {'hidden_sizes': [48]}"),
     ("model.student=mlp_large", "config key model.student was 'mlp_small', now 'mlp_large'"),
 ])
-def test_resume_with_another_model_or_width_than_the_checkpoint(runs, tmp_path, capsys,
-                                                                 override, changed):
+def test_resume_with_another_model_or_width_than_the_checkpoint(runs, tmp_path,
+                                                                 override, changed, cli_fails):
     import shutil
 
     run = tmp_path / "kd"
-    shutil.copytree(runs / "kd", run)
-    err = fails(capsys, "distill", "method.name=kd", "model.student=mlp_small",
-                f"model.teacher_checkpoint={runs / 'teacher' / 'teacher.pt'}",
-                f"run.run_dir={run}", "--resume", *COMMON, override)
-    assert f"cannot resume from {str(run / 'checkpoints' / 'epoch_0001.pt')!r}: {changed}" \
+    shutil.copytree(runs["kd"], run)
+    err = cli_fails("distill", "method.name=kd", "model.student=mlp_small",
+                    f"model.teacher_checkpoint={runs['teacher'] / 'teacher.pt'}",
+                    f"run.run_dir={run}", "--resume", *COMMON, "optim.epochs=2", override)
+    assert f"cannot resume from {str(run / 'checkpoints' / 'epoch_0002.pt')!r}: {changed}" \
            in err
 
 
-def test_teacher_checkpoint_of_another_model_than_configured(runs, tmp_path, capsys):
-    teacher = runs / "teacher" / "teacher.pt"
-    err = fails(capsys, "distill", "method.name=kd", "model.student=mlp_small",
-                "model.teacher=cnn_large", f"model.teacher_checkpoint={teacher}",
-                f"run.run_dir={tmp_path / 'run'}", *COMMON)
+def test_teacher_checkpoint_of_another_model_than_configured(runs, tmp_path, cli_fails):
+    teacher = runs["teacher"] / "teacher.pt"
+    err = cli_fails("distill", "method.name=kd", "model.student=mlp_small",
+                    "model.teacher=cnn_large", f"model.teacher_checkpoint={teacher}",
+                    f"run.run_dir={tmp_path / 'run'}", *COMMON)
     assert err.endswith(f"model.teacher is 'cnn_large' but teacher checkpoint {str(teacher)!r} "
                         f"holds a 'mlp_large'")
 
@@ -180,11 +164,11 @@ def test_teacher_checkpoint_of_another_model_than_configured(runs, tmp_path, cap
 # ------------------------------------------------------- datasets and class counts differ
 
 
-def test_distill_on_another_dataset_than_the_teacher(runs, tmp_path, capsys):
-    teacher = runs / "teacher" / "teacher.pt"
-    err = fails(capsys, "distill", "method.name=kd", "model.student=mlp_small",
-                f"model.teacher_checkpoint={teacher}", f"run.run_dir={tmp_path / 'run'}",
-                *COMMON, "data.name=mnist1d", "data.options={num_samples: 200}")
+def test_distill_on_another_dataset_than_the_teacher(runs, tmp_path, cli_fails):
+    teacher = runs["teacher"] / "teacher.pt"
+    err = cli_fails("distill", "method.name=kd", "model.student=mlp_small",
+                    f"model.teacher_checkpoint={teacher}", f"run.run_dir={tmp_path / 'run'}",
+                    *COMMON, "data.name=mnist1d", "data.options={num_samples: 200}")
     assert err.endswith(f"teacher checkpoint {str(teacher)!r} was trained on dataset 'digits', "
                         f"this run distills on 'mnist1d'")
 
@@ -197,49 +181,48 @@ def _tensors_file(path, n_classes, seed):
     return path
 
 
-def test_distill_with_a_teacher_of_another_class_count(tmp_path, capsys):
+def test_distill_with_a_teacher_of_another_class_count(tmp_path, cli, cli_fails):
     three = _tensors_file(tmp_path / "three.npz", 3, 0)
     four = _tensors_file(tmp_path / "four.npz", 4, 1)
-    cli_ok("train-teacher", "model.teacher=mlp_large", "method.name=ce", "data.name=tensors",
-           f"data.options={{path: {three}}}", f"run.run_dir={tmp_path / 'teacher'}", *COMMON)
+    cli("train-teacher", "model.teacher=mlp_large", "method.name=ce", "data.name=tensors",
+        f"data.options={{path: {three}}}", f"run.run_dir={tmp_path / 'teacher'}", *COMMON)
     teacher = tmp_path / "teacher" / "teacher.pt"
-    err = fails(capsys, "distill", "method.name=kd", "model.student=mlp_small",
-                "data.name=tensors", f"data.options={{path: {four}}}",
-                f"model.teacher_checkpoint={teacher}", f"run.run_dir={tmp_path / 'run'}",
-                *COMMON)
+    err = cli_fails("distill", "method.name=kd", "model.student=mlp_small",
+                    "data.name=tensors", f"data.options={{path: {four}}}",
+                    f"model.teacher_checkpoint={teacher}", f"run.run_dir={tmp_path / 'run'}",
+                    *COMMON)
     assert err.endswith(f"teacher checkpoint {str(teacher)!r} predicts 3 classes, dataset "
                         f"'tensors' has 4")
 
 
-def test_audit_teacher_and_student_of_different_datasets(runs, tmp_path, capsys):
-    payload = _payload(runs / "teacher" / "teacher.pt")
+def test_audit_teacher_and_student_of_different_datasets(runs, tmp_path, cli_fails):
+    payload = _payload(runs["teacher"] / "teacher.pt")
     payload["dataset"] = dict(payload["dataset"], name="mnist1d", input_shape=[1, 40])
     foreign = tmp_path / "mnist1d_teacher.pt"
     torch.save(payload, foreign)
-    student = runs / "kd" / "checkpoints" / "epoch_0001.pt"
-    err = fails(capsys, "audit", "--teacher", foreign, "--student", student,
-                "--out", tmp_path / "audit")
+    student = runs["kd"] / "checkpoints" / "epoch_0001.pt"
+    err = cli_fails("audit", "--teacher", foreign, "--student", student,
+                    "--out", tmp_path / "audit")
     assert err.endswith(f"teacher checkpoint {str(foreign)!r} was trained on dataset 'mnist1d', "
                         f"student checkpoint {str(student)!r} on 'digits'; pass a teacher of "
                         f"the student's dataset (or --dataset to evaluate both on another)")
     assert not (tmp_path / "audit" / ".cache").exists()  # nothing computed
 
 
-def test_audit_on_a_dataset_the_student_cannot_read(runs, tmp_path, capsys):
-    student = runs / "kd" / "checkpoints" / "epoch_0001.pt"
-    err = fails(capsys, "audit", "--student", student, "--dataset", "tensors",
-                "--data-dir", _tensors_file(tmp_path / "t.npz", 3, 0),
-                "--out", tmp_path / "audit")
+def test_audit_on_a_dataset_the_student_cannot_read(runs, tmp_path, cli_fails):
+    student = runs["kd"] / "checkpoints" / "epoch_0001.pt"
+    err = cli_fails("audit", "--student", student, "--dataset", "tensors",
+                    "--data-dir", _tensors_file(tmp_path / "t.npz", 3, 0),
+                    "--out", tmp_path / "audit")
     assert err.endswith(f"student checkpoint {str(student)!r} takes inputs of shape (1, 8, 8) "
                         f"(dataset 'digits'), dataset 'tensors' gives (6,)")
 
 
-def test_audit_with_another_teacher_than_the_student_was_distilled_from(runs, tmp_path,
-                                                                         capsys):
-    student = runs / "ijckd" / "checkpoints" / "epoch_0001.pt"
-    other = runs / "teacher_b" / "teacher.pt"
-    err = fails(capsys, "audit", "--teacher", other, "--student", student,
-                "--out", tmp_path / "audit")
+def test_audit_with_another_teacher_than_the_student_was_distilled_from(runs, tmp_path, cli_fails):
+    student = runs["ijckd"] / "checkpoints" / "epoch_0001.pt"
+    other = runs["teacher_b"] / "teacher.pt"
+    err = cli_fails("audit", "--teacher", other, "--student", student,
+                    "--out", tmp_path / "audit")
     assert re.search(rf"student checkpoint {re.escape(repr(str(student)))} was distilled from "
                      rf"a teacher file with sha256 [0-9a-f]{{12}}\.\.\., teacher checkpoint "
                      rf"{re.escape(repr(str(other)))} has [0-9a-f]{{12}}\.\.\.: its connector "
@@ -332,42 +315,42 @@ FEATURE_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(FEATURE_CASES))
-def test_bad_feature_file(case, tmp_path, capsys):
+def test_bad_feature_file(case, tmp_path, cli_fails):
     change, message = FEATURE_CASES[case]
     path = tmp_path / "features.npz"
     np.savez(path, **_with(change))
-    err = fails(capsys, "estimate", path, "--n-bootstrap", 20, "--n-permutations", 10)
+    err = cli_fails("estimate", path, "--n-bootstrap", 20, "--n-permutations", 10)
     assert message in err
     if case == "text labels":
         assert "must hold numbers, got dtype <U" in err
 
 
 @pytest.mark.parametrize("case", ["nan", "single-class fit split", "missing array"])
-def test_bad_feature_file_in_the_audit(case, tmp_path, capsys):
+def test_bad_feature_file_in_the_audit(case, tmp_path, cli_fails):
     change, message = FEATURE_CASES[case]
     path = tmp_path / "features.npz"
     np.savez(path, **_with(change))
-    err = fails(capsys, "audit", "--features", path, "--out", tmp_path / "audit",
-                "--n-bootstrap", 20)
+    err = cli_fails("audit", "--features", path, "--out", tmp_path / "audit",
+                    "--n-bootstrap", 20)
     assert message in err
     assert not (tmp_path / "audit" / "report.md").exists()
 
 
-def test_unreadable_feature_files(tmp_path, capsys):
+def test_unreadable_feature_files(tmp_path, cli_fails):
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"PK\x03\x04 not really a zip")
-    err = fails(capsys, "estimate", garbage)
+    err = cli_fails("estimate", garbage)
     assert f"feature file {str(garbage)!r} is not a readable .npz file" in err
     listed = tmp_path / "list.pt"
     torch.save([torch.zeros(3)], listed)
-    err = fails(capsys, "estimate", listed)
+    err = cli_fails("estimate", listed)
     assert err.endswith(f"feature file {str(listed)!r} must hold a dict of named arrays, got list")
     text = tmp_path / "features.csv"
     text.write_text("z_t\n1\n")
-    assert fails(capsys, "estimate", text).endswith("must be a .npz or .pt file")
+    assert cli_fails("estimate", text).endswith("must be a .npz or .pt file")
 
 
-def test_valid_feature_file_still_works(tmp_path, capsys):
+def test_valid_feature_file_still_works(tmp_path):
     """The feature-file cases above are one change away from this working file."""
     path = tmp_path / "features.npz"
     np.savez(path, **_features())
@@ -404,19 +387,19 @@ def _explicit(path, fit_is_eval=False, eval_size=30, eval_classes=2):
     ({"eval_classes": 1}, "the eval split must hold >= 2 classes, got only class 0 "
                           "(30 samples)"),
 ])
-def test_bad_dataset_splits_fail_before_training(layout, message, tmp_path, capsys):
+def test_bad_dataset_splits_fail_before_training(layout, message, tmp_path, cli_fails):
     data = _explicit(tmp_path / "data.npz", **layout)
-    err = fails(capsys, "train-teacher", "model.teacher=mlp_large", "method.name=ce",
-                "data.name=tensors", f"data.options={{path: {data}}}",
-                f"run.run_dir={tmp_path / 'run'}", *COMMON)
+    err = cli_fails("train-teacher", "model.teacher=mlp_large", "method.name=ce",
+                    "data.name=tensors", f"data.options={{path: {data}}}",
+                    f"run.run_dir={tmp_path / 'run'}", *COMMON)
     assert message in err
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_split_fractions_that_leave_eval_empty(tmp_path, capsys):
-    err = fails(capsys, "train-teacher", "model.teacher=mlp_large", "method.name=ce",
-                "data.options={fractions: [0.6, 0.2, 0.0001]}",
-                f"run.run_dir={tmp_path / 'run'}", *COMMON)
+def test_split_fractions_that_leave_eval_empty(tmp_path, cli_fails):
+    err = cli_fails("train-teacher", "model.teacher=mlp_large", "method.name=ce",
+                    "data.options={fractions: [0.6, 0.2, 0.0001]}",
+                    f"run.run_dir={tmp_path / 'run'}", *COMMON)
     assert err.endswith("split part 2 of [0.6, 0.2, 0.0001] would be empty with only 1797 "
                         "samples")
 
@@ -442,18 +425,18 @@ def test_split_fractions_that_leave_eval_empty(tmp_path, capsys):
     (["train-teacher", "model.teacher=mlp_large", "model.teacher_options={hidden_size: [8]}"],
      "model 'mlp_large' has no option 'hidden_size'"),
 ])
-def test_unknown_names_in_training(argv, message, runs, tmp_path, capsys):
-    argv = [a.replace("PLACEHOLDER", str(runs / "teacher" / "teacher.pt")) for a in argv]
-    err = fails(capsys, *argv, f"run.run_dir={tmp_path / 'run'}", *COMMON[:1])
+def test_unknown_names_in_training(argv, message, runs, tmp_path, cli_fails):
+    argv = [a.replace("PLACEHOLDER", str(runs["teacher"] / "teacher.pt")) for a in argv]
+    err = cli_fails(*argv, f"run.run_dir={tmp_path / 'run'}", *COMMON[:1])
     assert message in err
 
 
-def test_unknown_dataset_in_audit_and_demo(runs, tmp_path, capsys):
-    student = runs / "kd" / "checkpoints" / "epoch_0001.pt"
-    err = fails(capsys, "audit", "--student", student, "--dataset", "digitz",
-                "--out", tmp_path / "audit")
+def test_unknown_dataset_in_audit_and_demo(runs, tmp_path, cli_fails):
+    student = runs["kd"] / "checkpoints" / "epoch_0001.pt"
+    err = cli_fails("audit", "--student", student, "--dataset", "digitz",
+                    "--out", tmp_path / "audit")
     assert "unknown dataset 'digitz' (did you mean 'digits'?)" in err
-    err = fails(capsys, "demo", "--dataset", "mnist-1d", "--out", tmp_path / "demo")
+    err = cli_fails("demo", "--dataset", "mnist-1d", "--out", tmp_path / "demo")
     assert "the demo runs on digits, mnist1d, got 'mnist-1d'" in err
     assert not (tmp_path / "demo").exists()
 
@@ -476,33 +459,33 @@ def test_unknown_dataset_in_audit_and_demo(runs, tmp_path, capsys):
     ("optim:\n  epochs: many\n", "optim.epochs must be an integer, got 'many'"),
     ("optim:\n  lr: .nan\n", "optim.lr must be a finite number, got nan"),
 ])
-def test_bad_yaml_config(text, message, tmp_path, capsys):
+def test_bad_yaml_config(text, message, tmp_path, cli_fails):
     config = tmp_path / "config.yaml"
     config.write_text(text)
-    err = fails(capsys, "train-teacher", "--config", config,
-                f"run.run_dir={tmp_path / 'run'}")
+    err = cli_fails("train-teacher", "--config", config,
+                    f"run.run_dir={tmp_path / 'run'}")
     assert message in err
     assert not (tmp_path / "run").exists()
 
 
-def test_config_that_is_not_text(tmp_path, capsys):
+def test_config_that_is_not_text(tmp_path, cli_fails):
     config = tmp_path / "config.yaml"
     config.write_bytes(b"\xff\xfe\x00\x81binary")
-    err = fails(capsys, "distill", "--config", config)
+    err = cli_fails("distill", "--config", config)
     assert err.endswith(f"config file {str(config)!r} is not UTF-8 text (byte 0xff at "
                         f"offset 0)")
-    err = fails(capsys, "distill", "--config", tmp_path / "missing.yaml")
+    err = cli_fails("distill", "--config", tmp_path / "missing.yaml")
     assert err.endswith(f"config file {str(tmp_path / 'missing.yaml')!r} does not exist")
 
 
-def test_unknown_key_in_yaml_names_the_closest_and_a_run_ckpt_typo(tmp_path, capsys):
+def test_unknown_key_in_yaml_names_the_closest_and_a_run_ckpt_typo(tmp_path, cli_fails):
     config = tmp_path / "config.yaml"
     config.write_text("run:\n  ckpt_evry: 2\n")
-    err = fails(capsys, "train-teacher", "--config", config)
+    err = cli_fails("train-teacher", "--config", config)
     assert "unknown config key 'run.ckpt_evry' (did you mean 'ckpt_every'?)" in err
 
 
-def test_exponent_without_a_dot_is_a_number(tmp_path, capsys):
+def test_exponent_without_a_dot_is_a_number(tmp_path):
     """YAML 1.1 reads 1e-3 as text; the config loader takes it as the number it means."""
     from ijckd_bounds.typed_yaml import load_config
     from ijckd_bounds.train import TrainConfig

@@ -5,16 +5,8 @@ import sys
 
 import pytest
 
-from ijckd_bounds.app.cli import main
-
 SUBCOMMANDS = ("train-teacher", "distill", "track", "collect", "plot", "audit", "estimate",
                "demo", "list")
-
-
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_help_lists_every_subcommand():
@@ -24,8 +16,8 @@ def test_help_lists_every_subcommand():
         assert name in result.stdout
 
 
-def test_list_names_datasets_models_methods(capsys):
-    code, out, _ = run_cli(capsys, "list")
+def test_list_names_datasets_models_methods(run_cli):
+    code, out, _ = run_cli("list")
     assert code == 0
     assert "digits" in out and "resnet8x4" in out and "ijckd" in out
 
@@ -36,35 +28,35 @@ def test_list_names_datasets_models_methods(capsys):
     ("optim.epoch=3", "unknown config key 'optim.epoch' (did you mean 'epochs'?)"),
     ("optim.lr=fast", "optim.lr must be a number"),
 ])
-def test_bad_names_and_keys_fail_with_one_line(capsys, tmp_path, override, message):
-    code, _, err = run_cli(capsys, "train-teacher", "model.teacher=cnn_large", "method.name=ce",
+def test_bad_names_and_keys_fail_with_one_line(tmp_path, override, message, run_cli):
+    code, _, err = run_cli("train-teacher", "model.teacher=cnn_large", "method.name=ce",
                            f"run.run_dir={tmp_path / 'run'}", override)
     assert code == 2
     assert message in err
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_unknown_method_lists_valid_methods(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "distill", "method.name=kdd",
+def test_unknown_method_lists_valid_methods(tmp_path, run_cli):
+    code, _, err = run_cli("distill", "method.name=kdd",
                            f"run.run_dir={tmp_path / 'run'}")
     assert code == 2
     assert "unknown method 'kdd'" in err and "ijckd" in err and "simkd" in err
 
 
-def test_malformed_yaml_config(capsys, tmp_path):
+def test_malformed_yaml_config(tmp_path, run_cli):
     config = tmp_path / "bad.yaml"
     config.write_text("optim:\n  lr: [0.1\n")
-    code, _, err = run_cli(capsys, "train-teacher", "--config", str(config))
+    code, _, err = run_cli("train-teacher", "--config", str(config))
     assert code == 2 and "malformed YAML at line" in err
 
 
-def test_missing_feature_file(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "estimate", str(tmp_path / "nope.npz"))
+def test_missing_feature_file(tmp_path, run_cli):
+    code, _, err = run_cli("estimate", str(tmp_path / "nope.npz"))
     assert code == 2 and "does not exist" in err
 
 
 @pytest.mark.parametrize("override", ["optim.weight_decay=-1e-4", "optim.momentum=-0.9"])
-def test_negative_optimizer_settings_are_refused(capsys, tmp_path, override):
-    code, _, err = run_cli(capsys, "train-teacher", "model.teacher=cnn_large", "method.name=ce",
+def test_negative_optimizer_settings_are_refused(tmp_path, override, run_cli):
+    code, _, err = run_cli("train-teacher", "model.teacher=cnn_large", "method.name=ce",
                            f"run.run_dir={tmp_path / 'run'}", override)
     assert code == 2 and "must be >= 0" in err

@@ -1,6 +1,6 @@
 """Teachers trained by RepDistiller and mdistiller load into the CIFAR zoo models.
 
-``data/cifar_codebase_keys.json.gz`` lists, for each CIFAR zoo architecture, the state-dict
+``tests/files/cifar_codebase_keys.json.gz`` lists, for each CIFAR zoo architecture, the state-dict
 keys and shapes of the same architecture as RepDistiller's and mdistiller's model
 definitions build it for 100 classes (recorded from their ``state_dict()``; both code bases
 give the same list). Each test builds a file in that code base's layout from the list (its
@@ -22,10 +22,9 @@ from ijckd_bounds.checkpoint import load_teacher_weights
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.models import build_model
 from ijckd_bounds.models.weights import load_torchvision_weights
-from tests.test_imagenet_recipe import _cli_error, distill_tree, write_tree
 
-LAYOUTS = json.loads(gzip.decompress(
-    (Path(__file__).parent / "data" / "cifar_codebase_keys.json.gz").read_bytes()))["models"]
+KEYS_FILE = Path(__file__).resolve().parents[1] / "files" / "cifar_codebase_keys.json.gz"
+LAYOUTS = json.loads(gzip.decompress(KEYS_FILE.read_bytes()))["models"]
 CLASSES = 100
 SHAPE = (3, 32, 32)
 
@@ -143,18 +142,18 @@ def test_the_zoo_layout_still_loads_and_foreign_names_do_not_leak_into_it(tmp_pa
                                  tmp_path / "r56.pth")
 
 
-def test_a_repdistiller_teacher_of_another_architecture_is_refused_at_the_cli(tmp_path,
-                                                                            capsys):
-    tree = write_tree(tmp_path / "tree")
+def test_a_repdistiller_teacher_of_another_architecture_is_refused_at_the_cli(
+        tmp_path, imagenet_toy, cli_fails):
+    tree = imagenet_toy.write_tree(tmp_path / "tree")
     config = tmp_path / "student.yaml"
-    config.write_text(yaml.safe_dump(distill_tree(
+    config.write_text(yaml.safe_dump(imagenet_toy.distill_config(
         tree, tmp_path / "run", model={"teacher": "resnet32x4", "student": "resnet8x4"})))
     small = {k: v[:1] if k.startswith("fc.") else v
              for k, v in their_state_dict("resnet8x4").items()}
     torch.save({"epoch": 240, "model": small, "optimizer": optimizer_state()},
                tmp_path / "resnet8x4_best.pth")
-    err = _cli_error(capsys, ["distill", "--config", str(config), "--teacher-weights",
-                              str(tmp_path / "resnet8x4_best.pth")])
+    err = cli_fails("distill", "--config", str(config), "--teacher-weights",
+                    str(tmp_path / "resnet8x4_best.pth"))
     assert "does not fit CifarResNet: missing key 'layer1.1.conv1.weight'" in err
     assert "RepDistiller/mdistiller key names" in err
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -2,43 +2,31 @@
 known defect."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from ijckd_bounds import schema
-from ijckd_bounds.app.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def cli(*argv):
-    code = main([str(a) for a in argv])
-    assert code == 0, f"ijckd-bounds {' '.join(map(str, argv))} exited {code}"
-
-
 @pytest.fixture(scope="module")
-def tiny_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    common = ["data.name=digits", "data.batch_size=64", "optim.epochs=2", "optim.lr=0.05",
-              "run.device=cpu", "run.progress=false"]
-    cli("train-teacher", "model.teacher=mlp_large", "method.name=ce",
-        f"run.run_dir={root / 'teacher'}", *common)
+def tiny_runs(digits_runs, tmp_path_factory, cli_setup):
+    """The shared KD and IJCKD digits runs, copied here and tracked (both checkpoints)."""
+    copies = tmp_path_factory.mktemp("e2e")
     runs = []
     for method in ("kd", "ijckd"):
-        run = root / method
-        cli("distill", f"method.name={method}", "model.student=mlp_small",
-            f"model.teacher_checkpoint={root / 'teacher' / 'teacher.pt'}",
-            f"run.run_dir={run}", *common)
+        run = shutil.copytree(digits_runs / method, copies / method)
+        cli_setup("track", run, "--n-bootstrap", 100, "--n-permutations", 50)
         runs.append(run)
-    for run in runs:
-        cli("track", run, "--n-bootstrap", 100, "--n-permutations", 50)
-    return root, runs
+    return digits_runs, runs
 
 
 @pytest.mark.slow
-def test_track_plot_audit_end_to_end(tiny_runs, tmp_path):
+def test_track_plot_audit_end_to_end(tiny_runs, tmp_path, cli):
     root, runs = tiny_runs
     for run in runs:
         df = pd.read_csv(run / "bounds.csv")
@@ -134,7 +122,7 @@ def _write_defect(path, kind, seed=0, n=600, d=8, k=4):
 
 
 @pytest.mark.parametrize("kind, diagnosis", [("shift", "alignment"), ("capacity", "capacity")])
-def test_audit_names_a_known_defect(tmp_path, kind, diagnosis):
+def test_audit_names_a_known_defect(tmp_path, kind, diagnosis, cli):
     features = _write_defect(tmp_path / f"{kind}.npz", kind)
     cli("audit", "--features", features, "--out", tmp_path / "audit", "--n-bootstrap", 200)
     payload = json.loads((tmp_path / "audit" / "bounds.json").read_text())
@@ -148,7 +136,7 @@ def test_audit_names_a_known_defect(tmp_path, kind, diagnosis):
 
 
 @pytest.mark.slow
-def test_the_audit_margin_figure_names_the_student_it_read(tiny_runs, tmp_path, monkeypatch):
+def test_the_audit_margin_figure_names_the_student_it_read(tiny_runs, tmp_path, monkeypatch, cli):
     """It was titled "student: audit, epoch 0" whatever the checkpoint."""
     import ijckd_bounds.plotting as plotting
 

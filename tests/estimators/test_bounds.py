@@ -10,7 +10,7 @@ import torch
 from ijckd_bounds import schema
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators import estimate_bounds, estimate_bounds_from_file
-from ijckd_bounds.estimators.bounds import BoundsReport
+from ijckd_bounds.estimators.intervals import Estimate
 
 FAST = {"n_bootstrap": 200, "n_permutations": 50}
 
@@ -130,7 +130,19 @@ def test_json_and_accessors(report):
     assert report["mmd_p"] == report.row()["mmd_p"]
     with pytest.raises(AttributeError):
         report.no_such_term
-    assert isinstance(report, BoundsReport)
+    # every term reads back as an Estimate, by key and by attribute, holding the row's
+    # value and interval; the JSON row holds the same numbers
+    row = report.row()
+    for name in _interval_terms():
+        estimate = getattr(report, name)
+        assert isinstance(estimate, Estimate), name
+        assert report[name] is estimate
+        for got, column in ((estimate.value, name), (estimate.lo, f"{name}_lo"),
+                            (estimate.hi, f"{name}_hi")):
+            if math.isnan(row[column]):
+                assert math.isnan(got) and data["row"][column] is None, column
+            else:
+                assert got == row[column] == pytest.approx(data["row"][column]), column
 
 
 def test_identical_domains():

@@ -67,6 +67,7 @@ def _writer(args):
                                             epoch=i)])
 
 
+@pytest.mark.slow
 def test_two_writers_do_not_lose_rows(tmp_path):
     path = str(tmp_path / "bounds.csv")
     with mp.get_context("spawn").Pool(2) as pool:
