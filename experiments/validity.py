@@ -84,20 +84,23 @@ ALPHA = 0.05
 N_PERMUTATIONS = 200
 BLOCK = 10  # replicates per result file (the unit of resumption)
 
-# (n, d) -> replicates per scenario of the published run, sized to a shared 2-core
-# machine: d from 5 to 2n; "this fit" targets need a second report on 20·n pairs, left out
-# where that costs most (n = 1000, d >= 500)
-FULL_CELLS = {(50, 5): 40, (50, 100): 40, (200, 5): 20, (200, 400): 20, (1000, 5): 10}
+# (n, d) -> replicates per scenario of the published run: d from 5 to 2n, sized so that a
+# 95% coverage is measured to about ±1.5 points at n = 50 (200 replicates: Monte-Carlo
+# standard error sqrt(0.95·0.05/200)) and ±2-3 points at n = 200 and 1000; "this fit"
+# targets need a second report on 20·n pairs, left out where that costs most
+# (n = 1000, d >= 500)
+FULL_CELLS = {(50, 5): 200, (50, 100): 200, (200, 5): 100, (200, 400): 100, (1000, 5): 50,
+              (1000, 500): 20}
 QUICK_CELLS = {(50, 5): 10, (50, 100): 10}
 NO_THIS_FIT = {(1000, 500), (1000, 2000)}
 # debiased CKA alone (the report's term function, the same draws): more replicates, and
 # d up to 2n at n = 1000
-FULL_CKA = {(50, 5): 60, (50, 100): 60, (200, 5): 40, (200, 400): 40, (1000, 5): 20,
-            (1000, 2000): 10}
+FULL_CKA = {(50, 5): 300, (50, 100): 300, (200, 5): 200, (200, 400): 200, (1000, 5): 60,
+            (1000, 2000): 30}
 QUICK_CKA = {(50, 5): 10, (50, 100): 10}
 # the permutation test alone: (n, d) -> replicates per mean shift
-FULL_MMD = {(50, 5): 200, (50, 100): 100, (200, 5): 60, (200, 400): 60, (1000, 5): 20,
-            (1000, 2000): 10}
+FULL_MMD = {(50, 5): 400, (50, 100): 200, (200, 5): 120, (200, 400): 120, (1000, 5): 40,
+            (1000, 2000): 20}
 QUICK_MMD = {(50, 5): 20}
 MMD_SHIFTS = (0.0, 0.25, 0.5)
 # the term -> which target its coverage is measured against, first the primary one
