@@ -2,7 +2,8 @@
 
 The reference run is ``experiments/bound_tracking.py --datasets digits mnist1d --seeds 0``;
 ``experiments/reference/<dataset>/`` holds its collected tables (``bounds.csv``,
-``per_class.csv``, and ``margins.csv`` for the last checkpoint of each run), written by
+``per_class.csv``, ``calibration.csv``, and ``margins.csv`` for the last checkpoint of each
+run), written by
 ``python figures/_reference.py --from runs/bounds`` after a run.
 """
 
@@ -15,6 +16,15 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "experiments" / "reference"
 OUT = ROOT / "figures"
+
+
+def calibration_table(dataset):
+    """The reliability bins (calibration.csv) of the reference run on ``dataset``."""
+    path = REFERENCE / dataset / "calibration.csv"
+    if not path.is_file():
+        sys.exit(f"no calibration table at {path}; refresh the reference tables with "
+                 f"python figures/_reference.py --from RUN_OUT")
+    return pd.read_csv(path)
 
 
 def tables(dataset):
@@ -52,11 +62,13 @@ def refresh(run_out):
         margins = collect(runs, kind="margins")
         last = bounds.groupby("run")["checkpoint"].max()
         margins = margins[margins["checkpoint"] == margins["run"].map(last)]
+        calibration = collect(runs, kind="calibration")
         target = REFERENCE / dataset_dir.name
         target.mkdir(parents=True, exist_ok=True)
         bounds.to_csv(target / "bounds.csv", index=False)
         per_class.to_csv(target / "per_class.csv", index=False)
         margins.to_csv(target / "margins.csv", index=False, float_format="%.6g")
+        calibration.to_csv(target / "calibration.csv", index=False, float_format="%.6g")
         print(f"{target}: {len(bounds)} checkpoint rows from {len(runs)} runs")
 
 
