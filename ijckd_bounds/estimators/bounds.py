@@ -49,11 +49,13 @@ from ijckd_bounds.estimators.mmd import NoBandwidth, run_mmd_pass
 from ijckd_bounds.estimators.probes import (
     DomainClassifier,
     LogisticProbe,
+    as_features,
+    as_tensor,
     domain_errors,
     fit_joint_classifier,
     holdout_split,
 )
-from ijckd_bounds.estimators.rowwise import all_finite, project64
+from ijckd_bounds.estimators.rowwise import project64
 from ijckd_bounds.schema import LEVEL, N_BOOTSTRAP, N_PERMUTATIONS
 
 __all__ = ["BoundsReport", "estimate_bounds", "estimate_bounds_from_file",
@@ -217,52 +219,17 @@ def _jsonable(mapping):
 # Input checks
 
 
-def _as_tensor(x, name, expected):
-    """A CPU tensor of the numbers in ``x`` (numpy array, nested lists, scalar)."""
-    try:
-        array = np.asarray(x)
-    except (TypeError, ValueError):  # ragged nested lists
-        raise IJCKDError(f"`{name}` must be {expected}, got {type(x).__name__}") from None
-    if array.dtype.kind not in "biufc":
-        raise IJCKDError(f"`{name}` must hold numbers, got dtype {array.dtype}")
-    if not array.dtype.isnative:  # big-endian arrays (from another machine's files)
-        array = array.astype(array.dtype.newbyteorder("="))
-    if array.dtype.kind == "u" and array.dtype.itemsize > 1:
-        array = array.astype(np.int64)  # torch lacks most ops on uint16/32/64
-    try:
-        return torch.as_tensor(array)
-    except (TypeError, ValueError, RuntimeError):
-        raise IJCKDError(f"`{name}` must be {expected}, got {type(x).__name__}") from None
-
-
 def _features(x, name, *, dim=None, like=None, rows="n"):
-    """``x`` as a finite 2-D floating tensor (rows, d); numpy arrays become CPU tensors."""
-    if not torch.is_tensor(x):
-        x = _as_tensor(x, name, "a 2-D array")
-    x = x.detach()  # the estimates are statistics of the features, not part of a graph
-    if x.dim() != 2:
-        raise IJCKDError(f"`{name}` must be 2-D with shape ({rows}, d), "
-                         f"got shape {tuple(x.shape)}")
-    if x.dtype == torch.bool or x.is_complex():
-        raise IJCKDError(f"`{name}` must hold real numbers, got dtype {x.dtype}")
-    if not x.is_floating_point():
-        x = x.to(torch.float64)
-    if dim is not None and x.shape[1] != dim:
-        source = f" like `{like}`" if like else ""
-        raise IJCKDError(f"`{name}` must have shape ({rows}, {dim}){source}, "
-                         f"got ({rows}, {x.shape[1]})")
-    if x.shape[0] == 0:
-        raise IJCKDError(f"`{name}` is empty (shape {tuple(x.shape)})")
-    if not all_finite(x):
-        bad = int((~torch.isfinite(x)).any(dim=1).sum())
-        raise IJCKDError(f"`{name}` has NaN or infinite values in {bad} of {x.shape[0]} rows")
-    return x
+    """``as_features`` with integer inputs read as float64 (the report computes its sums
+    in float64), ``like`` naming a column."""
+    return as_features(x, name, dim=dim, like=f"`{like}`" if like else None, rows=rows,
+                       integers_as=torch.float64)
 
 
 def _labels(y, name, n, n_classes, x_name):
     """``y`` as a long tensor (n,) of class indices in ``0..n_classes-1``."""
     if not torch.is_tensor(y):
-        y = _as_tensor(y, name, "a 1-D array of class indices")
+        y = as_tensor(y, name, "a 1-D array of class indices")
     y = y.detach()
     if y.dim() != 1 or y.shape[0] != n:
         raise IJCKDError(f"`{name}` must have shape ({n},) like the rows of `{x_name}`, "
@@ -320,7 +287,7 @@ def _as_classifier(weight, bias, dim):
         raise IJCKDError(f"`weight` must have one row per class and at least 2 classes, "
                          f"got shape {tuple(weight.shape)}")
     if not torch.is_tensor(bias):
-        bias = _as_tensor(bias, "bias", "a 1-D array")
+        bias = as_tensor(bias, "bias", "a 1-D array")
     bias = bias.detach()
     if tuple(bias.shape) != (weight.shape[0],):
         raise IJCKDError(f"`bias` must have shape ({weight.shape[0]},) like the rows of "
@@ -840,7 +807,7 @@ def estimate_bounds_from_file(path, **kwargs):
         if array.dtype.kind not in "biufc":
             raise IJCKDError(f"array `{key}` of feature file {str(path)!r} must hold numbers, "
                              f"got dtype {array.dtype}")
-        return _as_tensor(np.ascontiguousarray(array), key, "an array")
+        return as_tensor(np.ascontiguousarray(array), key, "an array")
 
     call = {k: tensor(k) for k in FILE_ARRAYS}
     if present and "fit" not in kwargs:

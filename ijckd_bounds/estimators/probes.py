@@ -45,25 +45,44 @@ __all__ = [
 # Input checks (shared with ridge_connector.py)
 
 
-def as_features(x, name, *, dim=None, like=None, rows="n"):
-    """``x`` as a 2-D floating tensor (n, d) with finite entries, or an ``IJCKDError``.
+def as_tensor(x, name, expected):
+    """A CPU tensor of the numbers in ``x`` (numpy array, nested lists, scalar), or an
+    ``IJCKDError`` saying that ``name`` must be ``expected``."""
+    try:
+        array = np.asarray(x)
+    except (TypeError, ValueError):  # ragged nested lists
+        raise IJCKDError(f"`{name}` must be {expected}, got {type(x).__name__}") from None
+    if array.dtype.kind not in "biufc":
+        raise IJCKDError(f"`{name}` must hold numbers, got dtype {array.dtype}")
+    if not array.dtype.isnative:  # big-endian arrays (from another machine's files)
+        array = array.astype(array.dtype.newbyteorder("="))
+    if array.dtype.kind == "u" and array.dtype.itemsize > 1:
+        array = array.astype(np.int64)  # torch lacks most ops on uint16/32/64
+    try:
+        return torch.as_tensor(array)
+    except (TypeError, ValueError, RuntimeError):
+        raise IJCKDError(f"`{name}` must be {expected}, got {type(x).__name__}") from None
+
+
+def as_features(x, name, *, dim=None, like=None, rows="n", integers_as=torch.float32):
+    """``x`` as a 2-D floating tensor (rows, d) with finite entries, or an ``IJCKDError``.
 
     ``dim`` (int) is the width it must have; ``like`` names where that width comes from
-    and ``rows`` what the rows count, both for the message.
-    Numpy arrays are accepted and become CPU tensors; tensors keep their device.
+    and ``rows`` what the rows count, both for the message. Numpy arrays and nested lists
+    become CPU tensors; tensors keep their device and are detached (the estimates are
+    statistics of the features, not part of a graph). Integer inputs become
+    ``integers_as``.
     """
     if not torch.is_tensor(x):
-        try:
-            x = torch.as_tensor(x)
-        except (TypeError, ValueError, RuntimeError):
-            raise IJCKDError(f"`{name}` must be a 2-D array of features, "
-                             f"got {type(x).__name__}") from None
+        x = as_tensor(x, name, "a 2-D array of features")
+    x = x.detach()
     if x.dim() != 2:
-        raise IJCKDError(f"`{name}` must be 2-D with shape (n, d), got shape {tuple(x.shape)}")
+        raise IJCKDError(f"`{name}` must be 2-D with shape ({rows}, d), "
+                         f"got shape {tuple(x.shape)}")
+    if x.dtype == torch.bool or x.is_complex():
+        raise IJCKDError(f"`{name}` must hold real numbers, got dtype {x.dtype}")
     if not x.is_floating_point():
-        if x.dtype == torch.bool or x.is_complex():
-            raise IJCKDError(f"`{name}` must hold real numbers, got dtype {x.dtype}")
-        x = x.to(torch.float32)
+        x = x.to(integers_as)
     if dim is not None and x.shape[1] != dim:
         source = f" like {like}" if like else ""
         raise IJCKDError(f"`{name}` must have shape ({rows}, {dim}){source}, "
