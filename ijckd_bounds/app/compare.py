@@ -234,7 +234,7 @@ def read_run(run_dir, columns=()):
     else:
         notes.append("no checkpoint: parameter counts unknown")
     extra, extra_notes = _bounds_values(run_dir, epochs, tuple(columns))
-    if complete:
+    if complete and kind != "teacher":  # the tracked columns describe students only
         notes += extra_notes
     return {
         "dataset": str((config.get("data") or {}).get("name")), **group,

@@ -346,6 +346,17 @@ def test_cli_compare_on_real_runs(real_runs, tmp_path, capsys):
     assert "over the connector alone" in text and "published 99.50" in text
 
 
+@pytest.mark.slow
+def test_untracked_runs_are_noted_for_students_only(real_runs):
+    # the tracked columns describe a student against its teacher: a teacher run has none
+    # to miss, a student without bounds.csv is told how to get them
+    comparison = compare_runs(real_runs[:2], columns=("top1_agreement",))
+    notes = dict(zip(comparison.runs["kind"], comparison.runs["notes"], strict=True))
+    assert "ijckd-bounds track" not in str(notes["teacher"])
+    assert "no bounds.csv (run `ijckd-bounds track` on it for top1_agreement)" in \
+        str(notes["student"])
+
+
 def test_cli_compare_bad_input_is_one_line_exit_2(tmp_path, capsys):
     run = seeded_runs(tmp_path, "kd", [0.9])[0]
     cases = [[str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
