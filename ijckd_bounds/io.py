@@ -172,9 +172,9 @@ def load_torch(path, *, what="checkpoint"):
 
 def load_arrays(path, *, what="feature file"):
     """Load a ``.npz`` or ``.pt`` file of named arrays into a dict of numpy arrays."""
-    import numpy as np
-
     import zipfile
+
+    import numpy as np
 
     path = require_file(path, what, "a .npz or .pt file")
     if path.suffix == ".npz":

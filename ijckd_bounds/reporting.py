@@ -190,7 +190,8 @@ def _small_n(row):
 def classes_table(per_class, top=5):
     df = per_class.assign(gap=per_class["student_err"] - per_class["teacher_err"])
     df = df.sort_values("gap", ascending=False).head(top)
-    lines = ["| class | n | student_err | teacher_err | disagreement |", "|---:|---:|---:|---:|---:|"]
+    lines = ["| class | n | student_err | teacher_err | disagreement |",
+             "|---:|---:|---:|---:|---:|"]
     for _, r in df.iterrows():
         lines.append(f"| {int(r['class'])} | {int(r['n'])} | {_pct(r['student_err'])} | "
                      f"{_pct(r['teacher_err'])} | {_pct(r['disagreement'])} |")

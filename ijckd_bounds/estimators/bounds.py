@@ -74,7 +74,8 @@ class BoundsReport:
     dicts (class, n, Estimates). notes: list of str (how the report was made, warnings).
     details: dict of plain values (which joint classifier was chosen, probe strengths,
     seeds, ``ece_gap`` = student_ece − teacher_ece with its interval, ``calibration`` =
-    the reliability bins, ...). ``report["student_err"]`` and ``report.student_err`` give an Estimate.
+    the reliability bins, ...). ``report["student_err"]`` and ``report.student_err`` give an
+    Estimate.
     """
 
     terms: dict
@@ -531,8 +532,8 @@ def _prepare(z_t, z_s, y, weight, bias, *, fit, s, s_fit, student_logits, seed,
 
 
 def estimate_bounds(z_t, z_s, y, weight, bias, *, fit=None, s=None, s_fit=None,
-                    student_logits=None, level=LEVEL, n_permutations=N_PERMUTATIONS, n_bootstrap=N_BOOTSTRAP,
-                    seed=0, mmd_max_n=None, device=None, fit_fraction=0.5):
+                    student_logits=None, level=LEVEL, n_permutations=N_PERMUTATIONS,
+                    n_bootstrap=N_BOOTSTRAP, seed=0, mmd_max_n=None, device=None, fit_fraction=0.5):
     """Estimate every docs/theory.md term and bound for one student.
 
     Args:

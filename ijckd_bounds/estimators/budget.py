@@ -32,8 +32,15 @@ import torch
 
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.intervals import Estimate, PairedBootstrap
-from ijckd_bounds.schema import (DIAGNOSES, LEVEL, N_BOOTSTRAP, PIECE_DEFINITION_HEAD_WITHOUT_S,
-                                 PIECE_DEFINITIONS, STUDENT_PIECES, UNDETERMINED)
+from ijckd_bounds.schema import (
+    DIAGNOSES,
+    LEVEL,
+    N_BOOTSTRAP,
+    PIECE_DEFINITION_HEAD_WITHOUT_S,
+    PIECE_DEFINITIONS,
+    STUDENT_PIECES,
+    UNDETERMINED,
+)
 
 __all__ = ["ErrorBudget", "Piece", "error_budget"]
 

@@ -42,7 +42,7 @@ def _moments(s, t):
 
 
 def _merge(first, second):
-    return tuple(x + y for x, y in zip(first, second))
+    return tuple(x + y for x, y in zip(first, second, strict=True))
 
 
 def _ridge_basis(moments):

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 from ijckd_bounds.errors import IJCKDError
 
-
 POOLED_STAGE = "pool"
 
 

@@ -97,7 +97,9 @@ class ImageNetResNet(FcClassifier):
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         width = 64
         stages = []
-        for index, (planes, num_blocks) in enumerate(zip((64, 128, 256, 512), blocks_per_stage)):
+        stage_widths = (64, 128, 256, 512)
+        for index, (planes, num_blocks) in enumerate(zip(stage_widths, blocks_per_stage,
+                                                         strict=True)):
             stride = 1 if index == 0 else 2
             blocks = []
             for position in range(num_blocks):

@@ -94,7 +94,7 @@ class ShuffleNetV2(ZooModel):
         self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         stages = []
-        for channels, units in zip(STAGE_CHANNELS, STAGE_UNITS):
+        for channels, units in zip(STAGE_CHANNELS, STAGE_UNITS, strict=True):
             stages.append(nn.Sequential(DownUnit(width, channels),
                                         *[BasicUnit(channels) for _ in range(units)]))
             width = channels

@@ -61,7 +61,7 @@ class ConvNet(ZooModel):
                                                                                 nn.BatchNorm2d)
         layers = []
         width = input_shape[0]
-        for out_channels, stride in zip(channels, strides):
+        for out_channels, stride in zip(channels, strides, strict=True):
             layers += [conv(width, out_channels, kernel_size, stride=stride,
                             padding=kernel_size // 2, bias=False),
                        norm(out_channels), nn.ReLU(inplace=True)]

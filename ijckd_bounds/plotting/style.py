@@ -58,7 +58,7 @@ PAPER_RC = {
 
 
 def paper_style():
-    """Context manager applying ``PAPER_RC``: ``with paper_style(): fig = ...``."""
+    """Context manager applying ``PAPER_RC`` to the figures drawn and saved inside it."""
     return matplotlib.rc_context(PAPER_RC)
 
 

@@ -187,9 +187,9 @@ def drop_incomplete_checkpoints(bounds_path, companion_paths):
     A checkpoint is tracked once its rows are in ``bounds.csv`` and every companion
     (``per_class.csv``, ``margins.csv``, ``calibration.csv``); the files are written one
     after the other, so a tracker killed in between leaves a checkpoint that
-    ``bounds.csv`` lists (and a re-run would skip) without its companion rows. Dropping its bounds row makes the re-run
-    estimate it again; the companions are upserted, so nothing is duplicated. Returns the
-    ``(run, checkpoint)`` pairs dropped.
+    ``bounds.csv`` lists (and a re-run would skip) without its companion rows. Dropping its
+    bounds row makes the re-run estimate it again; the companions are upserted, so nothing
+    is duplicated. Returns the ``(run, checkpoint)`` pairs dropped.
     """
     bounds_path = Path(bounds_path)
     if not bounds_path.is_file():

@@ -27,10 +27,10 @@ def main(argv=None):
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after flags
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from ijckd_bounds.typed_yaml import load_config
     from ijckd_bounds.errors import IJCKDError
     from ijckd_bounds.train import TrainConfig, distill, train_teacher
     from ijckd_bounds.train.config import with_teacher_weights
+    from ijckd_bounds.typed_yaml import load_config
 
     try:
         cfg = with_teacher_weights(load_config(TrainConfig, args.config, args.overrides),

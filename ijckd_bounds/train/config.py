@@ -4,9 +4,10 @@
     cfg = load_config(TrainConfig, "experiments/digits_student.yaml", ["method.name=kd"])
 
 Sections: ``data`` (DataConfig), ``model`` (ModelConfig), ``optim`` (OptimConfig),
-``method`` (MethodConfig), ``run`` (RunConfig), ``track`` (``ijckd_bounds.track_config.TrackConfig``: how
-``distill --track`` estimates the bound terms; the trainer itself ignores it). Method weights left
-at ``None`` take the method's reference default (see ``ijckd_bounds.train.objectives``).
+``method`` (MethodConfig), ``run`` (RunConfig), ``track``
+(``ijckd_bounds.track_config.TrackConfig``: how ``distill --track`` estimates the bound terms;
+the trainer itself ignores it). Method weights left at ``None`` take the method's reference
+default (see ``ijckd_bounds.train.objectives``).
 """
 
 from dataclasses import dataclass, field

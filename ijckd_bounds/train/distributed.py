@@ -16,7 +16,6 @@ it, how many workers there are or whether they persist across epochs: a resumed 
 the same augmented images as an uninterrupted one.
 """
 
-import os
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass

@@ -34,8 +34,12 @@ import torch.nn.functional as F
 
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.models.base import ZooModel
-from ijckd_bounds.models.connectors import (FitNetRegressor, PooledConnector, align_maps,
-                                            bottleneck_for)
+from ijckd_bounds.models.connectors import (
+    FitNetRegressor,
+    PooledConnector,
+    align_maps,
+    bottleneck_for,
+)
 from ijckd_bounds.registry import Registry
 
 METHODS = Registry("method")
@@ -371,5 +375,5 @@ def build_objective(method_cfg, student, teacher, example_x):
     return cls.build(student, teacher, example_x, **weights)
 
 
-__all__ = ["METHODS", "CEThroughConnector", "CrossEntropy", "FitNet", "FrozenTeacher", "HintonKD", "IJCKD",
-           "Objective", "SRRL", "SimKD", "build_objective", "hinton_kl", "method_weights"]
+__all__ = ["METHODS", "CEThroughConnector", "CrossEntropy", "FitNet", "FrozenTeacher", "HintonKD",
+           "IJCKD", "Objective", "SRRL", "SimKD", "build_objective", "hinton_kl", "method_weights"]

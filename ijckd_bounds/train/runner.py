@@ -18,17 +18,35 @@ import numpy as np
 import torch
 
 from ijckd_bounds import __version__
-from ijckd_bounds.checkpoint import (capture_rng, connector_entry, load_state_checked,
-                                     load_teacher, load_teacher_weights, model_entry,
-                                     read_checkpoint, restore_rng, write_checkpoint)
+from ijckd_bounds.checkpoint import (
+    capture_rng,
+    connector_entry,
+    load_state_checked,
+    load_teacher,
+    load_teacher_weights,
+    model_entry,
+    read_checkpoint,
+    restore_rng,
+    write_checkpoint,
+)
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.io import atomic_write_text, check_writable_dir
 from ijckd_bounds.runtime import progress_modes
-from ijckd_bounds.train.callbacks import (HISTORY_CSV, STEPS_CSV, HistoryWriter, ProgressBars,
-                                          TensorBoardLogger, truncate_logs)
+from ijckd_bounds.train.callbacks import (
+    HISTORY_CSV,
+    STEPS_CSV,
+    HistoryWriter,
+    ProgressBars,
+    TensorBoardLogger,
+    truncate_logs,
+)
 from ijckd_bounds.train.config import MethodConfig
-from ijckd_bounds.train.distributed import (Precision, RunData, init_distributed,
-                                            shutdown_distributed)
+from ijckd_bounds.train.distributed import (
+    Precision,
+    RunData,
+    init_distributed,
+    shutdown_distributed,
+)
 from ijckd_bounds.train.loop import TrainState, fit
 from ijckd_bounds.train.objectives import METHODS, build_objective
 from ijckd_bounds.typed_yaml import renamed_keys, to_dict
