@@ -310,9 +310,3 @@ class _TimedTracker:
         t0 = time.perf_counter()
         self.inner.on_checkpoint(path, epoch)
         self.seconds += time.perf_counter() - t0
-
-    def on_epoch_end(self, epoch, metrics):
-        pass
-
-    def on_step_end(self, step, epoch, values):
-        pass

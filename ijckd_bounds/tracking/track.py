@@ -464,6 +464,8 @@ class BoundTracker:
         return self._group
 
     def on_checkpoint(self, path, epoch=None):
+        """Estimate the bound terms of the checkpoint at ``path`` and write its rows (rank 0),
+        with every rank in step; the global random state is left as it was."""
         rng = capture_rng()
         try:
             group = self._process_group()
@@ -506,12 +508,6 @@ class BoundTracker:
                                                  initial=done, desc="tracked")
         self._progress.started = self._started
         return self._progress
-
-    def on_epoch_end(self, epoch, metrics):
-        pass
-
-    def on_step_end(self, step, epoch, values):
-        pass
 
 
 __all__ = ["BoundTracker", "track_run", "teacher_features",
