@@ -109,11 +109,13 @@ def _fsync_dir(directory):
 
 
 def atomic_write_text(path, text):
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
 
 
 def atomic_write_bytes(path, data):
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)
 

@@ -81,6 +81,7 @@ OPTIONAL_TERMS = ("student_own_err", "student_probe_err")
 
 
 def interval_columns(term):
+    """``(term, term_lo, term_hi)``: a term's value column and its interval's."""
     return (term, f"{term}_lo", f"{term}_hi")
 
 

@@ -350,6 +350,8 @@ class Published:
     source: str | None = None
 
     def applies_to(self, group):
+        """Whether this published number belongs to ``group`` (a row of the grouped runs):
+        same method and setting, and every restriction that is not None matches."""
         if group["method"] != self.method:
             return False
         if (self.setting or "") != (group["setting"] or ""):

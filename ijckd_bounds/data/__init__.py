@@ -12,6 +12,7 @@ def build_dataset(name, *, seed=0, data_dir=None, **options):
 
 
 def dataset_names():
+    """The registered dataset names, sorted."""
     _import_all()
     return DATASETS.names()
 

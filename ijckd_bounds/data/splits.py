@@ -62,6 +62,7 @@ class TensorSplit(Dataset):
 
     @property
     def input_shape(self):
+        """The shape of one sample, ``inputs.shape[1:]``."""
         return tuple(self.inputs.shape[1:])
 
     def class_counts(self, num_classes):

@@ -189,6 +189,8 @@ class BoundsReport:
                                device=self.details["device"])
 
     def to_dict(self):
+        """The report as plain JSON values: the row, each term's method, the level, the
+        per-class rows, the notes and the details (the content of ``bounds.json``)."""
         return {
             "row": _jsonable(self.row()),
             "methods": {name: est.method for name, est in self.terms.items()},

@@ -291,6 +291,7 @@ class PairedPredictions:
 
     @property
     def n(self):
+        """The number of samples."""
         return int(self.pred_t.numel())
 
 

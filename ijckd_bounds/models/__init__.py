@@ -26,6 +26,7 @@ def build_model(name, num_classes, input_shape, **kwargs):
 
 
 def model_names():
+    """The registered zoo model names, sorted."""
     _import_zoo()
     return MODELS.names()
 

@@ -132,6 +132,7 @@ class BottleneckConnector(nn.Module):
         )
 
     def forward(self, s_map):
+        """The projected map (n, C_t, *S') of the student map ``s_map`` (n, C_s, *S)."""
         s_map = _pool_input(s_map, self.input_size)
         return self.transfer(s_map)
 
@@ -151,6 +152,7 @@ class PooledConnector(nn.Module):
                                       nn.BatchNorm1d(t_channels), nn.ReLU(inplace=True))
 
     def forward(self, s_features):
+        """The student's pooled features (n, d_s) mapped into the teacher's space (n, d_t)."""
         return self.transfer(s_features)
 
 
@@ -187,6 +189,7 @@ class FitNetRegressor(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, s_map):
+        """The hint (n, C_t, *S'') regressed from the student map ``s_map`` (n, C_s, *S)."""
         s_map = _pool_input(s_map, self.input_size)
         return self.relu(self.bn(self.conv(s_map)))
 

@@ -122,10 +122,12 @@ def method_order(methods):
 
 
 def method_label(method):
+    """The display label of ``method`` (the name itself when it has none)."""
     return schema.METHOD_LABELS.get(str(method), str(method))
 
 
 def term_label(term):
+    """The display label of ``term`` (the name itself when it has none)."""
     return schema.LABELS.get(term, term)
 
 

@@ -6,23 +6,23 @@ load_config(TrainConfig, path, overrides)``); ``python -m ijckd_bounds.train --c
 """
 
 from ijckd_bounds.train.config import (
-                                       DataConfig,
-                                       MethodConfig,
-                                       ModelConfig,
-                                       OptimConfig,
-                                       RunConfig,
-                                       TrackConfig,
-                                       TrainConfig,
+    DataConfig,
+    MethodConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    TrackConfig,
+    TrainConfig,
 )
 from ijckd_bounds.train.loop import Callback, TrainState, fit
 from ijckd_bounds.train.objectives import METHODS, Objective, build_objective
 from ijckd_bounds.train.runner import (
-                                       RunResult,
-                                       checkpoint_path,
-                                       distill,
-                                       latest_checkpoint,
-                                       method_names,
-                                       train_teacher,
+    RunResult,
+    checkpoint_path,
+    distill,
+    latest_checkpoint,
+    method_names,
+    train_teacher,
 )
 
 __all__ = ["Callback", "DataConfig", "METHODS", "MethodConfig", "ModelConfig", "Objective",

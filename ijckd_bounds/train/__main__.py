@@ -13,6 +13,8 @@ import sys
 
 
 def main(argv=None):
+    """Train a teacher (``--teacher-mode``) or distill a student from the config and
+    overrides in ``argv``; returns the exit code (0, or 2 with one line on stderr)."""
     parser = argparse.ArgumentParser(prog="python -m ijckd_bounds.train",
                                      description="train a teacher or distill a student")
     parser.add_argument("--config", help="YAML config file")

@@ -158,6 +158,9 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Everything one training run reads, one frozen section per component (see the module
+    docstring); ``load_config(TrainConfig, path, overrides)`` builds it from YAML."""
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

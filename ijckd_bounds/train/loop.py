@@ -15,6 +15,10 @@ from ijckd_bounds.errors import IJCKDError
 
 
 class Callback:
+    """The hooks ``fit`` calls (the extension API of the trainer); each does nothing unless
+    a subclass overrides it. A callback need not subclass this: ``notify`` calls only the
+    hooks an object has."""
+
     def on_step_end(self, step, epoch, values):
         """``values``: {term: float, "acc": float, "lr": float} of this step."""
 
@@ -37,6 +41,7 @@ class TrainState:
 
 
 def notify(callbacks, event, *args):
+    """Call ``event(*args)`` on every callback that has that hook."""
     for callback in callbacks:
         handler = getattr(callback, event, None)
         if handler is not None:

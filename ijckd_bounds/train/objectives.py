@@ -87,6 +87,7 @@ class FrozenTeacher:
         return F.linear(z, self.model.classifier.weight, self.model.classifier.bias)
 
     def to(self, *args, **kwargs):
+        """Move the teacher model (``nn.Module.to`` arguments); returns self."""
         self.model.to(*args, **kwargs)
         return self
 
@@ -115,6 +116,7 @@ class Objective(nn.Module):
             self.student.classifier.requires_grad_(False)
 
     def trainable_parameters(self):
+        """The parameters the optimizer updates: the student's and the connector's."""
         return [p for p in self.parameters() if p.requires_grad]
 
     def student_logits(self, s_map, own_logits):
@@ -130,6 +132,7 @@ class Objective(nn.Module):
         return self.student_logits(s_map, own_logits)
 
     def to(self, *args, **kwargs):
+        """Move the objective and its frozen teacher (``nn.Module.to`` arguments)."""
         if self.teacher is not None:
             self.teacher.to(*args, **kwargs)
         return super().to(*args, **kwargs)
@@ -150,6 +153,9 @@ class CrossEntropy(Objective):
     term_names = ("loss", "ce")
 
     def forward(self, x, y):
+        """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
+        maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
+        (n, K) are what the student predicts with."""
         logits, _ = self.student(x)
         ce = F.cross_entropy(logits, y)
         return {"loss": self.weights["ce_weight"] * ce, "ce": ce}, logits
@@ -167,6 +173,9 @@ class HintonKD(Objective):
     term_names = ("loss", "ce", "kl")
 
     def forward(self, x, y):
+        """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
+        maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
+        (n, K) are what the student predicts with."""
         t_logits, _, _ = self.teacher(x)
         logits, _ = self.student(x)
         ce = F.cross_entropy(logits, y)
@@ -189,11 +198,15 @@ class FitNet(Objective):
 
     @classmethod
     def build(cls, student, teacher, example_x, **weights):
+        """Build FitNet with a ``FitNetRegressor`` shaped on the maps of ``example_x``."""
         s_map, t_map = _example_maps(student, teacher, example_x)
         return cls(student, teacher, FitNetRegressor(s_map.shape[1:], t_map.shape[1:]),
                    **weights)
 
     def forward(self, x, y):
+        """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
+        maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
+        (n, K) are what the student predicts with."""
         t_logits, _, t_map = self.teacher(x)
         logits, _, s_map = self.student.forward_with_map(x)
         projected = self.connector(s_map)
@@ -228,10 +241,15 @@ class SRRL(Objective):
 
     @classmethod
     def build(cls, student, teacher, example_x, **weights):
+        """Build SRRL with a ``PooledConnector`` from the student's feature width to the
+        teacher's."""
         return cls(student, teacher, PooledConnector(student.feature_dim, teacher.feature_dim),
                    **weights)
 
     def forward(self, x, y):
+        """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
+        maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
+        (n, K) are what the student predicts with."""
         t_logits, t_features, _ = self.teacher(x)
         logits, s_features = self.student(x)
         projected = self.connector(s_features)
@@ -290,6 +308,9 @@ class SimKD(_TeacherClassifierObjective):
     term_names = ("loss", "feat_mse")
 
     def forward(self, x, y):
+        """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
+        maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
+        (n, K) are what the student predicts with."""
         logits, feat, _ = self.project(x)
         return {"loss": self.weights["feat_weight"] * feat, "feat_mse": feat}, logits
 
@@ -307,6 +328,9 @@ class IJCKD(_TeacherClassifierObjective):
     term_names = ("loss", "ce", "logit_mse", "feat_mse")
 
     def forward(self, x, y):
+        """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
+        maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
+        (n, K) are what the student predicts with."""
         logits, feat, t_logits = self.project(x)
         ce = F.cross_entropy(logits, y)
         logit = F.mse_loss(logits, t_logits)
@@ -334,6 +358,9 @@ class CEThroughConnector(_TeacherClassifierObjective):
     term_names = ("loss", "ce")
 
     def forward(self, x, y):
+        """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
+        maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
+        (n, K) are what the student predicts with."""
         own_logits, _, s_map = self.student.forward_with_map(x)
         logits = self.student_logits(s_map, own_logits)
         ce = F.cross_entropy(logits, y)

@@ -79,6 +79,7 @@ class RunResult:
 
 
 def checkpoint_path(run_dir, epoch):
+    """Where the checkpoint of ``epoch`` goes in ``run_dir``."""
     return Path(run_dir) / CHECKPOINT_DIR / f"epoch_{epoch:04d}.pt"
 
 
@@ -101,6 +102,7 @@ def latest_checkpoint(run_dir):
 
 
 def seed_everything(seed):
+    """Seed Python's, numpy's and torch's global generators with ``seed``."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -503,4 +505,5 @@ class _Describer:
 
 
 def method_names():
+    """The registered distillation methods, sorted."""
     return METHODS.names()
