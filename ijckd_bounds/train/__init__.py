@@ -1,8 +1,9 @@
 """Teacher training and distillation: one loop, methods as objective objects.
 
 ``train_teacher(cfg)`` / ``distill(cfg)`` take a ``TrainConfig`` (``ijckd_bounds.typed_yaml.
-load_config(TrainConfig, path, overrides)``); ``python -m ijckd_bounds.train --config F.yaml
-[key=value ...] [--resume] [--teacher-mode]`` runs them (also under torchrun).
+load_config(TrainConfig, path, overrides)``); the command line runs them:
+``ijckd-bounds train-teacher`` / ``distill --config F.yaml [key=value ...] [--resume]``
+(``python -m ijckd_bounds distill ...`` under torchrun).
 """
 
 from ijckd_bounds.train.config import (

@@ -1,10 +1,12 @@
 """``python -m ijckd_bounds.train --config F.yaml [key=value ...] [--resume] [--teacher-mode]
-[--teacher-weights FILE]``
+[--teacher-weights FILE]``: the trainer alone, without the command line.
 
-A runnable entry for torchrun and subprocess tests; the ``ijckd-bounds`` CLI wraps the
-same functions (under torchrun, ``python -m ijckd_bounds distill --track`` also tracks
-the bound terms: the trainer imports no tracking). Prints the run directory (or the
-teacher file) and exits 0; a problem with the input prints one line and exits 2.
+The command line is the way to train: ``ijckd-bounds train-teacher`` / ``distill`` (under
+torchrun ``python -m ijckd_bounds distill``, which also offers ``--track``). This launcher
+remains only for the subprocess tests of resuming and DDP, which need the trainer's
+INFO log on stderr; train/ cannot reach the command line (it never imports app/). Prints
+the run directory (or the teacher file) and exits 0; a problem with the input prints one
+line and exits 2.
 """
 
 import argparse
