@@ -26,10 +26,14 @@ evaluation samples, so the intervals of a bound and of its pieces come from the 
 resamples.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,6 +59,9 @@ from ijckd_bounds.estimators.probes import (
 )
 from ijckd_bounds.estimators.rowwise import all_finite, project64
 from ijckd_bounds.schema import LEVEL, N_BOOTSTRAP, N_PERMUTATIONS
+
+# what the estimators take: a tensor, or an array torch.as_tensor reads
+Array = torch.Tensor | np.ndarray
 
 __all__ = ["BoundsReport", "estimate_bounds", "estimate_bounds_from_file",
            "MIN_EVAL", "MIN_FIT"]
@@ -533,9 +540,13 @@ def _prepare(z_t, z_s, y, weight, bias, *, fit, s, s_fit, student_logits, seed,
         split="given", notes=notes)
 
 
-def estimate_bounds(z_t, z_s, y, weight, bias, *, fit=None, s=None, s_fit=None,
-                    student_logits=None, level=LEVEL, n_permutations=N_PERMUTATIONS,
-                    n_bootstrap=N_BOOTSTRAP, seed=0, mmd_max_n=None, device=None, fit_fraction=0.5):
+def estimate_bounds(z_t: Array, z_s: Array, y: Array, weight: Array, bias: Array, *,
+                    fit: tuple | dict | None = None, s: Array | None = None,
+                    s_fit: Array | None = None, student_logits: Array | None = None,
+                    level: float = LEVEL, n_permutations: int = N_PERMUTATIONS,
+                    n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, mmd_max_n: int | None = None,
+                    device: torch.device | str | None = None,
+                    fit_fraction: float = 0.5) -> BoundsReport:
     """Estimate every docs/theory.md term and bound for one student.
 
     Args:
@@ -807,7 +818,7 @@ FIT_ARRAYS = ("z_t_fit", "z_s_fit", "y_fit")
 OPTIONAL_ARRAYS = ("s", "s_fit", "student_logits")
 
 
-def estimate_bounds_from_file(path, **kwargs):
+def estimate_bounds_from_file(path: str | Path, **kwargs: Any) -> BoundsReport:
     """``estimate_bounds`` on the arrays of a ``.npz`` or ``.pt`` file.
 
     Required arrays: z_t, z_s, y, weight, bias. Optional: z_t_fit, z_s_fit, y_fit (all

@@ -28,6 +28,8 @@ hidden vector). FitNet's hint here is at the *last* stage (RepDistiller's defaul
 ``--hint_layer 2`` is a middle stage; this toolkit only exposes the last map).
 """
 
+from __future__ import annotations
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -41,6 +43,7 @@ from ijckd_bounds.models.connectors import (
     bottleneck_for,
 )
 from ijckd_bounds.registry import Registry
+from ijckd_bounds.train.config import MethodConfig
 
 METHODS = Registry("method")
 
@@ -391,7 +394,8 @@ def method_weights(method_cfg):
     return weights
 
 
-def build_objective(method_cfg, student, teacher, example_x):
+def build_objective(method_cfg: MethodConfig, student: ZooModel, teacher: ZooModel | None,
+                    example_x: torch.Tensor) -> Objective:
     """The objective for ``method_cfg`` (MethodConfig) on ``student``/``teacher`` models;
     ``example_x`` (n >= 2, *input_shape) shapes the connectors."""
     cls = METHODS.get(method_cfg.name)

@@ -7,11 +7,14 @@ seed a run killed at any point and resumed ends with the same weights, bit for b
 an uninterrupted one (single process; see ``distributed`` for several).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import logging
 import random
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +43,7 @@ from ijckd_bounds.train.callbacks import (
     TensorBoardLogger,
     truncate_logs,
 )
-from ijckd_bounds.train.config import MethodConfig
+from ijckd_bounds.train.config import MethodConfig, TrainConfig
 from ijckd_bounds.train.distributed import (
     Precision,
     RunData,
@@ -78,7 +81,7 @@ class RunResult:
     teacher_path: Path | None = None
 
 
-def checkpoint_path(run_dir, epoch):
+def checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
     """Where the checkpoint of ``epoch`` goes in ``run_dir``."""
     return Path(run_dir) / CHECKPOINT_DIR / f"epoch_{epoch:04d}.pt"
 
@@ -95,7 +98,7 @@ def run_checkpoints(run_dir):
     return [path for _, path in sorted(found, reverse=True)]
 
 
-def latest_checkpoint(run_dir):
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The checkpoint of the highest epoch in RUN_DIR/checkpoints, or None."""
     found = run_checkpoints(run_dir)
     return found[0] if found else None
@@ -188,7 +191,8 @@ def _scheduler(cfg, optimizer):
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg.gamma)
 
 
-def train_teacher(cfg, *, resume=False, callbacks=()):
+def train_teacher(cfg: TrainConfig, *, resume: bool = False,
+                  callbacks: Sequence[object] = ()) -> RunResult:
     """Train ``cfg.model.teacher`` with cross-entropy; write RUN_DIR/teacher.pt at the end.
 
     Returns a ``RunResult`` whose ``teacher_path`` is what ``distill`` reads.
@@ -201,7 +205,8 @@ def train_teacher(cfg, *, resume=False, callbacks=()):
     return _run(cfg, teacher_mode=True, resume=resume, callbacks=callbacks)
 
 
-def distill(cfg, *, resume=False, callbacks=()):
+def distill(cfg: TrainConfig, *, resume: bool = False,
+            callbacks: Sequence[object] = ()) -> RunResult:
     """Train ``cfg.model.student`` with ``cfg.method`` from the teacher in
     ``cfg.model.teacher_checkpoint`` (a teacher run's teacher.pt) or
     ``cfg.model.teacher_weights`` (a torchvision-layout state dict for the
@@ -504,6 +509,6 @@ class _Describer:
         return payload
 
 
-def method_names():
+def method_names() -> list[str]:
     """The registered distillation methods, sorted."""
     return METHODS.names()
