@@ -1,4 +1,4 @@
-"""Time ``estimate_bounds`` against a reference stack doing the same job with well-known
+r"""Time ``estimate_bounds`` against a reference stack doing the same job with well-known
 libraries, and check that both give the same estimates within their intervals.
 
 Data. For each configuration (n evaluation samples, feature width d, K classes)
@@ -42,7 +42,7 @@ agree within their Monte-Carlo error.
 
     python benchmarks/bench_estimators.py                    # quick subset
     python benchmarks/bench_estimators.py --n 10000 --d 512 --k 100 --repeats 3
-    python benchmarks/bench_estimators.py --n 1000 10000 50000 --d 64 512 --k 10 100 \\
+    python benchmarks/bench_estimators.py --n 1000 10000 50000 --d 64 512 --k 10 100 \
         --repeats 3 --markdown benchmarks/results/estimators.md
 """
 

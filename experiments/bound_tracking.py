@@ -14,8 +14,8 @@ import argparse
 import sys
 
 from ijckd_bounds.app.demo import EXPERIMENTS, run_experiment
-from ijckd_bounds.schema import DISTILLATION_METHODS as METHODS
 from ijckd_bounds.errors import IJCKDError
+from ijckd_bounds.schema import DISTILLATION_METHODS as METHODS
 
 
 def main(argv=None):

@@ -1,8 +1,8 @@
-"""Where do CE, FitNet and IJCKD students fall behind? Stage probes and stage CKA.
+r"""Where do CE, FitNet and IJCKD students fall behind? Stage probes and stage CKA.
 
 One command (a few minutes on one CPU core)::
 
-    OMP_NUM_THREADS=1 python experiments/layers.py --datasets digits mnist1d --seed 0 \\
+    OMP_NUM_THREADS=1 python experiments/layers.py --datasets digits mnist1d --seed 0 \
         --out experiments/results/layers
 
 Per dataset: the teacher of ``experiments/<dataset>_teacher.yaml`` (``cnn_large``: stages
@@ -37,8 +37,8 @@ log = logging.getLogger("layers")
 
 
 def _config(file_name, run_dir, seed, overrides):
-    from ijckd_bounds.typed_yaml import load_config
     from ijckd_bounds.train import TrainConfig
+    from ijckd_bounds.typed_yaml import load_config
 
     return load_config(TrainConfig, EXPERIMENTS_DIR / file_name,
                        [*overrides, f"run.run_dir={run_dir}", f"run.seed={seed}",
@@ -51,12 +51,11 @@ def run_dataset(dataset, seed, runs_dir, out):
     sys.path.insert(0, str(EXPERIMENTS_DIR))
     from results_table import train_or_reuse
 
-    from ijckd_bounds.plotting.layers import plot_layer_cka, plot_layer_profile, \
-        plot_layer_profiles
+    from ijckd_bounds.plotting.layers import plot_layer_cka, plot_layer_profile, plot_layer_profiles
     from ijckd_bounds.plotting.output import save_figure
+    from ijckd_bounds.track_config import TrackConfig
     from ijckd_bounds.tracking.layers import track_run_layers
     from ijckd_bounds.tracking.table import collect_layers
-    from ijckd_bounds.track_config import TrackConfig
 
     root = Path(runs_dir) / dataset / f"seed{seed}"
     teacher_cfg = _config(f"{dataset}_teacher.yaml", root / "teacher", seed, [])
@@ -151,7 +150,7 @@ def _pairs(table):
     cka = table[table["teacher_stage"].notna()].drop_duplicates(["teacher_index",
                                                                  "student_index"])
     cka = cka.sort_values(["teacher_index", "student_index"])
-    return list(zip(cka["teacher_stage"], cka["student_stage"]))
+    return list(zip(cka["teacher_stage"], cka["student_stage"], strict=True))
 
 
 def main(argv=None):

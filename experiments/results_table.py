@@ -1,8 +1,8 @@
-"""The README's results table: the teacher and six students, eval accuracy over seeds.
+r"""The README's results table: the teacher and six students, eval accuracy over seeds.
 
 One command makes it (about 5 minutes on one CPU core)::
 
-    OMP_NUM_THREADS=1 python experiments/results_table.py \\
+    OMP_NUM_THREADS=1 python experiments/results_table.py \
         --datasets digits mnist1d --seeds 0 1 2 --out experiments/results
 
 and writes ``OUT/runs.csv`` (one row per training run), ``OUT/compare/`` (the report of
@@ -123,9 +123,9 @@ def student_config(dataset, row, seed, teacher_path, runs_dir, epochs=None):
 
 
 def _load(file_name, run_dir, seed, epochs, overrides):
-    from ijckd_bounds.typed_yaml import load_config
     from ijckd_bounds.errors import IJCKDError
     from ijckd_bounds.train import TrainConfig
+    from ijckd_bounds.typed_yaml import load_config
 
     path = EXPERIMENTS_DIR / file_name
     if not path.is_file():
@@ -152,10 +152,10 @@ def train_or_reuse(cfg, *, teacher_mode, train=True):
     another config, or distilled from another teacher file, raises IJCKDError.
     """
     from ijckd_bounds.checkpoint import read_checkpoint, sha256_file
-    from ijckd_bounds.typed_yaml import to_dict
     from ijckd_bounds.errors import IJCKDError
     from ijckd_bounds.train import distill, latest_checkpoint, train_teacher
     from ijckd_bounds.train.runner import TEACHER_FILE, check_resume_config
+    from ijckd_bounds.typed_yaml import to_dict
 
     run_dir = Path(cfg.run.run_dir)
     final = run_dir / TEACHER_FILE if teacher_mode else None

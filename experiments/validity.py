@@ -56,11 +56,10 @@ import hashlib
 import inspect
 import json
 import math
-import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -624,7 +623,7 @@ def coverage_table(records, truth):
     rows = []
     records = records.copy()
     records["population"] = [truth[s, d].get(t, math.nan) for s, d, t in
-                             zip(records["scenario"], records["d"], records["term"])]
+                             zip(records["scenario"], records["d"], records["term"], strict=True)]
     for (scenario, n, d, term), group in records.groupby(["scenario", "n", "d", "term"],
                                                          sort=False):
         for target in ("population", "this_fit"):
@@ -667,12 +666,12 @@ def markdown(coverage, mmd, extras, *, command, cpu_minutes):
     lines = [f"Made by `{command}` ({cpu_minutes:.0f} CPU-minutes). Entries: share of 95% "
              "intervals covering the target; **bold** below 0.93. Columns: n/d "
              "(evaluation pairs / feature width; the fit split has n more pairs).", ""]
-    cells = sorted({(n, d) for n, d in zip(coverage["n"], coverage["d"])})
+    cells = sorted({(n, d) for n, d in zip(coverage["n"], coverage["d"], strict=True)})
     for scenario in SHIFTS:
         part = coverage[coverage["scenario"] == scenario]
         if part.empty:
             continue
-        def reps_of(term):
+        def reps_of(term, part=part):
             rows = part[part["term"] == term]
             return {(n, d): int(rows[(rows["n"] == n) & (rows["d"] == d)]["reps"].max())
                     for n, d in cells if ((rows["n"] == n) & (rows["d"] == d)).any()}

@@ -3,7 +3,13 @@
 from _reference import arguments, output, tables
 
 from ijckd_bounds.io import atomic_write_text
-from ijckd_bounds.plotting import final_table, plot_final_comparison, save_figure, to_latex, to_markdown
+from ijckd_bounds.plotting import (
+    final_table,
+    plot_final_comparison,
+    save_figure,
+    to_latex,
+    to_markdown,
+)
 
 args = arguments(__doc__)
 bounds, _, _ = tables(args.dataset)

@@ -172,6 +172,8 @@ def build_model_from(entry, *, what):
 
 
 def connector_entry(connector):
+    """The checkpoint entry of ``connector``: ``{spec, state_dict}`` with CPU copies of the
+    weights, or None without a connector."""
     if connector is None:
         return None
     return {"spec": dict(connector.spec),
@@ -234,11 +236,14 @@ class LoadedTeacher:
 
     @torch.no_grad()
     def __call__(self, x):
+        """The teacher model's output on ``x`` (n, *input_shape), in eval mode and without a
+        graph; ``x`` is moved to the model's device."""
         self.model.eval()
         device = next(self.model.parameters()).device
         return self.model(x.to(device))
 
     def to(self, device):
+        """Move the teacher model to ``device``; returns self."""
         self.model.to(device)
         return self
 
@@ -285,6 +290,7 @@ class LoadedStudent:
         return None, s, own_logits, own_logits
 
     def to(self, device):
+        """Move the student model and its connector to ``device``; returns self."""
         self.model.to(device)
         if self.connector is not None:
             self.connector.to(device)

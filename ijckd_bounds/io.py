@@ -109,11 +109,13 @@ def _fsync_dir(directory):
 
 
 def atomic_write_text(path, text):
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
 
 
 def atomic_write_bytes(path, data):
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)
 
@@ -172,9 +174,9 @@ def load_torch(path, *, what="checkpoint"):
 
 def load_arrays(path, *, what="feature file"):
     """Load a ``.npz`` or ``.pt`` file of named arrays into a dict of numpy arrays."""
-    import numpy as np
-
     import zipfile
+
+    import numpy as np
 
     path = require_file(path, what, "a .npz or .pt file")
     if path.suffix == ".npz":

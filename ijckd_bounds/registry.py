@@ -16,6 +16,7 @@ class Registry:
         self._items = {}
 
     def register(self, name):
+        """Decorator: register the factory under ``name``; a second one of the name raises."""
         def decorator(factory):
             if name in self._items:
                 raise KeyError(f"{self.kind} {name!r} registered twice")
@@ -25,12 +26,14 @@ class Registry:
         return decorator
 
     def get(self, name):
+        """The factory registered as ``name``; an unknown name raises with the valid ones."""
         try:
             return self._items[name]
         except KeyError:
             raise unknown_name(self.kind, name, self._items) from None
 
     def names(self):
+        """The registered names, sorted."""
         return sorted(self._items)
 
     def __contains__(self, name):

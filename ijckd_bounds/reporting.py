@@ -164,6 +164,8 @@ def next_steps(budget):
 
 
 def terms_table(row):
+    """Markdown table of the rate terms (in percent) and distance terms of ``row``, each
+    with its interval; terms that are NaN are left out."""
     lines = ["| term | value | 95% interval |", "|---|---:|---|"]
     for term in schema.RATE_TERMS:
         if term in row and not _isnan(row[term]):
@@ -188,9 +190,12 @@ def _small_n(row):
 
 
 def classes_table(per_class, top=5):
+    """Markdown table of the ``top`` classes where the student falls furthest behind the
+    teacher (largest student_err − teacher_err) in ``per_class``."""
     df = per_class.assign(gap=per_class["student_err"] - per_class["teacher_err"])
     df = df.sort_values("gap", ascending=False).head(top)
-    lines = ["| class | n | student_err | teacher_err | disagreement |", "|---:|---:|---:|---:|---:|"]
+    lines = ["| class | n | student_err | teacher_err | disagreement |",
+             "|---:|---:|---:|---:|---:|"]
     for _, r in df.iterrows():
         lines.append(f"| {int(r['class'])} | {int(r['n'])} | {_pct(r['student_err'])} | "
                      f"{_pct(r['teacher_err'])} | {_pct(r['disagreement'])} |")

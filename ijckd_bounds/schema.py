@@ -81,6 +81,7 @@ OPTIONAL_TERMS = ("student_own_err", "student_probe_err")
 
 
 def interval_columns(term):
+    """``(term, term_lo, term_hi)``: a term's value column and its interval's."""
     return (term, f"{term}_lo", f"{term}_hi")
 
 
@@ -295,7 +296,8 @@ PIECE_DEFINITIONS = {
                        "together (the student's own features s were not given)"),
 }
 PIECE_DEFINITION_HEAD_WITHOUT_S = ("student_own_err − connected_probe_err",
-                                   "the student's own head against a probe on z_S (s was not given)")
+                                   "the student's own head against a probe on z_S "
+                                   "(s was not given)")
 
 # ---- the estimators' defaults, written once (every signature and config refers to these)
 LEVEL = 0.95  # confidence level of every interval

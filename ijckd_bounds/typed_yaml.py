@@ -11,7 +11,6 @@ import re
 import types
 import typing
 import warnings
-from pathlib import Path
 
 from ijckd_bounds.errors import IJCKDError, closest
 

@@ -82,8 +82,8 @@ def _checkpoint_inputs(teacher, student, dataset, data_dir, out, n_bootstrap, se
              f"{loaded.meta.get('epoch')}, on {name}")
     if connector == "post-hoc ridge":
         notes.append("this student predicts with its own head: its features were mapped into "
-                     "the teacher's space by the post-hoc ridge connector of docs/theory.md, fitted "
-                     "on the fit split")
+                     "the teacher's space by the post-hoc ridge connector of docs/theory.md, "
+                     "fitted on the fit split")
     subject = Subject(title, teacher=_describe_teacher(teacher),
                       student=_describe_student(loaded, student))
     who = {"method": loaded.meta.get("method"), "epoch": loaded.meta.get("epoch"),
@@ -218,7 +218,8 @@ def _feature_subject(features, report, own_features):
 
 
 def run_audit(*, teacher=None, student=None, dataset=None, data_dir=None, features=None,
-              out, n_bootstrap=N_BOOTSTRAP, seed=0, n_permutations=N_PERMUTATIONS, allow_other_teacher=False):
+              out, n_bootstrap=N_BOOTSTRAP, seed=0, n_permutations=N_PERMUTATIONS,
+              allow_other_teacher=False):
     """Write ``report.md``, ``bounds.json`` and figures to ``out``; returns report.md's path.
 
     ``allow_other_teacher``: accept a ``teacher`` that is not the student's recorded one (or

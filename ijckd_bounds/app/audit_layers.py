@@ -162,8 +162,8 @@ def _student_layer_rows(student, teacher, dataset, data_dir, out, n_bootstrap, s
     from ijckd_bounds.app.audit import _resolve_teacher
     from ijckd_bounds.checkpoint import load_student
     from ijckd_bounds.data import build_dataset
-    from ijckd_bounds.tracking.layers import layer_table_rows
     from ijckd_bounds.track_config import TrackConfig
+    from ijckd_bounds.tracking.layers import layer_table_rows
     from ijckd_bounds.tracking.track import teacher_features
 
     loaded = load_student(student)

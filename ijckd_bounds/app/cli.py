@@ -38,6 +38,7 @@ def _add_estimator_flags(parser, *, from_run=False, permutations=True):
 
 
 def build_parser():
+    """The ``ijckd-bounds`` argument parser, one subcommand per workflow."""
     parser = argparse.ArgumentParser(
         prog="ijckd-bounds",
         description="Train distillation students and measure the bound terms of the ideal "
@@ -152,6 +153,8 @@ def _how_to_continue(args, argv):
 
 
 def main(argv=None):
+    """Run the command line on ``argv`` (default ``sys.argv[1:]``); returns the exit code:
+    0 done, 2 a problem with the input (one line on stderr), 1 an OS error, 130 interrupted."""
     parser = build_parser()
     # `distill --config F a=1 --resume b=2`: overrides after a flag arrive as extras
     args, extra = parser.parse_known_args(argv)

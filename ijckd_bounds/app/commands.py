@@ -35,8 +35,8 @@ def _list_model_options():
 
 
 def _list_config_keys():
-    from ijckd_bounds.typed_yaml import to_dict
     from ijckd_bounds.train import TrainConfig
+    from ijckd_bounds.typed_yaml import to_dict
 
     _echo("\nconfig keys and defaults (--config FILE.yaml, or KEY=VALUE on the command line):")
     defaults = to_dict(TrainConfig())
@@ -48,10 +48,9 @@ def _list_config_keys():
 
 
 def _train_config(args):
-    from ijckd_bounds.typed_yaml import load_config
     from ijckd_bounds.train import TrainConfig
-
     from ijckd_bounds.train.config import with_teacher_weights
+    from ijckd_bounds.typed_yaml import load_config
 
     overrides = list(args.overrides)
     cfg = load_config(TrainConfig, args.config, overrides)
@@ -104,8 +103,7 @@ TRACK_NEED_BYTES = 32 << 20
 def cmd_track(args):
     from ijckd_bounds.io import check_writable_dir
     from ijckd_bounds.tracking import table
-    from ijckd_bounds.tracking.track import (BOUNDS_CSV, COMPANION_CSVS, checkpoints_of,
-                                             track_run)
+    from ijckd_bounds.tracking.track import BOUNDS_CSV, COMPANION_CSVS, checkpoints_of, track_run
 
     # every run directory is checked before the first one is tracked
     for run_dir in args.run_dirs:

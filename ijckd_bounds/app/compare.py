@@ -292,7 +292,7 @@ def summarize(runs, *, columns=(), level=LEVEL):
     runs = pd.concat([runs[is_teacher], runs[~is_teacher]])  # the teachers first
     for key, members in runs.groupby(list(GROUP_KEYS), sort=False, dropna=False):
         done = members[members["complete"]].sort_values("seed")
-        row = dict(zip(GROUP_KEYS, key))
+        row = dict(zip(GROUP_KEYS, key, strict=True))
         row["group"] = group_label(row)
         row["n_seeds"] = len(done)
         row["n_incomplete"] = int((~members["complete"]).sum())
@@ -350,6 +350,8 @@ class Published:
     source: str | None = None
 
     def applies_to(self, group):
+        """Whether this published number belongs to ``group`` (a row of the grouped runs):
+        same method and setting, and every restriction that is not None matches."""
         if group["method"] != self.method:
             return False
         if (self.setting or "") != (group["setting"] or ""):
@@ -390,10 +392,10 @@ _ENTRY_KEYS = {"method", "value", "dataset", "teacher", "student", "setting", "s
 def read_published(path):
     """``Published`` entries of a YAML file (safe loader)::
 
-        dataset: imagenet          # optional defaults for every entry
-        teacher: resnet34
-        published:
-          - {method: kd, student: resnet18, value: 71.03, source: "…"}
+    dataset: imagenet          # optional defaults for every entry
+    teacher: resnet34
+    published:
+      - {method: kd, student: resnet18, value: 71.03, source: "…"}
     """
     import yaml
 

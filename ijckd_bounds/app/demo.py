@@ -51,8 +51,8 @@ DEMO = {name: EXPERIMENTS[name] for name in ("digits", "mnist1d")}
 
 def _config(dataset, settings, *, run_dir, seed, teacher_mode, method="ce", teacher_ckpt=None,
             epochs=None, data_dir=None):
-    from ijckd_bounds.typed_yaml import from_dict
     from ijckd_bounds.train import TrainConfig
+    from ijckd_bounds.typed_yaml import from_dict
 
     model = {"teacher": settings.teacher, "student": settings.student}
     if teacher_ckpt is not None:
@@ -93,8 +93,8 @@ def run_experiment(dataset="digits", out="demo_out", *, seeds=(0,), epochs=None,
     from ijckd_bounds.io import check_writable_dir
     from ijckd_bounds.plotting import make_all_figures
     from ijckd_bounds.plotting.layers import make_layer_figures
-    from ijckd_bounds.tracking.table import collect, collect_layers
     from ijckd_bounds.track_config import TrackConfig
+    from ijckd_bounds.tracking.table import collect, collect_layers
     from ijckd_bounds.tracking.track import BoundTracker, track_run
     from ijckd_bounds.train import distill, latest_checkpoint, train_teacher
 
@@ -270,8 +270,8 @@ def _check_existing_runs(out, configs):
     TrainConfig this command would train there."""
     import yaml
 
-    from ijckd_bounds.typed_yaml import to_dict
     from ijckd_bounds.train.runner import CONFIG_FILE, absolute_data_paths, config_difference
+    from ijckd_bounds.typed_yaml import to_dict
 
     for run_dir, cfg in configs.items():
         saved_path = Path(run_dir) / CONFIG_FILE
@@ -310,9 +310,3 @@ class _TimedTracker:
         t0 = time.perf_counter()
         self.inner.on_checkpoint(path, epoch)
         self.seconds += time.perf_counter() - t0
-
-    def on_epoch_end(self, epoch, metrics):
-        pass
-
-    def on_step_end(self, step, epoch, values):
-        pass

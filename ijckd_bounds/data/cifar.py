@@ -109,6 +109,7 @@ class SafeUnpickler(pickle.Unpickler):
     ALLOWED = _allowed_globals()
 
     def find_class(self, module, name):
+        """The allowed global ``module.name``; anything else raises ``RefusedGlobal``."""
         try:
             return self.ALLOWED[(module, name)]
         except KeyError:

@@ -92,6 +92,8 @@ class Resize:
         self.size = _positive_int(size, "size")
 
     def __call__(self, img):
+        """``img`` resized (bilinear) so that its shorter side is ``size``; unchanged when it
+        already is."""
         Image = _check_pil(img, "Resize")
         width, height = img.size
         new_height, new_width = shorter_side_size(height, width, self.size)
@@ -124,6 +126,7 @@ class CenterCrop:
         return self.offset(height, self.size), self.offset(width, self.size), self.size, self.size
 
     def __call__(self, img):
+        """The central ``size`` x ``size`` window of ``img`` (zero-padded where it is smaller)."""
         _check_pil(img, "CenterCrop")
         width, height = img.size
         return crop(img, *self.box(height, width))
@@ -183,6 +186,8 @@ class RandomResizedCrop:
         return (height - box_height) // 2, (width - box_width) // 2, box_height, box_width
 
     def __call__(self, img, generator=None):
+        """A random box of ``img`` (``get_params`` with ``generator``), resized bilinearly to
+        ``size`` x ``size``."""
         Image = _check_pil(img, "RandomResizedCrop")
         width, height = img.size
         top, left, box_height, box_width = self.get_params(height, width, generator)
@@ -203,6 +208,7 @@ class RandomHorizontalFlip:
             raise IJCKDError(f"flip probability must lie in [0, 1], got {p}")
 
     def __call__(self, img, generator=None):
+        """``img`` mirrored left-right with probability ``p`` (one draw from ``generator``)."""
         Image = _check_pil(img, "RandomHorizontalFlip")
         if torch.rand(1, generator=generator).item() < self.p:
             return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -216,6 +222,7 @@ class ToTensor:
     """PIL image (mode RGB or L) -> float32 tensor (C, H, W) with values in [0, 1]."""
 
     def __call__(self, img):
+        """``img`` (RGB or L) as a float32 tensor (C, H, W) with values in [0, 1]."""
         _check_pil(img, "ToTensor")
         if img.mode not in ("RGB", "L"):
             raise IJCKDError(f"ToTensor takes RGB or L images, got mode {img.mode!r}; "

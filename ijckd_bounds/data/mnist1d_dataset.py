@@ -76,7 +76,7 @@ def _load_or_generate(num_samples, seed, data_dir):
     arrays = generate_mnist1d(num_samples, seed)
     with atomic_path(cache) as tmp:
         with open(tmp, "wb") as fh:  # a file object, so numpy does not append ".npz"
-            np.savez(fh, **dict(zip(keys, arrays)))
+            np.savez(fh, **dict(zip(keys, arrays, strict=True)))
     return arrays
 
 

@@ -62,6 +62,7 @@ class TensorSplit(Dataset):
 
     @property
     def input_shape(self):
+        """The shape of one sample, ``inputs.shape[1:]``."""
         return tuple(self.inputs.shape[1:])
 
     def class_counts(self, num_classes):
@@ -275,7 +276,7 @@ def splits_from_pool(name, inputs, labels, indices_by_split, *, num_classes, cla
         indices_by_split: ``(train_idx, fit_idx, eval_idx)`` int arrays into the pool.
     """
     made = {}
-    for which, idx in zip(SPLIT_NAMES, indices_by_split):
+    for which, idx in zip(SPLIT_NAMES, indices_by_split, strict=True):
         idx_t = torch.as_tensor(idx, dtype=torch.int64)
         made[which] = TensorSplit(inputs[idx_t], labels[idx_t], indices=idx, source=source,
                                   transform=train_transform if which == "train" else None)

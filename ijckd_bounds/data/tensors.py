@@ -10,8 +10,9 @@ which array names are present:
 3. ``x_train``, ``y_train``, ``x_fit``, ``y_fit``, ``x_eval``, ``y_eval``: all as given.
 
 An optional ``class_names`` array (K strings) may ride along. ``x`` arrays must be finite
-numbers with the same per-sample shape in every split; ``y`` arrays integer labels (whole-numbered floats are
-taken as integers, the rule of ``ijckd-bounds estimate``) in ``[0, K)``, where K is ``num_classes=`` if given, else ``len(class_names)``, else the
+numbers with the same per-sample shape in every split; ``y`` arrays integer labels
+(whole-numbered floats are taken as integers, the rule of ``ijckd-bounds estimate``) in
+``[0, K)``, where K is ``num_classes=`` if given, else ``len(class_names)``, else the
 largest label + 1. Every split must be non-empty and hold at least two classes, and a
 given fit split must not hold the eval split's samples. Inputs are used as they are (no
 standardisation). ``.pt`` files are loaded with ``weights_only=True`` and ``.npz`` files
@@ -172,7 +173,7 @@ def tensors(seed=0, data_dir=None, *, path=None, fractions=(0.6, 0.2, 0.2), fit_
         pool_x, pool_y = arrays["x"], arrays["y"]
         indices = stratified_split(pool_y, check_fractions("tensors", fractions), seed=seed)
         parts = {which: (pool_x[idx], pool_y[idx], idx, "x")
-                 for which, idx in zip(SPLIT_NAMES, indices)}
+                 for which, idx in zip(SPLIT_NAMES, indices, strict=True)}
     elif layout == "train_test":
         if not isinstance(fit_fraction, (int, float)) or not 0.0 < fit_fraction < 1.0:
             raise IJCKDError(f"tensors `fit_fraction` must lie in (0, 1), got {fit_fraction!r}")
@@ -202,7 +203,7 @@ def tensors(seed=0, data_dir=None, *, path=None, fractions=(0.6, 0.2, 0.2), fit_
     if layout == "explicit":
         _check_disjoint(parts["fit"][0], parts["eval"][0], where)
 
-    for which, (x, _, _, source) in parts.items():
+    for x, _, _, source in parts.values():
         if x.dtype.kind == "f" and np.abs(x).max() > np.finfo(np.float32).max:
             raise IJCKDError(f"{where}: `{source}` has values too large for float32")
     splits = {which: TensorSplit(torch.as_tensor(x, dtype=torch.float32),

@@ -38,6 +38,7 @@ class Normalize:
                              f"{self.std.tolist()} for mean {self.mean.tolist()}")
 
     def __call__(self, x):
+        """``(x - mean) / std`` per channel of ``x`` (C, H, W) or (n, C, H, W)."""
         _check_image(x, len(self.mean))
         shape = (-1, 1, 1)
         return (x - self.mean.view(shape).to(x)) / self.std.view(shape).to(x)
@@ -75,6 +76,8 @@ class RandomCrop:
         return padded + border * fill
 
     def __call__(self, x):
+        """A random ``size`` x ``size`` crop of ``x`` (C, H, W) or (n, C, H, W) padded by
+        ``padding``; one offset per image."""
         _check_image(x)
         height, width = x.shape[-2:]
         if height + 2 * self.padding < self.size or width + 2 * self.padding < self.size:
@@ -110,6 +113,8 @@ class RandomHorizontalFlip:
             raise IJCKDError(f"flip probability must lie in [0, 1], got {p}")
 
     def __call__(self, x):
+        """``x`` (C, H, W) or (n, C, H, W) with the width axis mirrored with probability
+        ``p`` per image; always a new tensor."""
         _check_image(x)
         if x.dim() == 3:
             return x.flip(-1) if float(torch.rand(())) < self.p else x.clone()
@@ -127,6 +132,7 @@ class Compose:
         self.transforms = list(transforms)
 
     def __call__(self, x):
+        """``x`` passed through every transform in order."""
         for transform in self.transforms:
             x = transform(x)
         return x

@@ -7,6 +7,11 @@ terms (``ideal_joint``, ``ijc_lambda``, ``ijc_gap``, ``pair_disc``, ``bound_idea
 ``bound_ben_david``, ``proxy_a``) in ``composite``.
 """
 
+from ijckd_bounds.estimators.bounds import (
+    BoundsReport,
+    estimate_bounds,
+    estimate_bounds_from_file,
+)
 from ijckd_bounds.estimators.cka import cka_jackknife, debiased_cka, feat_cka, hsic_terms
 from ijckd_bounds.estimators.composite import (
     JointChoice,
@@ -20,7 +25,6 @@ from ijckd_bounds.estimators.composite import (
     pair_disc,
     proxy_a,
 )
-from ijckd_bounds.estimators.ridge_connector import RidgeConnector, fit_connector
 from ijckd_bounds.estimators.intervals import (
     Estimate,
     PairedBootstrap,
@@ -38,11 +42,7 @@ from ijckd_bounds.estimators.probes import (
     fit_joint_classifier,
     proxy_a_distance,
 )
-from ijckd_bounds.estimators.bounds import (
-    BoundsReport,
-    estimate_bounds,
-    estimate_bounds_from_file,
-)
+from ijckd_bounds.estimators.ridge_connector import RidgeConnector, fit_connector
 from ijckd_bounds.estimators.terms import (
     MarkovBound,
     PairedPredictions,

@@ -26,10 +26,14 @@ evaluation samples, so the intervals of a bound and of its pieces come from the 
 resamples.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,6 +62,9 @@ from ijckd_bounds.estimators.probes import (
 from ijckd_bounds.estimators.rowwise import project64
 from ijckd_bounds.schema import LEVEL, N_BOOTSTRAP, N_PERMUTATIONS
 
+# what the estimators take: a tensor, or an array torch.as_tensor reads
+Array = torch.Tensor | np.ndarray
+
 __all__ = ["BoundsReport", "estimate_bounds", "estimate_bounds_from_file",
            "MIN_EVAL", "MIN_FIT"]
 
@@ -76,7 +83,8 @@ class BoundsReport:
     dicts (class, n, Estimates). notes: list of str (how the report was made, warnings).
     details: dict of plain values (which joint classifier was chosen, probe strengths,
     seeds, ``ece_gap`` = student_ece − teacher_ece with its interval, ``calibration`` =
-    the reliability bins, ...). ``report["student_err"]`` and ``report.student_err`` give an Estimate.
+    the reliability bins, ...). ``report["student_err"]`` and ``report.student_err`` give an
+    Estimate.
     """
 
     terms: dict
@@ -190,6 +198,8 @@ class BoundsReport:
                                device=self.details["device"])
 
     def to_dict(self):
+        """The report as plain JSON values: the row, each term's method, the level, the
+        per-class rows, the notes and the details (the content of ``bounds.json``)."""
         return {
             "row": _jsonable(self.row()),
             "methods": {name: est.method for name, est in self.terms.items()},
@@ -497,9 +507,13 @@ def _prepare(z_t, z_s, y, weight, bias, *, fit, s, s_fit, student_logits, seed,
         split="given", notes=notes)
 
 
-def estimate_bounds(z_t, z_s, y, weight, bias, *, fit=None, s=None, s_fit=None,
-                    student_logits=None, level=LEVEL, n_permutations=N_PERMUTATIONS, n_bootstrap=N_BOOTSTRAP,
-                    seed=0, mmd_max_n=None, device=None, fit_fraction=0.5):
+def estimate_bounds(z_t: Array, z_s: Array, y: Array, weight: Array, bias: Array, *,
+                    fit: tuple | dict | None = None, s: Array | None = None,
+                    s_fit: Array | None = None, student_logits: Array | None = None,
+                    level: float = LEVEL, n_permutations: int = N_PERMUTATIONS,
+                    n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, mmd_max_n: int | None = None,
+                    device: torch.device | str | None = None,
+                    fit_fraction: float = 0.5) -> BoundsReport:
     """Estimate every docs/theory.md term and bound for one student.
 
     Args:
@@ -771,7 +785,7 @@ FIT_ARRAYS = ("z_t_fit", "z_s_fit", "y_fit")
 OPTIONAL_ARRAYS = ("s", "s_fit", "student_logits")
 
 
-def estimate_bounds_from_file(path, **kwargs):
+def estimate_bounds_from_file(path: str | Path, **kwargs: Any) -> BoundsReport:
     """``estimate_bounds`` on the arrays of a ``.npz`` or ``.pt`` file.
 
     Required arrays: z_t, z_s, y, weight, bias. Optional: z_t_fit, z_s_fit, y_fit (all

@@ -32,8 +32,15 @@ import torch
 
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.intervals import Estimate, PairedBootstrap
-from ijckd_bounds.schema import (DIAGNOSES, LEVEL, N_BOOTSTRAP, PIECE_DEFINITION_HEAD_WITHOUT_S,
-                                 PIECE_DEFINITIONS, STUDENT_PIECES, UNDETERMINED)
+from ijckd_bounds.schema import (
+    DIAGNOSES,
+    LEVEL,
+    N_BOOTSTRAP,
+    PIECE_DEFINITION_HEAD_WITHOUT_S,
+    PIECE_DEFINITIONS,
+    STUDENT_PIECES,
+    UNDETERMINED,
+)
 
 __all__ = ["ErrorBudget", "Piece", "error_budget"]
 
@@ -52,25 +59,31 @@ class Piece:
 
     @property
     def value(self):
+        """The piece's point estimate."""
         return self.estimate.value
 
     @property
     def lo(self):
+        """Lower end of the piece's interval."""
         return self.estimate.lo
 
     @property
     def hi(self):
+        """Upper end of the piece's interval."""
         return self.estimate.hi
 
     @property
     def diagnosis(self):
+        """The diagnosis the report gives when this piece is named (e.g. ``teacher-limited``)."""
         return DIAGNOSES[self.name]
 
     @property
     def definition(self):
+        """``formula: meaning``, the line the report prints beside the piece."""
         return f"{self.formula}: {self.meaning}"
 
     def as_dict(self):
+        """The piece as plain values (value, interval, count, formula, meaning)."""
         return {"value": self.value, "lo": self.lo, "hi": self.hi, "count": self.count,
                 "formula": self.formula, "meaning": self.meaning}
 
@@ -109,26 +122,33 @@ class ErrorBudget:
 
     @property
     def total_lo(self):
+        """Lower end of the target's interval."""
         return self.total.lo
 
     @property
     def total_hi(self):
+        """Upper end of the target's interval."""
         return self.total.hi
 
     @property
     def undetermined(self):
+        """Whether the diagnosis is ``undetermined``: the fit piece (the audit's own data) is
+        named, or a named student piece is not clearly above it."""
         return self.diagnosis == UNDETERMINED
 
     def piece(self, name):
+        """The piece called ``name``; ``KeyError`` when there is none."""
         for piece in self.pieces:
             if piece.name == name:
                 return piece
         raise KeyError(name)
 
     def ranked(self):
+        """The pieces, largest value first."""
         return tuple(sorted(self.pieces, key=lambda p: p.value, reverse=True))
 
     def as_dict(self):
+        """The budget as plain values, what ``reporting.audit_markdown`` writes from."""
         def interval(est):
             return {"value": est.value, "lo": est.lo, "hi": est.hi}
 

@@ -114,8 +114,8 @@ def choose_joint(teacher_wrong, student_wrong, probe_t_wrong, probe_s_wrong, dif
     n = bootstrap.n
     columns = [_indicator(x, name, n) for x, name in zip(
         (teacher_wrong, student_wrong, probe_t_wrong, probe_s_wrong, differ_t, differ_s),
-        _COLUMNS)]
-    counts = {name: int(x.sum()) for name, x in zip(_COLUMNS, columns)}
+        _COLUMNS, strict=True)]
+    counts = {name: int(x.sum()) for name, x in zip(_COLUMNS, columns, strict=True)}
     matrix = torch.stack([x.to(torch.float64) for x in columns], dim=1)
     # weighted sums of 0/1 columns with integer count weights: exact integers in float64
     sums_matrix = bootstrap.weights_like(matrix) @ matrix

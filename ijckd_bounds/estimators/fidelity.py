@@ -272,6 +272,6 @@ def calibration_rows(logits_t, logits_s, y, *, n_bins=ECE_BINS):
     ("teacher" or "student"): 2·n_bins dicts, the teacher's first."""
     logits_t, logits_s = _check_pair(logits_t, logits_s)
     rows = []
-    for model, logits in zip(MODELS, (logits_t, logits_s)):
+    for model, logits in zip(MODELS, (logits_t, logits_s), strict=True):
         rows += [{"model": model, **row} for row in reliability_bins(logits, y, n_bins=n_bins)]
     return rows

@@ -55,6 +55,7 @@ class Estimate:
     level: float
 
     def as_dict(self):
+        """The estimate as plain values: value, lo, hi, n, method, level."""
         return {"value": self.value, "lo": self.lo, "hi": self.hi, "n": self.n,
                 "method": self.method, "level": self.level}
 
@@ -186,6 +187,7 @@ class PairedBootstrap:
 
     @property
     def method(self):
+        """The method text of an interval from these resamples (B and seed)."""
         return f"paired bootstrap percentile (B={self.n_bootstrap}, seed={self.seed})"
 
     def weights_like(self, x):

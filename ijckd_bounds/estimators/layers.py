@@ -81,7 +81,7 @@ def stage_probe_errors(stages_eval, y, stages_fit, y_fit, *, num_classes=None, s
     # the seed of the report's same-recipe probes (teacher/student/connected_probe_err)
     probe_seed = derived_seed(seed, "probes") % 2 ** 31
     out = []
-    for index, (x_eval, x_fit) in enumerate(zip(stages_eval, stages_fit)):
+    for index, (x_eval, x_fit) in enumerate(zip(stages_eval, stages_fit, strict=True)):
         if x_eval.shape[1] != x_fit.shape[1]:
             raise IJCKDError(f"stage {index} has width {x_eval.shape[1]} on the evaluation "
                              f"split and {x_fit.shape[1]} on the fit split")
@@ -148,7 +148,7 @@ def _stage_cka_jackknife(xs, ys):
 
     def centred(stages, pieces, rows):
         return torch.cat([z[rows].to(torch.float64) - p["mean"]
-                          for z, p in zip(stages, pieces)], dim=1)
+                          for z, p in zip(stages, pieces, strict=True)], dim=1)
 
     # one cross product of the concatenations: its (i, j) block is X_iᵀY_j
     cross = torch.zeros(col_x[-1], col_y[-1], dtype=torch.float64, device=device)
@@ -191,8 +191,8 @@ def _stage_cka_jackknife(xs, ys):
     own_x, own_y = [own(p) for p in px], [own(p) for p in py]
     values = torch.full((len(xs), len(ys)), math.nan, dtype=torch.float64)
     loo = torch.full((len(xs), len(ys), n), math.nan, dtype=torch.float64)
-    for i, (x, p) in enumerate(zip(xs, px)):
-        for j, (y, q) in enumerate(zip(ys, py)):
+    for i, p in enumerate(px):
+        for j, q in enumerate(py):
             block = cross[col_x[i]:col_x[i + 1], col_y[j]:col_y[j + 1]]
             full = _hsic_pieces(block, p["norms"], q["norms"], p["sum"], q["sum"], p["row"],
                                 q["row"])
@@ -265,11 +265,11 @@ def layer_rows(teacher_probe, student_probe, cka, *, teacher_stages, student_sta
         if not len(probes) == len(names) == len(dims):
             raise IJCKDError(f"{model}: {len(probes)} probe results for {len(names)} stages")
         for index, (estimate, name, dim, depth) in enumerate(
-                zip(probes, names, dims, relative_depths(len(names)))):
+                zip(probes, names, dims, relative_depths(len(names)), strict=True)):
             row = dict(blank, model=model, stage=name, stage_index=index, depth=depth,
                        n_eval=n_eval, n_fit=n_fit, dim=dim)
             row.update(zip(schema.interval_columns("stage_probe_err"),
-                           (estimate.value, estimate.lo, estimate.hi)))
+                           (estimate.value, estimate.lo, estimate.hi), strict=True))
             rows.append(row)
     for i, name_t in enumerate(teacher_stages):
         for j, name_s in enumerate(student_stages):
@@ -278,6 +278,6 @@ def layer_rows(teacher_probe, student_probe, cka, *, teacher_stages, student_sta
                        student_index=j, n_eval=n_eval, n_fit=n_fit,
                        dim=max(teacher_dims[i], student_dims[j]))
             row.update(zip(schema.interval_columns("stage_cka"),
-                           (estimate.value, estimate.lo, estimate.hi)))
+                           (estimate.value, estimate.lo, estimate.hi), strict=True))
             rows.append(row)
     return rows

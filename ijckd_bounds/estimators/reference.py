@@ -98,10 +98,11 @@ def _probe_with_l2_choice(x_train, y_train, x_held, y_held, x_all, y_all, max_it
     return (lambda x: final.predict(scaler_all.transform(x))), l2
 
 
-def _hsic_pieces(k, l):
+def _hsic_pieces(k_gram, l_gram):
     """``(tr(K̃L̃), 1ᵀK̃1, 1ᵀL̃1, 1ᵀK̃L̃1)`` of kernel matrices with zeroed diagonals."""
-    ones = np.ones(len(k))
-    return (k * l).sum(), ones @ k @ ones, ones @ l @ ones, (k @ ones) @ (l @ ones)
+    ones = np.ones(len(k_gram))
+    return ((k_gram * l_gram).sum(), ones @ k_gram @ ones, ones @ l_gram @ ones,
+            (k_gram @ ones) @ (l_gram @ ones))
 
 
 def _hsic(pieces, n):
@@ -124,7 +125,7 @@ def _cka_jackknife(x, y):
     kernels = {"k": x @ x.T, "l": y @ y.T}
     for matrix in kernels.values():
         np.fill_diagonal(matrix, 0.0)
-    k, l = kernels["k"], kernels["l"]
+    k_gram, l_gram = kernels["k"], kernels["l"]
 
     def pieces_and_loo(a, b):
         row_a, row_b = a.sum(1), b.sum(1)
@@ -134,8 +135,9 @@ def _cka_jackknife(x, y):
                full[3] - row_a * row_b - b @ row_a - a @ row_b + cross_rows)
         return _hsic(full, n), _hsic(loo, n - 1)
 
-    (kl, kl_loo), (kk, kk_loo), (ll, ll_loo) = (pieces_and_loo(k, l), pieces_and_loo(k, k),
-                                                pieces_and_loo(l, l))
+    (kl, kl_loo), (kk, kk_loo), (ll, ll_loo) = (pieces_and_loo(k_gram, l_gram),
+                                                pieces_and_loo(k_gram, k_gram),
+                                                pieces_and_loo(l_gram, l_gram))
     value = kl / np.sqrt(kk * ll) if kk * ll > 0 else np.nan
     loo = kl_loo / np.sqrt(kk_loo * ll_loo)
     se = np.sqrt((n - 1) / n * ((loo - loo.mean()) ** 2).sum())

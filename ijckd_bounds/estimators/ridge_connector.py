@@ -19,8 +19,12 @@ The absolute value used in the final fit is ``ridge_abs_``, which is scikit-lear
 ``Ridge(alpha=ridge_abs_)`` on the same data.
 """
 
-import math
+from __future__ import annotations
 
+import math
+from typing import Any
+
+import numpy as np
 import torch
 
 from ijckd_bounds.errors import IJCKDError
@@ -42,7 +46,7 @@ def _moments(s, t):
 
 
 def _merge(first, second):
-    return tuple(x + y for x, y in zip(first, second))
+    return tuple(x + y for x, y in zip(first, second, strict=True))
 
 
 def _ridge_basis(moments):
@@ -168,6 +172,7 @@ class RidgeConnector:
         return torch.addmm(self.bias_, s.to(self.weight_), self.weight_)
 
 
-def fit_connector(s_fit, t_fit, **kwargs):
+def fit_connector(s_fit: torch.Tensor | np.ndarray, t_fit: torch.Tensor | np.ndarray,
+                  **kwargs: Any) -> RidgeConnector:
     """A ``RidgeConnector(**kwargs)`` fitted on s_fit (n, d_s) -> t_fit (n, d)."""
     return RidgeConnector(**kwargs).fit(s_fit, t_fit)

@@ -150,7 +150,7 @@ def per_class_terms(logits_t, logits_s, y, n_classes, *, level=LEVEL, logits_own
     for j, name in enumerate(names):
         k, n = counts[present, j], sizes[present]
         lo, hi = clopper_pearson(k, n, level)  # vectorised over classes
-        for row, kc, nc, lc, hc in zip(rows, k, n, lo, hi):
+        for row, kc, nc, lc, hc in zip(rows, k, n, lo, hi, strict=True):
             value = int(kc) / int(nc)
             row[name] = Estimate(value, min(float(lc), value), max(float(hc), value), int(nc),
                                  "clopper-pearson", float(level))
@@ -291,6 +291,7 @@ class PairedPredictions:
 
     @property
     def n(self):
+        """The number of samples."""
         return int(self.pred_t.numel())
 
 

@@ -1,12 +1,18 @@
 """Model zoo: every model returns ``(logits, features)``; see ``models.base``."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
 from ijckd_bounds.models.base import ZooModel, pool_to
 from ijckd_bounds.registry import Registry
 
 MODELS = Registry("model")
 
 
-def build_model(name, num_classes, input_shape, **kwargs):
+def build_model(name: str, num_classes: int, input_shape: Sequence[int],
+                **kwargs: Any) -> ZooModel:
     """Build zoo model ``name`` for ``num_classes`` classes and inputs of ``input_shape``
     (one sample's shape, e.g. (1, 8, 8) or (3, 32, 32) or (1, 40))."""
     import inspect
@@ -25,12 +31,13 @@ def build_model(name, num_classes, input_shape, **kwargs):
     return factory(num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
 
 
-def model_names():
+def model_names() -> list[str]:
+    """The registered zoo model names, sorted."""
     _import_zoo()
     return MODELS.names()
 
 
-def model_options(name):
+def model_options(name: str) -> dict[str, Any]:
     """The options zoo model ``name`` takes (``model.teacher_options`` /
     ``model.student_options``) and their defaults, as ``{option: default}``."""
     import inspect

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 from ijckd_bounds.errors import IJCKDError
 
-
 POOLED_STAGE = "pool"
 
 
@@ -32,6 +31,8 @@ class ZooModel(nn.Module):
     stage_layers = {}
 
     def forward_map(self, x):  # pragma: no cover - abstract
+        """The last feature map (n, C, ...) of ``x`` (n, *input_shape), before pooling;
+        ``features`` is its global average."""
         raise NotImplementedError
 
     @staticmethod
@@ -48,6 +49,7 @@ class ZooModel(nn.Module):
         return self.classifier(features), features, fmap
 
     def forward(self, x):
+        """``(logits (n, K), features (n, d))`` of ``x`` (n, *input_shape)."""
         logits, features, _ = self.forward_with_map(x)
         return logits, features
 
@@ -83,10 +85,12 @@ class ZooModel(nn.Module):
 
     @property
     def feature_dim(self):
+        """d, the width of the pooled features the classifier reads."""
         return self.classifier.in_features
 
     @property
     def num_classes(self):
+        """K, the number of classes the classifier predicts."""
         return self.classifier.out_features
 
 

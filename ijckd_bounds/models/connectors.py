@@ -132,6 +132,7 @@ class BottleneckConnector(nn.Module):
         )
 
     def forward(self, s_map):
+        """The projected map (n, C_t, *S') of the student map ``s_map`` (n, C_s, *S)."""
         s_map = _pool_input(s_map, self.input_size)
         return self.transfer(s_map)
 
@@ -151,6 +152,7 @@ class PooledConnector(nn.Module):
                                       nn.BatchNorm1d(t_channels), nn.ReLU(inplace=True))
 
     def forward(self, s_features):
+        """The student's pooled features (n, d_s) mapped into the teacher's space (n, d_t)."""
         return self.transfer(s_features)
 
 
@@ -173,12 +175,12 @@ class FitNetRegressor(nn.Module):
         self.spec["input_size"] = self.input_size
         if dims == 0:
             layer = nn.Linear(s_channels, t_channels)
-        elif all(s == 2 * t for s, t in zip(s_size, t_size)):
+        elif all(s == 2 * t for s, t in zip(s_size, t_size, strict=True)):
             layer = _CONV[dims](s_channels, t_channels, 3, stride=2, padding=1)
-        elif all(2 * s == t for s, t in zip(s_size, t_size)):
+        elif all(2 * s == t for s, t in zip(s_size, t_size, strict=True)):
             layer = _CONV_T[dims](s_channels, t_channels, 4, stride=2, padding=1)
-        elif all(s >= t for s, t in zip(s_size, t_size)):
-            kernel = tuple(1 + s - t for s, t in zip(s_size, t_size))
+        elif all(s >= t for s, t in zip(s_size, t_size, strict=True)):
+            kernel = tuple(1 + s - t for s, t in zip(s_size, t_size, strict=True))
             layer = _CONV[dims](s_channels, t_channels, kernel)
         else:
             layer = _CONV[dims](s_channels, t_channels, 3, padding=1)
@@ -187,6 +189,7 @@ class FitNetRegressor(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, s_map):
+        """The hint (n, C_t, *S'') regressed from the student map ``s_map`` (n, C_s, *S)."""
         s_map = _pool_input(s_map, self.input_size)
         return self.relu(self.bn(self.conv(s_map)))
 
@@ -197,10 +200,10 @@ def bottleneck_for(s_shape, t_shape, reduction=2):
     input_size = None
     if dims == 0 and len(s_shape) > 1:
         input_size = []
-    elif dims > 0 and any(s > t for s, t in zip(s_shape[1:], t_shape[1:])):
+    elif dims > 0 and any(s > t for s, t in zip(s_shape[1:], t_shape[1:], strict=True)):
         # The larger map is pooled to the smaller size (SimKD): here the student's, per
         # dimension, before the projector.
-        input_size = [min(s, t) for s, t in zip(s_shape[1:], t_shape[1:])]
+        input_size = [min(s, t) for s, t in zip(s_shape[1:], t_shape[1:], strict=True)]
     return BottleneckConnector(s_shape[0], t_shape[0], dims, reduction, input_size)
 
 

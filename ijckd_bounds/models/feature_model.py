@@ -120,6 +120,7 @@ class FeatureModel(ZooModel):
         return captured["logits"], features, fmap
 
     def extra_repr(self):
+        """The wrapped layer names, shown in ``repr``."""
         return (f"feature_layer={self.feature_layer!r}, classifier_layer="
                 f"{self.classifier_layer!r}, map_layer={self.map_layer!r}, "
                 f"stage_layers={list(self.stage_layers)!r}")

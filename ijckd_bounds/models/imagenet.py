@@ -55,6 +55,7 @@ class Bottleneck(nn.Module):
         self.downsample = projection_shortcut(in_channels, out_channels, stride)
 
     def forward(self, x):
+        """The block's output (n, 4 * planes, H/stride, W/stride) for ``x`` (n, C_in, H, W)."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
@@ -68,6 +69,7 @@ class FcClassifier(ZooModel):
 
     @property
     def classifier(self):
+        """The classifier, stored as ``fc``."""
         return self.fc
 
     def __setattr__(self, name, value):
@@ -97,7 +99,9 @@ class ImageNetResNet(FcClassifier):
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         width = 64
         stages = []
-        for index, (planes, num_blocks) in enumerate(zip((64, 128, 256, 512), blocks_per_stage)):
+        stage_widths = (64, 128, 256, 512)
+        for index, (planes, num_blocks) in enumerate(zip(stage_widths, blocks_per_stage,
+                                                         strict=True)):
             stride = 1 if index == 0 else 2
             blocks = []
             for position in range(num_blocks):
@@ -109,6 +113,7 @@ class ImageNetResNet(FcClassifier):
         he_init(self)
 
     def forward_map(self, x):
+        """The ``layer4`` map (n, 512 * expansion, ceil(H/32), ceil(W/32)) of ``x``."""
         out = self.maxpool(F.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(out))))
 
@@ -153,6 +158,7 @@ class MobileNetV1(FcClassifier):
         he_init(self)
 
     def forward_map(self, x):
+        """The last block's map (n, 1024, ceil(H/32), ceil(W/32)) of ``x`` (n, C, H, W)."""
         return self.model(x)
 
 

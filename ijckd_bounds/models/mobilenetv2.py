@@ -32,6 +32,7 @@ SETTINGS = (
 
 
 def conv_bn_relu(in_channels, out_channels, kernel_size, stride=1):
+    """Conv (``kernel_size``, ``stride``, same padding, no bias) -> BN -> ReLU."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False),
         nn.BatchNorm2d(out_channels),
@@ -59,6 +60,7 @@ class InvertedResidual(nn.Module):
         )
 
     def forward(self, x):
+        """The block's output (n, C_out, H/stride, W/stride) for ``x`` (n, C_in, H, W)."""
         out = self.conv(x)
         return x + out if self.use_residual else out
 
@@ -89,6 +91,7 @@ class MobileNetV2(ZooModel):
         nn.init.zeros_(self.classifier.bias)
 
     def forward_map(self, x):
+        """The last 1x1 conv's map (n, last_channels, ceil(H/16), ceil(W/16)) of ``x``."""
         out = self.conv1(x)
         for group in self.blocks:
             out = group(out)

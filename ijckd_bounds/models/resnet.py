@@ -21,6 +21,7 @@ from ijckd_bounds.models.common import check_input_shape, check_num_classes, he_
 
 
 def conv3x3(in_channels, out_channels, stride=1):
+    """A 3x3 conv with padding 1 and no bias (BN follows it)."""
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
 
 
@@ -48,6 +49,7 @@ class BasicBlock(nn.Module):
         self.downsample = projection_shortcut(in_channels, out_channels, stride)
 
     def forward(self, x):
+        """The block's output (n, C_out, H/stride, W/stride) for ``x`` (n, C_in, H, W)."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -84,6 +86,7 @@ class CifarResNet(ZooModel):
         return nn.Sequential(*blocks)
 
     def forward_map(self, x):
+        """The last stage's output after its ReLU, (n, widths[3], H/4, W/4), of ``x``."""
         out = F.relu(self.bn1(self.conv1(x)))
         return self.layer3(self.layer2(self.layer1(out)))
 

@@ -45,6 +45,7 @@ class BasicUnit(nn.Module):
         self.bn3 = nn.BatchNorm2d(half)
 
     def forward(self, x):
+        """The unit's output, the same shape as ``x`` (n, C, H, W)."""
         half = x.shape[1] // 2
         kept, transformed = x[:, :half], x[:, half:]
         out = F.relu(self.bn1(self.conv1(transformed)))
@@ -75,6 +76,7 @@ class DownUnit(nn.Module):
         self.bn5 = nn.BatchNorm2d(half)
 
     def forward(self, x):
+        """The unit's output (n, C_out, ceil(H/2), ceil(W/2)) for ``x`` (n, C_in, H, W)."""
         left = F.relu(self.bn2(self.conv2(self.bn1(self.conv1(x)))))
         right = F.relu(self.bn3(self.conv3(x)))
         right = F.relu(self.bn5(self.conv5(self.bn4(self.conv4(right)))))
@@ -94,7 +96,7 @@ class ShuffleNetV2(ZooModel):
         self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         stages = []
-        for channels, units in zip(STAGE_CHANNELS, STAGE_UNITS):
+        for channels, units in zip(STAGE_CHANNELS, STAGE_UNITS, strict=True):
             stages.append(nn.Sequential(DownUnit(width, channels),
                                         *[BasicUnit(channels) for _ in range(units)]))
             width = channels
@@ -105,6 +107,7 @@ class ShuffleNetV2(ZooModel):
         he_init(self)
 
     def forward_map(self, x):
+        """The last 1x1 conv's map (n, 1024, ceil(H/8), ceil(W/8)) of ``x`` (n, C, H, W)."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
         return F.relu(self.bn2(self.conv2(out)))

@@ -38,6 +38,7 @@ class MLP(ZooModel):
                              for k in range(len(hidden_sizes) - 1)}
 
     def forward_map(self, x):
+        """The last hidden layer (n, d) of ``x`` (n, *input_shape): an MLP's map is a vector."""
         if tuple(x.shape[1:]) != self.input_shape:
             raise IJCKDError(f"`x` must have shape (n, {', '.join(map(str, self.input_shape))}), "
                              f"got {tuple(x.shape)}")
@@ -61,7 +62,7 @@ class ConvNet(ZooModel):
                                                                                 nn.BatchNorm2d)
         layers = []
         width = input_shape[0]
-        for out_channels, stride in zip(channels, strides):
+        for out_channels, stride in zip(channels, strides, strict=True):
             layers += [conv(width, out_channels, kernel_size, stride=stride,
                             padding=kernel_size // 2, bias=False),
                        norm(out_channels), nn.ReLU(inplace=True)]
@@ -74,6 +75,7 @@ class ConvNet(ZooModel):
         he_init(self)
 
     def forward_map(self, x):
+        """The last conv map (n, C, ...) of ``x`` (n, *input_shape)."""
         return self.body(x)
 
 

@@ -51,6 +51,7 @@ class VGG(ZooModel):
         nn.init.zeros_(self.classifier.bias)
 
     def forward_map(self, x):
+        """The last conv stage's map (n, stages[-1][-1], H', W') of ``x`` (n, C_in, H, W)."""
         return self.features(x)
 
 

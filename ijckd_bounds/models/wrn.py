@@ -39,6 +39,7 @@ class PreActBlock(nn.Module):
             self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
 
     def forward(self, x):
+        """The block's output (n, C_out, H/stride, W/stride) for ``x`` (n, C_in, H, W)."""
         activated = F.relu(self.bn1(x))
         out = self.conv2(F.relu(self.bn2(self.conv1(activated))))
         shortcut = x if self.shortcut is None else self.shortcut(activated)
@@ -74,6 +75,7 @@ class WideResNet(ZooModel):
         return nn.Sequential(*blocks)
 
     def forward_map(self, x):
+        """The activated ``block3`` map (n, 64 * widen, H/4, W/4) of ``x`` (n, C, H, W)."""
         out = self.block3(self.block2(self.block1(self.conv1(x))))
         return F.relu(self.bn(out))
 

@@ -13,6 +13,11 @@ if "matplotlib.pyplot" not in sys.modules:
     # Headless by default; a session that already chose a backend (a notebook) keeps it.
     matplotlib.use("Agg")
 
+from ijckd_bounds.plotting.fidelity import (  # noqa: E402
+    FIDELITY_CURVES,
+    plot_fidelity,
+    plot_reliability,
+)
 from ijckd_bounds.plotting.figures import (  # noqa: E402
     DEFAULT_TERMS,
     plot_bounds,
@@ -21,11 +26,6 @@ from ijckd_bounds.plotting.figures import (  # noqa: E402
     plot_margins,
     plot_per_class,
     plot_terms,
-)
-from ijckd_bounds.plotting.fidelity import (  # noqa: E402
-    FIDELITY_CURVES,
-    plot_fidelity,
-    plot_reliability,
 )
 from ijckd_bounds.plotting.output import make_all_figures, save_figure  # noqa: E402
 from ijckd_bounds.plotting.style import (  # noqa: E402

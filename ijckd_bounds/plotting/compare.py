@@ -8,8 +8,7 @@ import numpy as np
 from matplotlib.lines import Line2D
 
 from ijckd_bounds.plotting import select
-from ijckd_bounds.plotting.style import (COLUMN_WIDTH, method_palette, new_figure,
-                                         paper_style)
+from ijckd_bounds.plotting.style import COLUMN_WIDTH, method_palette, new_figure, paper_style
 
 COMPARE_COLUMNS = ("kind", "group", "method", "order", "final_acc", "best_acc", "final_mean",
                    "final_lo", "final_hi", "n_seeds")  # and "published", where there is one
@@ -75,8 +74,9 @@ def plot_compare(df, *, ax=None):
                             zorder=2)
             elif int(group["n_seeds"]) == 1:
                 right = np.nanmax(seeds[["final_acc", "best_acc"]].to_numpy(float))
-                ax.annotate("1 seed: no interval", (right, y), xytext=(7, 0), textcoords="offset points", va="center",
-                            fontsize=6, color="#555555")
+                ax.annotate("1 seed: no interval", (right, y), xytext=(7, 0),
+                            textcoords="offset points", va="center", fontsize=6,
+                            color="#555555")
             if np.isfinite(group["final_mean"]):
                 ax.plot([group["final_mean"]] * 2, [y - 0.3, y + 0.3], color="#000000",
                         linewidth=0.7, zorder=5)
@@ -84,7 +84,7 @@ def plot_compare(df, *, ax=None):
                 pub = mine[mine["kind"] == "published"]["published"].dropna()
                 ax.scatter(pub, [y] * len(pub), marker="D", s=16, color=PUBLISHED_COLOUR,
                            zorder=6)
-        ys, texts = zip(*labels) if labels else ((), ())
+        ys, texts = zip(*labels, strict=True) if labels else ((), ())
         ax.set_yticks(list(ys), list(texts))
         ax.set_ylim(-0.7, n_groups - 0.3)
         ax.set_xlim(x_lo, x_hi)

@@ -25,9 +25,9 @@ from ijckd_bounds.plotting.style import (
     FULL_WIDTH,
     STUDENT_UNDER_BOUNDS_STYLE,
     TEACHER_STYLE,
+    darker,
     method_label,
     method_order,
-    darker,
     method_palette,
     new_figure,
     paper_style,
@@ -251,7 +251,7 @@ def plot_terms(df, terms=DEFAULT_TERMS, *, split="eval", dataset=None, ncols=3,
     with paper_style():
         fig, axes = _grid(len(terms), ncols,
                           legend_rows=math.ceil((len(methods) + 1) / legend_cols))
-        for ax, term in zip(axes, terms):
+        for ax, term in zip(axes, terms, strict=True):
             for method, _run, rows in select.runs_of(rows_all):
                 n_runs = runs_per_method[method]
                 _draw_interval_line(
@@ -317,7 +317,7 @@ def plot_bounds(df, method=None, *, bounds=schema.BOUNDS, split="eval", dataset=
     legend_rows = math.ceil((2 + len(bounds)) / legend_cols)
     with paper_style():
         fig, axes = _grid(len(methods), ncols, legend_rows=legend_rows)
-        for ax, name in zip(axes, methods):
+        for ax, name in zip(axes, methods, strict=True):
             mine = rows_all[rows_all["method"].astype(str) == name]
             several = mine["run"].nunique() > 1
             top, above, lowest = 0.0, [], np.inf
@@ -393,7 +393,7 @@ def plot_decomposition(df, *, split="eval", dataset=None, ncols=3, method=None):
     legend_cols = 5 if len(methods) > 1 else 2
     with paper_style():
         fig, axes = _grid(len(methods), ncols, legend_rows=math.ceil(5 / legend_cols))
-        for ax, name in zip(axes, methods):
+        for ax, name in zip(axes, methods, strict=True):
             mine = rows_all[rows_all["method"].astype(str) == name]
             several = mine["run"].nunique() > 1
             ax.axhline(0.0, color="#BBBBBB", linewidth=0.5, zorder=0)

@@ -177,7 +177,7 @@ def plot_layer_profile(layers_df, *, run=None, ax=None, palette=None):
         if ax is None:
             ax = new_figure(COLUMN_WIDTH, 2.6).subplots()
         student = probes[probes["model"] == "student"]
-        for shade, checkpoint in zip(_shades(colour, len(checkpoints)), checkpoints):
+        for shade, checkpoint in zip(_shades(colour, len(checkpoints)), checkpoints, strict=True):
             mine = student[student["checkpoint"].astype(str) == checkpoint]
             _profile(ax, mine, colour=shade, band=checkpoint == last,
                      linewidth=1.5 if checkpoint == last else 0.8)

@@ -70,6 +70,24 @@ def _usable(df, name):
     return True
 
 
+def _bounds_figures(rows, split, dataset, palette):
+    """``(stem, make)`` for each figure of one dataset's bounds rows; ``make()`` draws it
+    and returns the Figure, so each figure is drawn only when it is saved."""
+    options = {"split": split, "dataset": dataset}
+    makers = [("final_comparison", lambda: plot_final_comparison(
+        rows, palette=palette, **options).figure)]
+    if not rows["epoch"].notna().any():
+        logger.info("skipping the figures across epochs%s: no row has an epoch",
+                    f" of {dataset}" if dataset else "")
+        return makers
+    makers += [("terms", lambda: plot_terms(rows, palette=palette, **options)),
+               ("bounds", lambda: plot_bounds(rows, **options)),
+               ("decomposition", lambda: plot_decomposition(rows, **options))]
+    if all(term in rows.columns for term in FIDELITY_CURVES):
+        makers.append(("fidelity", lambda: plot_fidelity(rows, palette=palette, **options)))
+    return makers
+
+
 def make_all_figures(bounds_df, per_class_df, margins_df, out_dir, *, split="eval",
                      calibration_df=None):
     """Every figure of the paper set (and the final table) under ``out_dir``.
@@ -107,21 +125,8 @@ def make_all_figures(bounds_df, per_class_df, margins_df, out_dir, *, split="eva
                     if "dataset" in rows.columns else [None])
         for dataset in datasets:
             prefix = f"{_safe_name(dataset)}_" if len(datasets) > 1 else ""
-            options = {"split": split, "dataset": dataset}
             chosen = rows if dataset is None else rows[rows["dataset"].astype(str) == dataset]
-            makers = [("final_comparison", lambda: plot_final_comparison(
-                chosen, palette=palette, **options).figure)]
-            if chosen["epoch"].notna().any():
-                makers += [("terms", lambda: plot_terms(chosen, palette=palette, **options)),
-                           ("bounds", lambda: plot_bounds(chosen, **options)),
-                           ("decomposition", lambda: plot_decomposition(chosen, **options))]
-                if all(term in chosen.columns for term in FIDELITY_CURVES):
-                    makers.append(("fidelity", lambda: plot_fidelity(chosen, palette=palette,
-                                                                     **options)))
-            else:
-                logger.info("skipping the figures across epochs%s: no row has an epoch",
-                            f" of {dataset}" if dataset else "")
-            for stem, make in makers:
+            for stem, make in _bounds_figures(chosen, split, dataset, palette):
                 written += save_figure(make(), out_dir / f"{prefix}{stem}")
             table = final_table(chosen, split=split)
             for suffix, text in (("md", to_markdown(table)), ("tex", to_latex(table))):

@@ -8,11 +8,13 @@ import numpy as np
 import pandas as pd
 
 from ijckd_bounds.errors import IJCKDError, unknown_name
+from ijckd_bounds.schema import interval_columns
 
 BOUNDS_KEYS = ("run", "method", "epoch")
 
 
 def require_frame(df, what):
+    """``df`` itself; raises when it is not a DataFrame or is empty (``what`` names it)."""
     if not isinstance(df, pd.DataFrame):
         raise IJCKDError(f"`{what}` must be a pandas DataFrame, got {type(df).__name__}")
     if df.empty:
@@ -28,10 +30,6 @@ def require_columns(df, columns, what):
         raise IJCKDError(f"`{what}` lacks column {missing[0]!r} "
                          f"({len(missing)} missing of the {len(columns)} needed)")
     return df
-
-
-def interval_columns(term):
-    return [term, f"{term}_lo", f"{term}_hi"]
 
 
 def require_terms(df, terms, what, valid):
@@ -84,6 +82,7 @@ def select_bounds_rows(df, *, what="df", split="eval", dataset=None, need_epoch=
 
 
 def sort_runs(df):
+    """``df`` sorted by run, then epoch (and step where there is one), stably."""
     order = ["run", "epoch"] + (["step"] if "step" in df.columns else [])
     return df.sort_values(order, kind="stable")
 

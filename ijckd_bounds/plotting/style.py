@@ -58,7 +58,7 @@ PAPER_RC = {
 
 
 def paper_style():
-    """Context manager applying ``PAPER_RC``: ``with paper_style(): fig = ...``."""
+    """Context manager applying ``PAPER_RC`` to the figures drawn and saved inside it."""
     return matplotlib.rc_context(PAPER_RC)
 
 
@@ -122,10 +122,12 @@ def method_order(methods):
 
 
 def method_label(method):
+    """The display label of ``method`` (the name itself when it has none)."""
     return schema.METHOD_LABELS.get(str(method), str(method))
 
 
 def term_label(term):
+    """The display label of ``term`` (the name itself when it has none)."""
     return schema.LABELS.get(term, term)
 
 

@@ -121,6 +121,7 @@ _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{
 
 
 def latex_escape(text):
+    """``text`` with LaTeX's special characters escaped."""
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 
 

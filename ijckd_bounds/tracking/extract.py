@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.io import atomic_path, atomic_write_text

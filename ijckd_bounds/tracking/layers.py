@@ -76,7 +76,7 @@ def _stages_in_memory(model, inputs, batch_size):
         _, stages = model.forward_stages(inputs[start:start + batch_size].to(device))
         if parts is None:
             parts = [[] for _ in stages]
-        for store, stage in zip(parts, stages):
+        for store, stage in zip(parts, stages, strict=True):
             store.append(stage.float().cpu())
     return [torch.cat(store) for store in parts]
 

@@ -78,6 +78,8 @@ def _check_columns(df, columns, name):
 
 
 def read_table(path, *, kind="bounds"):
+    """The ``kind`` table at ``path`` as a DataFrame (a bounds table has its schema
+    checked); a missing or unreadable file raises with the path."""
     path = Path(path)
     if not path.is_file():
         raise IJCKDError(f"no {kind} table at {str(path)!r}")
@@ -168,14 +170,18 @@ def upsert_block(path, new_rows, *, columns, block=("run", "checkpoint")):
 
 
 def append_per_class(path, df):
+    """Upsert ``df``'s per-class rows into the per-class table at ``path``."""
     upsert_block(path, df, columns=schema.PER_CLASS_COLUMNS)
 
 
 def append_calibration(path, df):
+    """Upsert ``df``'s reliability bins into the calibration table at ``path``."""
     upsert_block(path, df, columns=schema.CALIBRATION_COLUMNS)
 
 
 def append_margins(path, df):
+    """Upsert ``df``'s per-sample margins into the margins table at ``path`` (a ``sample``
+    index is added when ``df`` has none)."""
     df = df.copy()
     df["sample"] = range(len(df)) if "sample" not in df else df["sample"]
     upsert_block(path, df, columns=schema.MARGIN_COLUMNS + ("sample",))
@@ -187,9 +193,9 @@ def drop_incomplete_checkpoints(bounds_path, companion_paths):
     A checkpoint is tracked once its rows are in ``bounds.csv`` and every companion
     (``per_class.csv``, ``margins.csv``, ``calibration.csv``); the files are written one
     after the other, so a tracker killed in between leaves a checkpoint that
-    ``bounds.csv`` lists (and a re-run would skip) without its companion rows. Dropping its bounds row makes the re-run
-    estimate it again; the companions are upserted, so nothing is duplicated. Returns the
-    ``(run, checkpoint)`` pairs dropped.
+    ``bounds.csv`` lists (and a re-run would skip) without its companion rows. Dropping its
+    bounds row makes the re-run estimate it again; the companions are upserted, so nothing
+    is duplicated. Returns the ``(run, checkpoint)`` pairs dropped.
     """
     bounds_path = Path(bounds_path)
     if not bounds_path.is_file():

@@ -29,8 +29,15 @@ from pathlib import Path
 import torch
 
 from ijckd_bounds import runtime, schema
-from ijckd_bounds.checkpoint import (LoadedTeacher, capture_rng, load_student, load_teacher,
-                                     load_teacher_from, restore_rng, sha256_file)
+from ijckd_bounds.checkpoint import (
+    LoadedTeacher,
+    capture_rng,
+    load_student,
+    load_teacher,
+    load_teacher_from,
+    restore_rng,
+    sha256_file,
+)
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators import estimate_bounds, fit_connector
 from ijckd_bounds.io import load_torch, save_torch
@@ -71,7 +78,7 @@ def split_tensors(split, batch_size=512):
     if inputs is not None and labels is not None:
         return inputs, labels
     loader = torch.utils.data.DataLoader(split, batch_size=batch_size, shuffle=False)
-    xs, ys = zip(*loader)
+    xs, ys = zip(*loader, strict=True)
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -84,7 +91,7 @@ def batched(fn, inputs, batch_size=512):
         result = fn(inputs[start:start + batch_size])
         if outs is None:
             outs = [[] for _ in result]
-        for store, value in zip(outs, result):
+        for store, value in zip(outs, result, strict=True):
             store.append(None if value is None else value.cpu())
     return tuple(None if any(v is None for v in store) else torch.cat(store) for store in outs)
 
@@ -457,6 +464,8 @@ class BoundTracker:
         return self._group
 
     def on_checkpoint(self, path, epoch=None):
+        """Estimate the bound terms of the checkpoint at ``path`` and write its rows (rank 0),
+        with every rank in step; the global random state is left as it was."""
         rng = capture_rng()
         try:
             group = self._process_group()
@@ -499,12 +508,6 @@ class BoundTracker:
                                                  initial=done, desc="tracked")
         self._progress.started = self._started
         return self._progress
-
-    def on_epoch_end(self, epoch, metrics):
-        pass
-
-    def on_step_end(self, step, epoch, values):
-        pass
 
 
 __all__ = ["BoundTracker", "track_run", "teacher_features",

@@ -1,10 +1,12 @@
 """``python -m ijckd_bounds.train --config F.yaml [key=value ...] [--resume] [--teacher-mode]
-[--teacher-weights FILE]``
+[--teacher-weights FILE]``: the trainer alone, without the command line.
 
-A runnable entry for torchrun and subprocess tests; the ``ijckd-bounds`` CLI wraps the
-same functions (under torchrun, ``python -m ijckd_bounds distill --track`` also tracks
-the bound terms: the trainer imports no tracking). Prints the run directory (or the
-teacher file) and exits 0; a problem with the input prints one line and exits 2.
+The command line is the way to train: ``ijckd-bounds train-teacher`` / ``distill`` (under
+torchrun ``python -m ijckd_bounds distill``, which also offers ``--track``). This launcher
+remains only for the subprocess tests of resuming and DDP, which need the trainer's
+INFO log on stderr; train/ cannot reach the command line (it never imports app/). Prints
+the run directory (or the teacher file) and exits 0; a problem with the input prints one
+line and exits 2.
 """
 
 import argparse
@@ -13,6 +15,8 @@ import sys
 
 
 def main(argv=None):
+    """Train a teacher (``--teacher-mode``) or distill a student from the config and
+    overrides in ``argv``; returns the exit code (0, or 2 with one line on stderr)."""
     parser = argparse.ArgumentParser(prog="python -m ijckd_bounds.train",
                                      description="train a teacher or distill a student")
     parser.add_argument("--config", help="YAML config file")
@@ -27,10 +31,10 @@ def main(argv=None):
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after flags
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from ijckd_bounds.typed_yaml import load_config
     from ijckd_bounds.errors import IJCKDError
     from ijckd_bounds.train import TrainConfig, distill, train_teacher
     from ijckd_bounds.train.config import with_teacher_weights
+    from ijckd_bounds.typed_yaml import load_config
 
     try:
         cfg = with_teacher_weights(load_config(TrainConfig, args.config, args.overrides),

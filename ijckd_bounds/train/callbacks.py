@@ -76,9 +76,12 @@ class HistoryWriter(Callback):
         self.started = time.perf_counter()
 
     def on_step_end(self, step, epoch, values):
+        """Keep this step's values for ``steps.csv`` (written at the end of the epoch)."""
         self.pending_steps.append({"epoch": epoch, "step": step, **values})
 
     def on_epoch_end(self, epoch, metrics):
+        """Rewrite ``history.csv`` with this epoch's row, append the epoch's steps to
+        ``steps.csv`` and log the epoch's line."""
         row = {"epoch": epoch, "seconds": round(time.perf_counter() - self.started, 3),
                **metrics}
         self.history.append(row)
@@ -127,17 +130,20 @@ class ProgressBars(Callback):
         self.started = time.perf_counter()
 
     def batches(self, batches, epoch):
+        """``batches`` wrapped in this epoch's batch bar."""
         self.started = time.perf_counter()
         self.batch_bar = self.tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False,
                                    disable=self.disable, dynamic_ncols=True)
         return self.batch_bar
 
     def on_step_end(self, step, epoch, values):
+        """Show this step's loss terms on the batch bar."""
         if not self.disable and self.batch_bar is not None:
             self.batch_bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k != "lr"},
                                        refresh=False)
 
     def on_epoch_end(self, epoch, metrics):
+        """Advance the epoch bar (and print the epoch's line in line mode)."""
         if not self.disable:
             self.epoch_bar.update(1)
             self.epoch_bar.set_postfix(loss=f"{metrics['train_loss']:.4g}",
@@ -147,6 +153,7 @@ class ProgressBars(Callback):
                   flush=True)
 
     def close(self):
+        """Close the bars."""
         if self.batch_bar is not None:
             self.batch_bar.close()
         self.epoch_bar.close()
@@ -178,6 +185,7 @@ class TensorBoardLogger(Callback):
         self.writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), purge_step=first_epoch)
 
     def on_epoch_end(self, epoch, metrics):
+        """Log the epoch's train terms, eval accuracy and learning rate."""
         for key, value in metrics.items():
             if key.startswith("train_"):
                 self.writer.add_scalar(f"train/{key[6:]}", value, epoch)
@@ -186,6 +194,8 @@ class TensorBoardLogger(Callback):
         self.writer.flush()
 
     def on_checkpoint(self, path, epoch):
+        """Log the bound terms of the checkpoint at ``path`` from ``bounds.csv``, if it has
+        been tracked."""
         import math
 
         from ijckd_bounds import schema
@@ -202,6 +212,7 @@ class TensorBoardLogger(Callback):
         self.writer.flush()
 
     def close(self):
+        """Close the event writer."""
         self.writer.close()
 
 

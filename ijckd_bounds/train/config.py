@@ -4,9 +4,10 @@
     cfg = load_config(TrainConfig, "experiments/digits_student.yaml", ["method.name=kd"])
 
 Sections: ``data`` (DataConfig), ``model`` (ModelConfig), ``optim`` (OptimConfig),
-``method`` (MethodConfig), ``run`` (RunConfig), ``track`` (``ijckd_bounds.track_config.TrackConfig``: how
-``distill --track`` estimates the bound terms; the trainer itself ignores it). Method weights left
-at ``None`` take the method's reference default (see ``ijckd_bounds.train.objectives``).
+``method`` (MethodConfig), ``run`` (RunConfig), ``track``
+(``ijckd_bounds.track_config.TrackConfig``: how ``distill --track`` estimates the bound terms;
+the trainer itself ignores it). Method weights left at ``None`` take the method's reference
+default (see ``ijckd_bounds.train.objectives``).
 """
 
 from dataclasses import dataclass, field
@@ -157,6 +158,9 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Everything one training run reads, one frozen section per component (see the module
+    docstring); ``load_config(TrainConfig, path, overrides)`` builds it from YAML."""
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

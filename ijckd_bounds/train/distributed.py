@@ -16,7 +16,6 @@ it, how many workers there are or whether they persist across epochs: a resumed 
 the same augmented images as an uninterrupted one.
 """
 
-import os
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -30,6 +29,9 @@ from ijckd_bounds.runtime import env_int, resolve_device
 
 @dataclass(frozen=True)
 class DistContext:
+    """Where this process trains: its ``rank`` of ``world_size`` processes, its
+    ``local_rank`` on the node and its ``device``."""
+
     rank: int
     world_size: int
     local_rank: int
@@ -37,10 +39,12 @@ class DistContext:
 
     @property
     def is_main(self):
+        """Whether this is rank 0, the process that writes logs and checkpoints."""
         return self.rank == 0
 
     @property
     def distributed(self):
+        """Whether there is more than one process."""
         return self.world_size > 1
 
 
@@ -60,6 +64,7 @@ def init_distributed(device_spec="auto"):
 
 
 def shutdown_distributed(ctx):
+    """Leave the process group ``ctx`` joined, if any."""
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -110,14 +115,17 @@ class Precision:
         self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
 
     def autocast(self):
+        """The autocast context of the forward pass (a no-op context in float32)."""
         if self.dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def backward(self, loss):
+        """Backpropagate ``loss`` (scaled for fp16)."""
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def step(self, optimizer):
+        """Step ``optimizer`` (through the scaler for fp16, which then updates its scale)."""
         if self.scaler is None:
             optimizer.step()
         else:
@@ -125,9 +133,11 @@ class Precision:
             self.scaler.update()
 
     def state_dict(self):
+        """The grad scaler's state, or None without one (the checkpoint keeps it)."""
         return None if self.scaler is None else self.scaler.state_dict()
 
     def load_state_dict(self, state):
+        """Restore the grad scaler's state from ``state`` (ignored without a scaler)."""
         if self.scaler is not None and state:
             self.scaler.load_state_dict(state)
 
@@ -210,6 +220,7 @@ class RunData:
         return self._loaders[name]
 
     def train_batches(self, epoch):
+        """This rank's ``(x, y)`` batches of ``epoch``'s shuffled training set."""
         train = self.splits.train
         if self._in_memory_fast_path():
             # In-memory split without augmentation: index the tensors directly, the same
@@ -227,6 +238,7 @@ class RunData:
             **self.cfg.loader_options()))
 
     def to_device(self, x, y):
+        """``(x, y)`` on this rank's device (channels-last for image batches when asked)."""
         x = x.to(self.ctx.device, non_blocking=self.pin)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -271,6 +283,7 @@ class RunData:
         return (counts[0] / counts[1]).item() if counts[1] > 0 else float("nan")
 
     def batches_bar(self, batches, epoch):
+        """``batches`` wrapped in the progress bar, if the run shows one."""
         if self.progress is None:
             return batches
         return self.progress.batches(batches, epoch)

@@ -15,6 +15,10 @@ from ijckd_bounds.errors import IJCKDError
 
 
 class Callback:
+    """The hooks ``fit`` calls (the extension API of the trainer); each does nothing unless
+    a subclass overrides it. A callback need not subclass this: ``notify`` calls only the
+    hooks an object has."""
+
     def on_step_end(self, step, epoch, values):
         """``values``: {term: float, "acc": float, "lr": float} of this step."""
 
@@ -37,6 +41,7 @@ class TrainState:
 
 
 def notify(callbacks, event, *args):
+    """Call ``event(*args)`` on every callback that has that hook."""
     for callback in callbacks:
         handler = getattr(callback, event, None)
         if handler is not None:
@@ -47,8 +52,9 @@ def check_finite(names, values, state, epoch):
     """Raise before the update if any loss term is NaN/inf (one line, with the way back).
 
     The components are checked before the total, so the line names the term that broke.
+    ``values`` may run on past the loss terms (the step's accuracy): only ``names`` are checked.
     """
-    pairs = list(zip(names, values))
+    pairs = list(zip(names, values, strict=False))
     for name, value in pairs[1:] + pairs[:1]:
         if not math.isfinite(value):
             where = state.last_checkpoint or "none yet (the run has not written one)"
@@ -87,9 +93,10 @@ def fit(objective, engine, optimizer, scheduler, precision, data, state, callbac
             state.step += 1
             sums += step_sums
             notify(callbacks, "on_step_end", state.step, epoch,
-                   {**dict(zip(names, values[:-1])), "acc": values[-1], "lr": lr})
+                   {**dict(zip(names, values[:-1], strict=True)), "acc": values[-1], "lr": lr})
         scheduler.step()
-        metrics = {f"train_{k}": v for k, v in zip(names, (sums[:-2] / sums[-1]).tolist())}
+        means = (sums[:-2] / sums[-1]).tolist()
+        metrics = {f"train_{k}": v for k, v in zip(names, means, strict=True)}
         metrics.update(train_acc=(sums[-2] / sums[-1]).item(), lr=lr, step=state.step)
         metrics["eval_acc"] = data.evaluate(objective)
         if metrics["eval_acc"] > state.best_eval_acc:

@@ -28,15 +28,22 @@ hidden vector). FitNet's hint here is at the *last* stage (RepDistiller's defaul
 ``--hint_layer 2`` is a middle stage; this toolkit only exposes the last map).
 """
 
+from __future__ import annotations
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.models.base import ZooModel
-from ijckd_bounds.models.connectors import (FitNetRegressor, PooledConnector, align_maps,
-                                            bottleneck_for)
+from ijckd_bounds.models.connectors import (
+    FitNetRegressor,
+    PooledConnector,
+    align_maps,
+    bottleneck_for,
+)
 from ijckd_bounds.registry import Registry
+from ijckd_bounds.train.config import MethodConfig
 
 METHODS = Registry("method")
 
@@ -83,6 +90,7 @@ class FrozenTeacher:
         return F.linear(z, self.model.classifier.weight, self.model.classifier.bias)
 
     def to(self, *args, **kwargs):
+        """Move the teacher model (``nn.Module.to`` arguments); returns self."""
         self.model.to(*args, **kwargs)
         return self
 
@@ -111,6 +119,7 @@ class Objective(nn.Module):
             self.student.classifier.requires_grad_(False)
 
     def trainable_parameters(self):
+        """The parameters the optimizer updates: the student's and the connector's."""
         return [p for p in self.parameters() if p.requires_grad]
 
     def student_logits(self, s_map, own_logits):
@@ -126,6 +135,7 @@ class Objective(nn.Module):
         return self.student_logits(s_map, own_logits)
 
     def to(self, *args, **kwargs):
+        """Move the objective and its frozen teacher (``nn.Module.to`` arguments)."""
         if self.teacher is not None:
             self.teacher.to(*args, **kwargs)
         return super().to(*args, **kwargs)
@@ -146,6 +156,9 @@ class CrossEntropy(Objective):
     term_names = ("loss", "ce")
 
     def forward(self, x, y):
+        """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
+        maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
+        (n, K) are what the student predicts with."""
         logits, _ = self.student(x)
         ce = F.cross_entropy(logits, y)
         return {"loss": self.weights["ce_weight"] * ce, "ce": ce}, logits
@@ -163,6 +176,9 @@ class HintonKD(Objective):
     term_names = ("loss", "ce", "kl")
 
     def forward(self, x, y):
+        """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
+        maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
+        (n, K) are what the student predicts with."""
         t_logits, _, _ = self.teacher(x)
         logits, _ = self.student(x)
         ce = F.cross_entropy(logits, y)
@@ -185,11 +201,15 @@ class FitNet(Objective):
 
     @classmethod
     def build(cls, student, teacher, example_x, **weights):
+        """Build FitNet with a ``FitNetRegressor`` shaped on the maps of ``example_x``."""
         s_map, t_map = _example_maps(student, teacher, example_x)
         return cls(student, teacher, FitNetRegressor(s_map.shape[1:], t_map.shape[1:]),
                    **weights)
 
     def forward(self, x, y):
+        """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
+        maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
+        (n, K) are what the student predicts with."""
         t_logits, _, t_map = self.teacher(x)
         logits, _, s_map = self.student.forward_with_map(x)
         projected = self.connector(s_map)
@@ -224,10 +244,15 @@ class SRRL(Objective):
 
     @classmethod
     def build(cls, student, teacher, example_x, **weights):
+        """Build SRRL with a ``PooledConnector`` from the student's feature width to the
+        teacher's."""
         return cls(student, teacher, PooledConnector(student.feature_dim, teacher.feature_dim),
                    **weights)
 
     def forward(self, x, y):
+        """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
+        maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
+        (n, K) are what the student predicts with."""
         t_logits, t_features, _ = self.teacher(x)
         logits, s_features = self.student(x)
         projected = self.connector(s_features)
@@ -286,6 +311,9 @@ class SimKD(_TeacherClassifierObjective):
     term_names = ("loss", "feat_mse")
 
     def forward(self, x, y):
+        """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
+        maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
+        (n, K) are what the student predicts with."""
         logits, feat, _ = self.project(x)
         return {"loss": self.weights["feat_weight"] * feat, "feat_mse": feat}, logits
 
@@ -303,6 +331,9 @@ class IJCKD(_TeacherClassifierObjective):
     term_names = ("loss", "ce", "logit_mse", "feat_mse")
 
     def forward(self, x, y):
+        """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
+        maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
+        (n, K) are what the student predicts with."""
         logits, feat, t_logits = self.project(x)
         ce = F.cross_entropy(logits, y)
         logit = F.mse_loss(logits, t_logits)
@@ -330,6 +361,9 @@ class CEThroughConnector(_TeacherClassifierObjective):
     term_names = ("loss", "ce")
 
     def forward(self, x, y):
+        """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
+        maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
+        (n, K) are what the student predicts with."""
         own_logits, _, s_map = self.student.forward_with_map(x)
         logits = self.student_logits(s_map, own_logits)
         ce = F.cross_entropy(logits, y)
@@ -360,7 +394,8 @@ def method_weights(method_cfg):
     return weights
 
 
-def build_objective(method_cfg, student, teacher, example_x):
+def build_objective(method_cfg: MethodConfig, student: ZooModel, teacher: ZooModel | None,
+                    example_x: torch.Tensor) -> Objective:
     """The objective for ``method_cfg`` (MethodConfig) on ``student``/``teacher`` models;
     ``example_x`` (n >= 2, *input_shape) shapes the connectors."""
     cls = METHODS.get(method_cfg.name)
@@ -371,5 +406,5 @@ def build_objective(method_cfg, student, teacher, example_x):
     return cls.build(student, teacher, example_x, **weights)
 
 
-__all__ = ["METHODS", "CEThroughConnector", "CrossEntropy", "FitNet", "FrozenTeacher", "HintonKD", "IJCKD",
-           "Objective", "SRRL", "SimKD", "build_objective", "hinton_kl", "method_weights"]
+__all__ = ["METHODS", "CEThroughConnector", "CrossEntropy", "FitNet", "FrozenTeacher", "HintonKD",
+           "IJCKD", "Objective", "SRRL", "SimKD", "build_objective", "hinton_kl", "method_weights"]

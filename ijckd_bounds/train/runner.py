@@ -7,28 +7,49 @@ seed a run killed at any point and resumed ends with the same weights, bit for b
 an uninterrupted one (single process; see ``distributed`` for several).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import logging
 import random
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ijckd_bounds import __version__
-from ijckd_bounds.checkpoint import (capture_rng, connector_entry, load_state_checked,
-                                     load_teacher, load_teacher_weights, model_entry,
-                                     read_checkpoint, restore_rng, write_checkpoint)
+from ijckd_bounds.checkpoint import (
+    capture_rng,
+    connector_entry,
+    load_state_checked,
+    load_teacher,
+    load_teacher_weights,
+    model_entry,
+    read_checkpoint,
+    restore_rng,
+    write_checkpoint,
+)
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.io import atomic_write_text, check_writable_dir
 from ijckd_bounds.runtime import progress_modes
-from ijckd_bounds.train.callbacks import (HISTORY_CSV, STEPS_CSV, HistoryWriter, ProgressBars,
-                                          TensorBoardLogger, truncate_logs)
-from ijckd_bounds.train.config import MethodConfig
-from ijckd_bounds.train.distributed import (Precision, RunData, init_distributed,
-                                            shutdown_distributed)
+from ijckd_bounds.train.callbacks import (
+    HISTORY_CSV,
+    STEPS_CSV,
+    HistoryWriter,
+    ProgressBars,
+    TensorBoardLogger,
+    truncate_logs,
+)
+from ijckd_bounds.train.config import MethodConfig, TrainConfig
+from ijckd_bounds.train.distributed import (
+    Precision,
+    RunData,
+    init_distributed,
+    shutdown_distributed,
+)
 from ijckd_bounds.train.loop import TrainState, fit
 from ijckd_bounds.train.objectives import METHODS, build_objective
 from ijckd_bounds.typed_yaml import renamed_keys, to_dict
@@ -60,7 +81,8 @@ class RunResult:
     teacher_path: Path | None = None
 
 
-def checkpoint_path(run_dir, epoch):
+def checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
+    """Where the checkpoint of ``epoch`` goes in ``run_dir``."""
     return Path(run_dir) / CHECKPOINT_DIR / f"epoch_{epoch:04d}.pt"
 
 
@@ -76,13 +98,14 @@ def run_checkpoints(run_dir):
     return [path for _, path in sorted(found, reverse=True)]
 
 
-def latest_checkpoint(run_dir):
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The checkpoint of the highest epoch in RUN_DIR/checkpoints, or None."""
     found = run_checkpoints(run_dir)
     return found[0] if found else None
 
 
 def seed_everything(seed):
+    """Seed Python's, numpy's and torch's global generators with ``seed``."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -168,7 +191,8 @@ def _scheduler(cfg, optimizer):
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg.gamma)
 
 
-def train_teacher(cfg, *, resume=False, callbacks=()):
+def train_teacher(cfg: TrainConfig, *, resume: bool = False,
+                  callbacks: Sequence[object] = ()) -> RunResult:
     """Train ``cfg.model.teacher`` with cross-entropy; write RUN_DIR/teacher.pt at the end.
 
     Returns a ``RunResult`` whose ``teacher_path`` is what ``distill`` reads.
@@ -181,7 +205,8 @@ def train_teacher(cfg, *, resume=False, callbacks=()):
     return _run(cfg, teacher_mode=True, resume=resume, callbacks=callbacks)
 
 
-def distill(cfg, *, resume=False, callbacks=()):
+def distill(cfg: TrainConfig, *, resume: bool = False,
+            callbacks: Sequence[object] = ()) -> RunResult:
     """Train ``cfg.model.student`` with ``cfg.method`` from the teacher in
     ``cfg.model.teacher_checkpoint`` (a teacher run's teacher.pt) or
     ``cfg.model.teacher_weights`` (a torchvision-layout state dict for the
@@ -484,5 +509,6 @@ class _Describer:
         return payload
 
 
-def method_names():
+def method_names() -> list[str]:
+    """The registered distillation methods, sorted."""
     return METHODS.names()
