@@ -44,6 +44,6 @@ def run_two_ranks(command, *, cwd=None, timeout=180):
         for p in processes:
             if p.poll() is None:
                 p.kill()
-    for rank, (p, out) in enumerate(zip(processes, outputs)):
+    for rank, (p, out) in enumerate(zip(processes, outputs, strict=True)):
         assert p.returncode == 0, f"rank {rank} exited with {p.returncode}:\n{out}"
     return outputs

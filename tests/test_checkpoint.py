@@ -9,10 +9,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ijckd_bounds.checkpoint import (FORMAT, FORMAT_VERSION, capture_rng, connector_entry,
-                                     load_state_checked, load_student, load_teacher,
-                                     model_entry, read_checkpoint, restore_rng,
-                                     write_checkpoint)
+from ijckd_bounds.checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    capture_rng,
+    connector_entry,
+    load_state_checked,
+    load_student,
+    load_teacher,
+    model_entry,
+    read_checkpoint,
+    restore_rng,
+    write_checkpoint,
+)
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.models import build_model
 from ijckd_bounds.models.connectors import bottleneck_for

@@ -5,15 +5,21 @@ import pytest
 import torch
 
 from ijckd_bounds.errors import IJCKDError
-from ijckd_bounds.io import (atomic_path, atomic_write_text, check_writable_dir, load_arrays,
-                             load_torch, save_torch)
+from ijckd_bounds.io import (
+    atomic_path,
+    atomic_write_text,
+    check_writable_dir,
+    load_arrays,
+    load_torch,
+    save_torch,
+)
 from ijckd_bounds.registry import Registry
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):
     target = tmp_path / "out.txt"
     atomic_write_text(target, "old")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError):  # noqa: PT012 - the write is killed inside the block
         with atomic_path(target) as tmp:
             tmp.write_text("half")
             raise RuntimeError("killed")

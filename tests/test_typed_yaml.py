@@ -3,8 +3,8 @@ from typing import Literal, Optional
 
 import pytest
 
-from ijckd_bounds.typed_yaml import apply_overrides, from_dict, load_config, load_yaml, to_dict
 from ijckd_bounds.errors import IJCKDError
+from ijckd_bounds.typed_yaml import apply_overrides, from_dict, load_config, load_yaml, to_dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +39,7 @@ def test_unknown_key_names_the_closest_valid_key():
         from_dict(Cfg, {"optim": {"lrr": 3}})
 
 
-@pytest.mark.parametrize("data, message", [
+@pytest.mark.parametrize(("data", "message"), [
     ({"epochs": "many"}, "epochs must be an integer"),
     ({"epochs": 2.5}, "epochs must be an integer"),
     ({"amp": "yes"}, "amp must be true or false"),

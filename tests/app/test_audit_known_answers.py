@@ -11,6 +11,7 @@ from experiments.audit_known_answers import D, audit_budget, feature_arrays
 from ijckd_bounds.app.cli import main
 from ijckd_bounds.schema import UNDETERMINED
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["perfect", "perfect_rotated_s"])
 def test_a_perfect_student_is_never_capacity_limited(kind):

@@ -134,7 +134,7 @@ def test_checkpoint_of_another_width(runs, tmp_path, cli_fails):
                         f"model (another width?)")
 
 
-@pytest.mark.parametrize("override, changed", [
+@pytest.mark.parametrize(("override", "changed"), [
     ("model.student_options={hidden_sizes: [48]}",
      "config key model.student_options was {}, now {'hidden_sizes': [48]}"),
     ("model.student=mlp_large", "config key model.student was 'mlp_small', now 'mlp_large'"),
@@ -379,7 +379,7 @@ def _explicit(path, fit_is_eval=False, eval_size=30, eval_classes=2):
     return path
 
 
-@pytest.mark.parametrize("layout, message", [
+@pytest.mark.parametrize(("layout", "message"), [
     ({"fit_is_eval": True}, "the fit split overlaps the eval split: 30 of the 30 samples of "
                             "`x_eval` also appear in `x_fit`"),
     ({"eval_size": 0}, "`x_eval` must be a non-empty numeric array of shape (n, ...), got "
@@ -407,7 +407,7 @@ def test_split_fractions_that_leave_eval_empty(tmp_path, cli_fails):
 # ------------------------------------------------------------------------ unknown names
 
 
-@pytest.mark.parametrize("argv, message", [
+@pytest.mark.parametrize(("argv", "message"), [
     (["train-teacher", "model.teacher=mlp_large", "data.name=mnist_1d"],
      "unknown dataset 'mnist_1d' (did you mean 'mnist1d'?); valid: "),
     (["train-teacher", "model.teacher=mlp_larg"],
@@ -444,7 +444,7 @@ def test_unknown_dataset_in_audit_and_demo(runs, tmp_path, cli_fails):
 # ---------------------------------------------------------------------- YAML configs
 
 
-@pytest.mark.parametrize("text, message", [
+@pytest.mark.parametrize(("text", "message"), [
     ("optim:\n  lr: [0.1\n", "is malformed YAML at line 3, column 1: "),
     ("optim:\n\tlr: 0.1\n", "is malformed YAML at line 2, column 1: found character '\\t' "
                             "that cannot start any token"),
@@ -487,8 +487,8 @@ def test_unknown_key_in_yaml_names_the_closest_and_a_run_ckpt_typo(tmp_path, cli
 
 def test_exponent_without_a_dot_is_a_number(tmp_path):
     """YAML 1.1 reads 1e-3 as text; the config loader takes it as the number it means."""
-    from ijckd_bounds.typed_yaml import load_config
     from ijckd_bounds.train import TrainConfig
+    from ijckd_bounds.typed_yaml import load_config
 
     config = tmp_path / "config.yaml"
     config.write_text("optim:\n  lr: 1e-3\n  weight_decay: 5E-4\n")

@@ -22,7 +22,7 @@ def test_list_names_datasets_models_methods(run_cli):
     assert "digits" in out and "resnet8x4" in out and "ijckd" in out
 
 
-@pytest.mark.parametrize("override, message", [
+@pytest.mark.parametrize(("override", "message"), [
     ("data.name=digitz", "unknown dataset 'digitz' (did you mean 'digits'?); valid: "),
     ("model.teacher=resnet8x5", "unknown model 'resnet8x5' (did you mean 'resnet8x4'?)"),
     ("optim.epoch=3", "unknown config key 'optim.epoch' (did you mean 'epochs'?)"),

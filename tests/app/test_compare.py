@@ -16,8 +16,13 @@ from matplotlib.colors import to_hex
 from scipy import stats
 
 from ijckd_bounds.app.cli import main
-from ijckd_bounds.app.compare import (Published, compare_markdown, compare_runs, parse_published,
-                                  read_published)
+from ijckd_bounds.app.compare import (
+    Published,
+    compare_markdown,
+    compare_runs,
+    parse_published,
+    read_published,
+)
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.intervals import t_interval, welch_interval
 
@@ -295,7 +300,7 @@ def test_plot_compare_draws_each_seed_the_interval_and_the_published_mark(tmp_pa
     assert "1 seed: no interval" in texts
     labels = [t.get_text() for t in ax.get_yticklabels()]
     ticks = [tick for tick in ax.get_yticks()]
-    assert dict(zip(labels, ticks)) == {"kd  (n=3)": 1, "ce  (n=1)": 0}  # kd on top
+    assert dict(zip(labels, ticks, strict=True)) == {"kd  (n=3)": 1, "ce  (n=1)": 0}  # kd on top
     lo, hi = comparison.groups.set_index("method").loc["kd", ["final_lo", "final_hi"]]
     interval = [ln for ln in ax.lines if list(ln.get_xdata()) == [lo, hi]]
     assert len(interval) == 1
@@ -367,7 +372,7 @@ def test_cli_compare_bad_input_is_one_line_exit_2(tmp_path, capsys):
              [str(run), str(run), "--out", str(tmp_path / "o")]]
     expected = ["does not exist", "is not a training run", "METHOD=VALUE",
                 "published file", "given twice"]
-    for argv, message in zip(cases, expected):
+    for argv, message in zip(cases, expected, strict=True):
         assert main(["compare", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("ijckd-bounds compare: error: ") and message in err

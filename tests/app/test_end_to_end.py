@@ -121,7 +121,7 @@ def _write_defect(path, kind, seed=0, n=600, d=8, k=4):
     return path
 
 
-@pytest.mark.parametrize("kind, diagnosis", [("shift", "alignment"), ("capacity", "capacity")])
+@pytest.mark.parametrize(("kind", "diagnosis"), [("shift", "alignment"), ("capacity", "capacity")])
 def test_audit_names_a_known_defect(tmp_path, kind, diagnosis, cli):
     features = _write_defect(tmp_path / f"{kind}.npz", kind)
     cli("audit", "--features", features, "--out", tmp_path / "audit", "--n-bootstrap", 200)

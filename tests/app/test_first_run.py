@@ -174,7 +174,7 @@ def test_estimate_without_a_fit_split_says_so_on_stderr(tmp_path, cli):
                           "samples into"), err
 
 
-@pytest.mark.parametrize("typo, hint", [("t_fit", "z_t_fit"), ("s_fit_", "s_fit"),
+@pytest.mark.parametrize(("typo", "hint"), [("t_fit", "z_t_fit"), ("s_fit_", "s_fit"),
                                         ("labels_fit", None)])
 def test_estimate_refuses_misspelled_arrays_with_the_closest_name(tmp_path, typo,
                                                                   hint, cli_fails):
@@ -189,7 +189,7 @@ def test_estimate_refuses_misspelled_arrays_with_the_closest_name(tmp_path, typo
     assert "; valid: z_t, z_s, y, weight, bias, z_t_fit" in err
 
 
-@pytest.mark.parametrize("labels, accepted", [
+@pytest.mark.parametrize(("labels", "accepted"), [
     (lambda y: y.astype(np.float32), True),           # whole numbers saved as floats
     (lambda y: y.astype(np.int32), True),
     (lambda y: y + 0.5, False),                       # not class indices
@@ -330,8 +330,8 @@ def test_demo_with_other_epochs_over_an_earlier_demo_is_refused(tmp_path, cli_fa
     results as its own (nothing is trained: the check comes first)."""
     import yaml
 
-    from ijckd_bounds.typed_yaml import to_dict
     from ijckd_bounds.app.demo import EXPERIMENTS, _config
+    from ijckd_bounds.typed_yaml import to_dict
 
     out = tmp_path / "demo_out"
     run_dir = out / "students" / "kd-s0"
@@ -485,7 +485,8 @@ def test_tensorboard_missing_is_one_line(runs, tmp_path, monkeypatch, cli_fails)
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     err = cli_fails("train-teacher", "model.teacher=mlp_large", "method.name=ce",
-                    "optim.epochs=1", "data.name=tensors", f"data.options.path={runs / 'blobs.npz'}",
+                    "optim.epochs=1", "data.name=tensors",
+                    f"data.options.path={runs / 'blobs.npz'}",
                     "run.tensorboard=true", f"run.run_dir={tmp_path / 't'}", *COMMON)
     assert err.endswith("run.tensorboard=true needs the tensorboard package: pip install "
                         "'ijckd_bounds[tensorboard]' (or tensorboard)")
@@ -512,7 +513,7 @@ def test_the_demo_index_lists_every_figure_and_table_written(tmp_path):
                                      "figures/final_table.md", "figures/layers.png",
                                      "students/kd-s0/bounds.csv", "audit/report.md",
                                      "audit/margins.png"])
-    line = dict(zip(listed, entries))
+    line = dict(zip(listed, entries, strict=True))
     assert line["figures/final_comparison.png"].startswith(
         "- [`figures/final_comparison.png`](figures/final_comparison.png) (and .pdf): final "
         "student error per method")
@@ -557,7 +558,7 @@ def test_the_demo_says_what_to_open_first_and_writes_its_index(tmp_path, capsys,
     assert "students/kd-s0/bounds.csv" in text and "students/ce-s0/history.csv" in text
 
 
-@pytest.mark.parametrize("setting, stderr_tty, stdout_tty, expected", [
+@pytest.mark.parametrize(("setting", "stderr_tty", "stdout_tty", "expected"), [
     (None, True, True, (True, False)),     # a terminal: bars, no lines
     (None, False, False, (False, True)),   # a log file: lines
     (None, True, False, (True, True)),     # `distill > log`: bars on screen, lines in the log

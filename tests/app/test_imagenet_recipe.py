@@ -15,7 +15,6 @@ import yaml
 
 from ijckd_bounds.app import cli
 from ijckd_bounds.checkpoint import load_student, load_teacher_from, load_teacher_weights
-from ijckd_bounds.typed_yaml import from_dict, load_config
 from ijckd_bounds.data import build_dataset
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.models import build_model
@@ -23,6 +22,7 @@ from ijckd_bounds.schema import EXACT_BOUNDS
 from ijckd_bounds.tracking.track import BOUNDS_CSV, BoundTracker, teacher_features
 from ijckd_bounds.train import DataConfig, TrainConfig, distill
 from ijckd_bounds.train.distributed import DistContext, RunData
+from ijckd_bounds.typed_yaml import from_dict, load_config
 from tests.gloo_ranks import free_port, run_two_ranks
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,12 +149,12 @@ def test_image_batches_depend_on_seed_epoch_and_sample_not_on_workers(tree, imag
     main = epochs()
     workers = epochs(num_workers=2, persistent_workers=True, pin_memory=False)
     assert len(main[0]) == 32 // 8
-    for epoch_main, epoch_workers in zip(main, workers):
-        for (x0, y0), (x1, y1) in zip(epoch_main, epoch_workers):
+    for epoch_main, epoch_workers in zip(main, workers, strict=True):
+        for (x0, y0), (x1, y1) in zip(epoch_main, epoch_workers, strict=True):
             assert x0.shape == (8, 3, 32, 32)
             assert torch.equal(x0, x1) and torch.equal(y0, y1)
     # a new epoch: a new order and new random crops of the same images
-    assert not all(torch.equal(a[0], b[0]) for a, b in zip(main[0], main[1]))
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(main[0], main[1], strict=True))
 
 
 def test_tracking_settings_come_from_the_run_unless_given():
@@ -313,7 +313,7 @@ def test_two_gloo_ranks_track_online_like_one_process_offline(tree, resnet18_wei
 # -------------------------------------------------------------------- recipe files
 
 
-@pytest.mark.parametrize("name,teacher,student,batch,lr", [
+@pytest.mark.parametrize(("name", "teacher", "student", "batch", "lr"), [
     ("resnet34_resnet18.yaml", "resnet34", "resnet18", 256, 0.1),
     ("resnet50_mobilenetv1.yaml", "resnet50", "mobilenetv1", 512, 0.2),
 ])

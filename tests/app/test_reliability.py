@@ -444,7 +444,7 @@ def test_unwritable_directory_fails_before_any_work(kind, tmp_path, reference, m
     assert one_line(err)
 
 
-@pytest.mark.parametrize("kind", ("train-teacher", "distill", "plot", "audit", "demo"))
+@pytest.mark.parametrize("kind", ["train-teacher", "distill", "plot", "audit", "demo"])
 def test_directory_under_a_regular_file_fails_before_any_work(kind, tmp_path, reference,
                                                               monkeypatch, run_cli):
     blocker = tmp_path / "a_file"

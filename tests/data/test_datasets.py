@@ -53,7 +53,8 @@ def test_stratified_split_random_cases(seed):
     sizes = part_sizes(fractions, len(labels))
     assert_pairwise_disjoint(*parts)
     assert sum(sizes) == len(labels)
-    for part, size, fraction in zip(parts, sizes, fractions):
+    # sizes ends with the rows left out of every part
+    for part, size, fraction in zip(parts, sizes[:len(parts)], fractions, strict=True):
         assert len(part) == size and abs(size - fraction * len(labels)) < 1 + 1e-9
         assert np.all(np.diff(part) > 0) and part.dtype == np.int64
         assert_stratified(labels, part, size)
@@ -65,9 +66,9 @@ def test_stratified_split_counts_and_determinism():
     b = stratified_split(labels, (40, 30, 20), seed=7)
     c = stratified_split(labels, (40, 30, 20), seed=8)
     assert [len(p) for p in a] == [40, 30, 20]
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
-    for part, size in zip(a, (40, 30, 20)):
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+    for part, size in zip(a, (40, 30, 20), strict=True):
         assert_stratified(labels, part, size)
 
 
@@ -300,10 +301,10 @@ def test_random_flip_and_crop_flip():
     out = flip(batch)
     flipped = [torch.equal(out[i], batch[i].flip(-1)) for i in range(64)]
     kept = [torch.equal(out[i], batch[i]) for i in range(64)]
-    assert all(f or k for f, k in zip(flipped, kept)) and 0 < sum(flipped) < 64
+    assert all(f or k for f, k in zip(flipped, kept, strict=True)) and 0 < sum(flipped) < 64
 
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
-    black = [-m / s for m, s in zip(mean, std)]
+    black = [-m / s for m, s in zip(mean, std, strict=True)]
     augment = crop_flip(32, 4, mean, std)
     cifar_like = torch.randn(3, 32, 32)
     crops = manual_crops(cifar_like, 4, black, 32)
@@ -418,7 +419,8 @@ def test_cifar_reader(variant, layout, tmp_path):
     again = build_dataset(variant, seed=0, data_dir=tmp_path, download=False)
     other = build_dataset(variant, seed=5, data_dir=tmp_path, download=False)
 
-    train_x, train_y = zip(*(expected_images(files[f], spec) for f in spec.train_files))
+    train_x, train_y = zip(*(expected_images(files[f], spec) for f in spec.train_files),
+                           strict=True)
     test_x, test_y = expected_images(files[spec.test_files[0]], spec)
     assert data.input_shape == (3, 32, 32) and data.num_classes == spec.num_classes
     expected_names = CIFAR10_NAMES if variant == "cifar10" else [f"class{i}" for i in range(100)]
@@ -584,7 +586,7 @@ def with_change(**changes):
     return arrays
 
 
-@pytest.mark.parametrize("changes, message", [
+@pytest.mark.parametrize(("changes", "message"), [
     ({"x_fit": np.full((6, 3), np.nan)}, "`x_fit` has NaN or inf values in 6 sample"),
     ({"y_train": np.arange(10) % 2 * 0.5},
      "`y_train` must hold integer class indices, got non-integer values"),

@@ -136,7 +136,7 @@ def test_random_resized_crop_uses_the_global_rng_by_default():
     assert len(set(from_global)) > 1
 
 
-@pytest.mark.parametrize("height,width,box", [
+@pytest.mark.parametrize(("height", "width", "box"), [
     (10, 40, (0, 13, 10, 13)),   # too wide: h = 10, w = round(10 * 4/3) = 13, left = 27 // 2
     (40, 10, (13, 0, 13, 10)),   # too tall: w = 10, h = round(10 / (3/4)) = 13, top = 27 // 2
     (20, 25, (0, 0, 20, 25)),    # ratio 1.25 within [3/4, 4/3]: the whole image
@@ -397,7 +397,7 @@ def test_splits_pickle_and_work_in_dataloader_workers(tiny_tree):
     assert isinstance(clone, ImageFolderSplit) and len(clone) == len(splits.eval)
     assert torch.equal(clone[2][0], splits.eval[2][0])
     loader = torch.utils.data.DataLoader(splits.eval, batch_size=4, num_workers=2)
-    xs, ys = zip(*loader)
+    xs, ys = zip(*loader, strict=True)
     assert torch.cat(xs).shape == (6, 3, 8, 8)
     assert torch.equal(torch.cat(ys), splits.eval.labels)
     assert torch.equal(torch.cat(xs)[2], splits.eval[2][0])

@@ -129,7 +129,7 @@ def test_json_and_accessors(report):
     assert report.student_err is report["student_err"]
     assert report["mmd_p"] == report.row()["mmd_p"]
     with pytest.raises(AttributeError):
-        report.no_such_term
+        _ = report.no_such_term
     # every term reads back as an Estimate, by key and by attribute, holding the row's
     # value and interval; the JSON row holds the same numbers
     row = report.row()
@@ -245,9 +245,9 @@ def test_student_features_logits_and_subsample():
     assert np.mean(ind["student_probe_wrong"]) == pytest.approx(row["student_probe_err"])
     assert np.array_equal(ind["probe_wrong"], ind["student_probe_wrong"])
     # the same recipe on three inputs: fit rows, L2 grid, nested selection and seed
+    from ijckd_bounds.estimators.bounds import _canonical_order
     from ijckd_bounds.estimators.intervals import derived_seed
     from ijckd_bounds.estimators.probes import LogisticProbe
-    from ijckd_bounds.estimators.bounds import _canonical_order
 
     fit_rows = _canonical_order([fit[0], fit[1], fit[2], s_fit])  # the report's fit order
     for name, x_fit, x in (("teacher", fit[0], z_t), ("student", s_fit, s),
@@ -268,8 +268,8 @@ def test_student_features_logits_and_subsample():
 def test_from_file_roundtrip(tmp_path, suffix):
     args, fit = _split(_case(n=160), 80)
     names = ("z_t", "z_s", "y", "weight", "bias")
-    arrays = {k: v.numpy() for k, v in zip(names, args)}
-    arrays.update({k: v.numpy() for k, v in zip(("z_t_fit", "z_s_fit", "y_fit"), fit)})
+    arrays = {k: v.numpy() for k, v in zip(names, args, strict=True)}
+    arrays.update({k: v.numpy() for k, v in zip(("z_t_fit", "z_s_fit", "y_fit"), fit, strict=True)})
     path = tmp_path / f"features{suffix}"
     if suffix == ".npz":
         np.savez(path, **arrays)
@@ -278,7 +278,8 @@ def test_from_file_roundtrip(tmp_path, suffix):
     from_file = estimate_bounds_from_file(path, **FAST).row()
     direct = estimate_bounds(*args, fit=fit, **FAST).row()
     assert from_file == pytest.approx(direct, nan_ok=True)
-    as_dict = estimate_bounds(*args, fit=dict(zip(("z_t_fit", "z_s_fit", "y_fit"), fit)),
+    as_dict = estimate_bounds(*args,
+                              fit=dict(zip(("z_t_fit", "z_s_fit", "y_fit"), fit, strict=True)),
                               **FAST).row()
     assert as_dict == pytest.approx(direct, nan_ok=True)
 
@@ -289,7 +290,8 @@ def test_from_file_errors(tmp_path):
     with pytest.raises(IJCKDError, match="missing array"):
         estimate_bounds_from_file(path)
     args, fit = _split(_case(n=60), 30)
-    arrays = {k: v.numpy() for k, v in zip(("z_t", "z_s", "y", "weight", "bias"), args)}
+    arrays = {k: v.numpy()
+              for k, v in zip(("z_t", "z_s", "y", "weight", "bias"), args, strict=True)}
     np.savez(path, z_t_fit=fit[0].numpy(), **arrays)
     with pytest.raises(IJCKDError, match="needs all three"):
         estimate_bounds_from_file(path)

@@ -30,7 +30,7 @@ def _bern(p, n, gen):
 
 
 def _random_indicators(n, rates, gen):
-    return {k: _bern(p, n, gen) for k, p in zip(KEYS, rates)}
+    return {k: _bern(p, n, gen) for k, p in zip(KEYS, rates, strict=True)}
 
 
 def _budget(ind, *, own=False, s=True, **kwargs):
@@ -41,7 +41,7 @@ def _budget(ind, *, own=False, s=True, **kwargs):
                         own_wrong=ind["own_wrong"] if own else None, **kwargs)
 
 
-@pytest.mark.parametrize("own, s, names, target", [
+@pytest.mark.parametrize(("own", "s", "names", "target"), [
     (False, True, ["teacher", "fit", "capacity", "connector", "alignment"], "student_err"),
     (False, False, ["teacher", "fit", "representation", "alignment"], "student_err"),
     (True, True, ["teacher", "fit", "capacity", "head"], "student_own_err"),

@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from ijckd_bounds.errors import IJCKDError
-from ijckd_bounds.estimators.ridge_connector import RidgeConnector
 from ijckd_bounds.estimators.probes import (
     DomainClassifier,
     JointClassifier,
     LogisticProbe,
     fit_joint_classifier,
 )
+from ijckd_bounds.estimators.ridge_connector import RidgeConnector
 
 
 def _data(seed, n=60, d=5, k=3):

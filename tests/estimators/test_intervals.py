@@ -30,7 +30,7 @@ def test_estimate_is_frozen_and_missing_is_nan():
     assert missing.n == 7 and "no logits" in missing.method
 
 
-@pytest.mark.parametrize("k,n", [(0, 10), (10, 10), (3, 17), (50, 100), (1, 1000)])
+@pytest.mark.parametrize(("k", "n"), [(0, 10), (10, 10), (3, 17), (50, 100), (1, 1000)])
 def test_clopper_pearson_matches_binomial_tails(k, n):
     # the CP limits are where the binomial tail probabilities equal alpha/2
     lo, hi = clopper_pearson(k, n, 0.95)

@@ -137,7 +137,7 @@ def test_feature_model_stages_are_the_named_layers():
     assert FeatureModel(TinyNet(), "avgpool", "fc").stage_names == ("pool",)
 
 
-@pytest.mark.parametrize("layers, match", [(["conv", "nope"], "stage_layers"),
+@pytest.mark.parametrize(("layers", "match"), [(["conv", "nope"], "stage_layers"),
                                            ("conv", "list of layer names"),
                                            (["conv", "conv"], "distinct")])
 def test_feature_model_bad_stage_layers_are_one_line_errors(layers, match):

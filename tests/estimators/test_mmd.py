@@ -48,20 +48,20 @@ def _h_matrix(t, s, sigma):
     return h
 
 
-def _hsic_u_kernels(k, l):
+def _hsic_u_kernels(k, k2):
     """Unbiased HSIC (Song et al. 2012) from full kernel matrices, O(n²)."""
     n = k.shape[0]
-    k, l = k.copy(), l.copy()
+    k, k2 = k.copy(), k2.copy()
     np.fill_diagonal(k, 0.0)
-    np.fill_diagonal(l, 0.0)
+    np.fill_diagonal(k2, 0.0)
     one = np.ones(n)
-    return (np.trace(k @ l) + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
-            - 2.0 / (n - 2) * (one @ k @ l @ one)) / (n * (n - 3))
+    return (np.trace(k @ k2) + (one @ k @ one) * (one @ k2 @ one) / ((n - 1) * (n - 2))
+            - 2.0 / (n - 2) * (one @ k @ k2 @ one)) / (n * (n - 3))
 
 
 def _cka_kernels(x, y):
-    k, l = x @ x.T, y @ y.T
-    return _hsic_u_kernels(k, l) / math.sqrt(_hsic_u_kernels(k, k) * _hsic_u_kernels(l, l))
+    k, k2 = x @ x.T, y @ y.T
+    return _hsic_u_kernels(k, k2) / math.sqrt(_hsic_u_kernels(k, k) * _hsic_u_kernels(k2, k2))
 
 
 # ----------------------------------------------------------------------------------------
@@ -215,11 +215,11 @@ def test_cka_matches_kernel_matrix_reference():
     y = x[:, :5] @ rng.normal(size=(5, 4)) + rng.normal(size=(60, 4))
     assert debiased_cka(torch.tensor(x), torch.tensor(y)) == pytest.approx(
         _cka_kernels(x, y), abs=1e-10)
-    k, l = x @ x.T, y @ y.T
+    k, k2 = x @ x.T, y @ y.T
     terms = hsic_terms(torch.tensor(x), torch.tensor(y))
-    assert terms[0] == pytest.approx(_hsic_u_kernels(k, l), rel=1e-9)
+    assert terms[0] == pytest.approx(_hsic_u_kernels(k, k2), rel=1e-9)
     assert terms[1] == pytest.approx(_hsic_u_kernels(k, k), rel=1e-9)
-    assert terms[2] == pytest.approx(_hsic_u_kernels(l, l), rel=1e-9)
+    assert terms[2] == pytest.approx(_hsic_u_kernels(k2, k2), rel=1e-9)
 
 
 def test_cka_invariances_and_extremes():
@@ -288,7 +288,7 @@ def _population_cka_case(n, d, rng):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("n, d", [(100, 50), (50, 100), (100, 200)])
+@pytest.mark.parametrize(("n", "d"), [(100, 50), (50, 100), (100, 200)])
 def test_feat_cka_interval_covers_the_population_cka_where_n_is_below_2d(n, d):
     # 800 reps: a correct 95% interval covers fewer than 744 (93%) with probability
     # P[Bin(800, 0.95) < 744] ≈ 0.5%
@@ -317,7 +317,8 @@ def test_cka_and_mmd_pass_on_an_order_equal_them_on_the_gathered_rows():
     z_s = z_t + 0.7 * torch.randn(90, 6, generator=generator)
     order = torch.randperm(90, generator=generator)[:70]
     gathered_t, gathered_s = z_t[order], z_s[order]
-    for got, want in zip(hsic_terms(z_t, z_s, order), hsic_terms(gathered_t, gathered_s)):
+    for got, want in zip(hsic_terms(z_t, z_s, order), hsic_terms(gathered_t, gathered_s),
+                         strict=True):
         assert got == pytest.approx(want, rel=1e-6)
     boot = PairedBootstrap(70, 40, seed=2)
     on_order = run_mmd_pass(z_t, z_s, n_permutations=30, seed=5, bootstrap=boot,

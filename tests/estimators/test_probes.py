@@ -14,8 +14,8 @@ from ijckd_bounds.estimators.probes import (
     LogisticProbe,
     domain_errors,
     fit_joint_classifier,
-    proxy_a_distance,
     holdout_split,
+    proxy_a_distance,
 )
 
 TIGHT = {"tol": 1e-9, "max_iter": 1000}
@@ -188,7 +188,7 @@ def test_logistic_probe_error_and_predict_contract():
 
 
 @pytest.mark.parametrize(
-    "x, y, kwargs, match",
+    ("x", "y", "kwargs", "match"),
     [
         (torch.randn(10), torch.zeros(10), {}, r"`x` must be 2-D"),
         (torch.randn(10, 3), torch.zeros(9), {}, r"`y` must have shape \(10,\)"),
@@ -204,7 +204,7 @@ def test_logistic_probe_rejects_bad_input(x, y, kwargs, match):
 
 
 @pytest.mark.parametrize(
-    "params, match",
+    ("params", "match"),
     [
         ({"l2_grid": ()}, "l2_grid"),
         ({"l2_grid": (1e-2, -1.0)}, "l2_grid"),
@@ -298,7 +298,7 @@ def test_joint_classifier_probe_output_matches_teacher_dtype_and_class_count():
 
 
 @pytest.mark.parametrize(
-    "change, match",
+    ("change", "match"),
     [
         ({"z_s_fit": torch.randn(12, 3)}, r"`z_s_fit` must have shape \(n, 4\) like `z_t_fit`"),
         ({"z_s_fit": torch.randn(11, 4)}, "`z_s_fit` must have 12 rows"),
@@ -440,7 +440,7 @@ def test_logistic_probe_rows_keep_groups_aligned():
     assert torch.equal(on_rows.weight_, gathered.weight_)
 
 
-@pytest.mark.parametrize("rows, match", [
+@pytest.mark.parametrize(("rows", "match"), [
     (torch.tensor([0, 500]), r"`rows` must hold indices in \[0, 300\)"),
     (torch.tensor([[0, 1]]), "`rows` must be a 1-D array of row indices"),
     (torch.tensor([0.0, 1.0]), "`rows` must be a 1-D array of row indices"),

@@ -7,7 +7,11 @@ import pytest
 import torch
 
 from ijckd_bounds.errors import IJCKDError
-from ijckd_bounds.estimators.ridge_connector import DEFAULT_RIDGE_GRID, RidgeConnector, fit_connector
+from ijckd_bounds.estimators.ridge_connector import (
+    DEFAULT_RIDGE_GRID,
+    RidgeConnector,
+    fit_connector,
+)
 
 
 def linear_pairs(n, d_s, d, *, noise, seed, dtype=torch.float64):
@@ -108,7 +112,7 @@ def test_constant_student_features_are_ignored():
 
 
 @pytest.mark.parametrize(
-    "s, t, match",
+    ("s", "t", "match"),
     [
         (torch.randn(10, 3), torch.randn(9, 4), "`t_fit` must have 10 rows like `s_fit`"),
         (torch.randn(10), torch.randn(10, 4), r"`s_fit` must be 2-D with shape \(n, d\)"),

@@ -86,7 +86,7 @@ def test_feature_and_logit_discrepancies_match_numpy():
     lt = terms.classifier_logits(z_t, weight, bias)
     ls = terms.classifier_logits(z_s, weight, bias)
     lmsd = terms.logit_msd(lt, ls, bootstrap=boot)
-    w, b = weight.numpy(), bias.numpy()
+    w = weight.numpy()
     assert lmsd.value == pytest.approx(np.mean(((s @ w.T - t @ w.T) ** 2).sum(1)), rel=1e-10)
     for est in (msd, rel, lmsd):
         assert est.lo <= est.value <= est.hi and est.lo < est.hi

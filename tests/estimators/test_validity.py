@@ -122,7 +122,7 @@ def test_aligned_scenario_has_teacher_optimal_and_no_shift():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("n, d", [(50, 100), (100, 200)])
+@pytest.mark.parametrize(("n", "d"), [(50, 100), (100, 200)])
 def test_feat_cka_covers_where_n_is_below_2d(n, d):
     """Debiased CKA at n ≲ 2d: the interval must leave the pairs of copies out."""
     reps = 60
@@ -147,7 +147,7 @@ def test_ideal_joint_covers_where_the_probe_beats_the_teacher():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("n, d", [(50, 5), (50, 100)])
+@pytest.mark.parametrize(("n", "d"), [(50, 5), (50, 100)])
 def test_ijc_gap_is_never_negative_where_the_teacher_is_optimal(n, d):
     reps = 40
     by_term, _ = reports("aligned", n, d, reps)

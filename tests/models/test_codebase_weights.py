@@ -107,7 +107,7 @@ def test_the_head_named_fc_becomes_the_zoo_classifier(tmp_path):
     assert teacher.model.classifier.weight.shape == (CLASSES, 64)
 
 
-@pytest.mark.parametrize("file_arch, model_arch, message", [
+@pytest.mark.parametrize(("file_arch", "model_arch", "message"), [
     ("resnet56", "resnet110", "missing key 'layer1.9.conv1.weight'"),
     ("resnet110", "resnet56", "unexpected key 'layer1.9.conv1.weight'"),
     ("wrn_40_2", "wrn_16_2",

@@ -53,7 +53,7 @@ def torchvision_resnet_layout(blocks, bottleneck, num_classes, in_channels=3):
     expansion = 4 if bottleneck else 1
     entries = [("conv1.weight", (64, in_channels, 7, 7))] + bn_entries("bn1", 64)
     inplanes = 64
-    for stage, (planes, count) in enumerate(zip((64, 128, 256, 512), blocks), start=1):
+    for stage, (planes, count) in enumerate(zip((64, 128, 256, 512), blocks, strict=True), start=1):
         for index in range(count):
             stride = 2 if stage > 1 and index == 0 else 1
             p = f"layer{stage}.{index}"
@@ -179,7 +179,7 @@ def reference_mobilenet(state, x):
     return features @ state["fc.weight"].T + state["fc.bias"], features, out
 
 
-@pytest.mark.parametrize("name,side", [("resnet18", 48), ("resnet34", 32), ("resnet50", 48),
+@pytest.mark.parametrize(("name", "side"), [("resnet18", 48), ("resnet34", 32), ("resnet50", 48),
                                        ("mobilenetv1", 48)])
 def test_forward_equals_functional_reference(name, side):
     torch.manual_seed(0)

@@ -114,7 +114,7 @@ def closed_form_wrn_parameters(depth, widen, num_classes):
     return total + 2 * widths[-1] + widths[-1] * num_classes + num_classes
 
 
-@pytest.mark.parametrize("name,depth,widths", [
+@pytest.mark.parametrize(("name", "depth", "widths"), [
     ("resnet20", 20, (16, 16, 32, 64)),
     ("resnet110", 110, (16, 16, 32, 64)),
     ("resnet8x4", 8, (32, 64, 128, 256)),
@@ -127,7 +127,7 @@ def test_resnet_parameter_count_matches_closed_form(name, depth, widths, count_p
                                                                         num_classes)
 
 
-@pytest.mark.parametrize("name,depth", [("wrn_40_2", 40), ("wrn_16_2", 16)])
+@pytest.mark.parametrize(("name", "depth"), [("wrn_40_2", 40), ("wrn_16_2", 16)])
 def test_wrn_parameter_count_matches_closed_form(name, depth, count_parameters):
     assert count_parameters(build_model(name, 10, CIFAR)) == closed_form_wrn_parameters(
         depth, 2, 10)
@@ -195,7 +195,7 @@ def test_channel_shuffle_interleaves_the_two_halves():
     assert shuffled[0, :, 0, 0].tolist() == [0, 3, 1, 4, 2, 5]
 
 
-@pytest.mark.parametrize("name,shape,match", [
+@pytest.mark.parametrize(("name", "shape", "match"), [
     ("resnet56", (1, 40), r"\(C, H, W\)"),
     ("wrn_16_2", (3, 32), r"\(C, H, W\)"),
     ("vgg8", (3, 4, 4), "at least 8 pixels"),
@@ -208,7 +208,7 @@ def test_bad_input_shapes_raise_one_line_errors(name, shape, match):
         build_model(name, 10, shape)
 
 
-@pytest.mark.parametrize("kwargs,match", [
+@pytest.mark.parametrize(("kwargs", "match"), [
     ({"num_classes": 0}, "num_classes"),
     ({"num_classes": 10, "kernel_size": 4}, "kernel_size"),
     ({"num_classes": 10, "channels": (8, 16), "strides": (1,)}, "strides"),
@@ -223,7 +223,7 @@ def test_bad_small_model_options_raise(kwargs, match):
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 40)])
-@pytest.mark.parametrize("name,feature_dim", [("mlp_large", 256), ("mlp_small", 32),
+@pytest.mark.parametrize(("name", "feature_dim"), [("mlp_large", 256), ("mlp_small", 32),
                                               ("cnn_large", 128), ("cnn_small", 32)])
 def test_small_models_contract(name, feature_dim, shape):
     torch.manual_seed(0)
@@ -381,7 +381,8 @@ def test_feature_model_state_dict_inside_a_container(wrapped_resnet):
     torch.manual_seed(5)
     copy_holder = nn.ModuleDict({"student": wrapped_resnet(seed=3), "head": nn.Linear(3, 2)})
     copy_holder.load_state_dict(holder.state_dict())
-    for (name, a), (_, b) in zip(holder.named_parameters(), copy_holder.named_parameters()):
+    for (name, a), (_, b) in zip(holder.named_parameters(), copy_holder.named_parameters(),
+                                 strict=True):
         assert torch.equal(a, b), name
 
 
@@ -439,6 +440,7 @@ def test_unknown_model_option_is_a_clear_error():
     from ijckd_bounds.errors import IJCKDError
     from ijckd_bounds.models import FeatureModel, build_model
 
-    with pytest.raises(IJCKDError, match=r"model 'mlp_small' has no option 'hiden_sizes'.*hidden_sizes"):
+    with pytest.raises(IJCKDError,
+                       match=r"model 'mlp_small' has no option 'hiden_sizes'.*hidden_sizes"):
         build_model("mlp_small", 10, (1, 8, 8), hiden_sizes=(4,))
     assert FeatureModel.__name__ == "FeatureModel"

@@ -228,7 +228,7 @@ def test_plot_terms_draws_one_line_per_run_with_the_table_values(bounds_df):
     fig = plot_terms(bounds_df, terms=terms, ncols=2)
     assert len(fig.axes) == len(terms)
     n_runs = bounds_df["run"].nunique()
-    for ax, term in zip(fig.axes, terms):
+    for ax in fig.axes:
         assert len(data_lines(ax)) == n_runs
         assert len(ax.collections) == n_runs  # one interval band per run
     ijckd = bounds_df[bounds_df["run"] == "ijckd-s0"].sort_values("epoch")
@@ -263,7 +263,8 @@ def test_plot_bounds_one_panel_per_method_with_the_estimate_dashed(bounds_df):
     assert schema.LABELS["bound_ben_david"] in legend
     # in the legend, the estimate (and only it) is drawn dashed, the exact bounds solid
     legend_styles = {t.get_text(): h.get_linestyle()
-                     for t, h in zip(fig.legends[0].get_texts(), fig.legends[0].legend_handles)}
+                     for t, h in zip(fig.legends[0].get_texts(), fig.legends[0].legend_handles,
+                                     strict=True)}
     bound_labels = [schema.LABELS[b] for b in schema.BOUNDS]
     assert set(bound_labels) <= set(legend_styles)
     assert [legend_styles[label] for label in bound_labels] == [
@@ -524,7 +525,7 @@ def test_final_comparison_legend_title_teacher_interval_and_seed_count(bounds_df
     spans = sorted((round(b.get_paths()[0].vertices[:, 1].min(), 6),
                     round(b.get_paths()[0].vertices[:, 1].max(), 6)) for b in bands)
     expected = sorted(zip(np.round(100 * final["teacher_err_lo"], 6),
-                          np.round(100 * final["teacher_err_hi"], 6)))
+                          np.round(100 * final["teacher_err_hi"], 6), strict=True))
     assert spans == expected
     # two runs of one seed are not two seeds
     same_seed = pd.concat([bounds_df[bounds_df["run"] == "ijckd-s0"],
@@ -590,7 +591,7 @@ def test_final_table_picks_the_last_epoch_of_each_run_even_when_runs_end_early()
     df = synthetic_bounds(methods=("kd",), seeds={"kd": 2})
     df = df[~((df["run"] == "kd-s1") & (df["epoch"] > 6))]
     table = final_table(df, terms=("student_err",))
-    assert dict(zip(table["run"], table["epoch"])) == {"kd-s0": "20", "kd-s1": "6"}
+    assert dict(zip(table["run"], table["epoch"], strict=True)) == {"kd-s0": "20", "kd-s1": "6"}
 
 
 # ------------------------------------------------------------------------------ files
@@ -682,7 +683,7 @@ def test_plot_fidelity_draws_the_tables_agreement_kl_and_ece():
     df = synthetic_bounds(methods=("kd", "ijckd"), epochs=(0, 5, 10))
     fig = plot_fidelity(df)
     assert len(fig.axes) == len(FIDELITY_CURVES) == 3
-    for ax, term in zip(fig.axes, FIDELITY_CURVES):
+    for ax, term in zip(fig.axes, FIDELITY_CURVES, strict=True):
         assert ax.get_title(loc="left") == schema.LABELS[term]
         factor = 100.0 if term != "pred_kl" else 1.0
         lines = [line.get_ydata() for line in ax.get_lines()]

@@ -13,8 +13,13 @@ import torch.nn as nn
 from ijckd_bounds.data import build_dataset
 from ijckd_bounds.data.splits import TensorSplit
 from ijckd_bounds.errors import IJCKDError
-from ijckd_bounds.tracking.extract import (MANIFEST, chunk_bounds, extract_features,
-                                           load_extracted, split_fingerprint)
+from ijckd_bounds.tracking.extract import (
+    MANIFEST,
+    chunk_bounds,
+    extract_features,
+    load_extracted,
+    split_fingerprint,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 # 3 classes of JPEGs of 20-33 pixels: 2 train and 7 val images each

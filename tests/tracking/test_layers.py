@@ -104,11 +104,11 @@ def test_layers_csv_survives_a_re_track_and_is_filled_in(runs, cli):
 def test_image_folders_stream_the_stages_and_delete_the_students(tmp_path, imagenet_toy):
     import torch
 
-    from ijckd_bounds.typed_yaml import from_dict
     from ijckd_bounds.data import build_dataset
     from ijckd_bounds.models import build_model
     from ijckd_bounds.tracking.track import BoundTracker
     from ijckd_bounds.train import TrainConfig, distill
+    from ijckd_bounds.typed_yaml import from_dict
 
     tree = imagenet_toy.write_tree(tmp_path / "tree")
     torch.manual_seed(3)

@@ -14,8 +14,7 @@ import torch.nn as nn
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.models import build_model
 from ijckd_bounds.models.base import ZooModel
-from ijckd_bounds.models.connectors import (BottleneckConnector, FitNetRegressor,
-                                            build_connector)
+from ijckd_bounds.models.connectors import BottleneckConnector, FitNetRegressor, build_connector
 from ijckd_bounds.train.config import MethodConfig
 from ijckd_bounds.train.objectives import METHODS, build_objective, method_weights
 
@@ -208,7 +207,8 @@ def reference_terms(method, weights, student, teacher, connector, x, y):
         terms["ce"] = cross_entropy(s_logits, y)
         terms["kl"] = 0.0
         terms["hint_mse"] = mse(regressed, t_map)
-        terms["loss"] = weights["ce_weight"] * terms["ce"] + weights["feat_weight"] * terms["hint_mse"]
+        terms["loss"] = (weights["ce_weight"] * terms["ce"]
+                         + weights["feat_weight"] * terms["hint_mse"])
         return terms, s_logits
     if method == "srrl":
         lin, bn = connector.transfer[0], connector.transfer[1]
@@ -237,7 +237,8 @@ def reference_terms(method, weights, student, teacher, connector, x, y):
         return terms, logits
     terms["ce"] = cross_entropy(logits, y)
     terms["logit_mse"] = mse(logits, t_logits)
-    terms["loss"] = (weights["ce_weight"] * terms["ce"] + weights["logit_weight"] * terms["logit_mse"]
+    terms["loss"] = (weights["ce_weight"] * terms["ce"]
+                     + weights["logit_weight"] * terms["logit_mse"]
                      + weights["feat_weight"] * terms["feat_mse"])
     return terms, logits
 

@@ -14,13 +14,18 @@ import numpy as np
 import pytest
 import torch
 
-from ijckd_bounds.checkpoint import (load_student, load_teacher, model_entry, read_checkpoint,
-                                     write_checkpoint)
-from ijckd_bounds.typed_yaml import from_dict, load_config
+from ijckd_bounds.checkpoint import (
+    load_student,
+    load_teacher,
+    model_entry,
+    read_checkpoint,
+    write_checkpoint,
+)
 from ijckd_bounds.data import build_dataset
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.models import build_model
 from ijckd_bounds.train import TrainConfig, distill, train_teacher
+from ijckd_bounds.typed_yaml import from_dict, load_config
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 BATCH = 128
@@ -204,14 +209,15 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(teacher, tmp_pa
     assert min(cut_draws.draws) == STEPS_PER_EPOCH + 1
     assert cut_draws.draws == {k: v for k, v in full_draws.draws.items() if k > STEPS_PER_EPOCH}
     assert resumed.metrics["eval_acc"] == full.metrics["eval_acc"]
-    for got, want in zip(_final_state(tmp_path / "cut", 3), _final_state(tmp_path / "full", 3)):
+    for got, want in zip(_final_state(tmp_path / "cut", 3), _final_state(tmp_path / "full", 3),
+                         strict=True):
         assert got.keys() == want.keys() and got
         for key in want:
             assert torch.equal(got[key], want[key]), key
     history = read_csv(tmp_path / "cut" / "history.csv")
     assert [r["epoch"] for r in history] == ["1", "2", "3"]
     full_history = read_csv(tmp_path / "full" / "history.csv")
-    for a, b in zip(history, full_history):
+    for a, b in zip(history, full_history, strict=True):
         a.pop("seconds"), b.pop("seconds")
         assert a == b
 
@@ -285,7 +291,8 @@ def test_teacher_from_another_split_seed_warns_of_leakage(teacher, tmp_path):
 
 
 def test_configuration_errors_are_one_line(teacher, tmp_path):
-    with pytest.raises(IJCKDError, match=r"unknown method 'fitnets'.*valid: ce, ce_connector, fitnet"):
+    with pytest.raises(IJCKDError,
+                       match=r"unknown method 'fitnets'.*valid: ce, ce_connector, fitnet"):
         distill(student_cfg(tmp_path, teacher.teacher_path, "fitnets"))
     with pytest.raises(IJCKDError, match=r"method.name must be 'ce', got 'kd'"):
         train_teacher(teacher_cfg(tmp_path, method__name="kd"))
@@ -300,7 +307,7 @@ def test_configuration_errors_are_one_line(teacher, tmp_path):
 def test_amp_and_channels_last_are_ignored_on_cpu_with_a_warning(teacher, tmp_path):
     cfg = student_cfg(tmp_path, teacher.teacher_path, "kd", run__amp="bf16",
                       run__channels_last=True, run__device="cpu")
-    with pytest.warns(UserWarning) as record:
+    with pytest.warns(UserWarning, match="(?i)is ignored on cpu") as record:
         result = distill(cfg)
     messages = {str(w.message) for w in record}
     assert "run.amp=bf16 is ignored on cpu: training in float32" in messages

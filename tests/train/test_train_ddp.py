@@ -8,8 +8,8 @@ import torch
 import yaml
 
 from ijckd_bounds.checkpoint import read_checkpoint
-from ijckd_bounds.typed_yaml import from_dict
 from ijckd_bounds.train import TrainConfig, distill, train_teacher
+from ijckd_bounds.typed_yaml import from_dict
 from tests.gloo_ranks import run_two_ranks
 
 
@@ -49,6 +49,6 @@ def test_two_processes_match_one_process(tmp_path):
     # Rank 0 alone wrote the logs; the epoch metrics are reduced over both ranks.
     history_one, history_two = _history(tmp_path / "one"), _history(tmp_path / "two")
     assert len(history_two) == 2
-    for row_one, row_two in zip(history_one, history_two):
+    for row_one, row_two in zip(history_one, history_two, strict=True):
         for key in ("train_loss", "train_ce", "train_kl", "train_acc", "eval_acc"):
             assert float(row_two[key]) == pytest.approx(float(row_one[key]), abs=1e-4), key

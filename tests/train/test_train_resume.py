@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from ijckd_bounds.checkpoint import read_checkpoint
-from ijckd_bounds.typed_yaml import from_dict
 from ijckd_bounds.train import TrainConfig, train_teacher
+from ijckd_bounds.typed_yaml import from_dict
 from tests.gloo_ranks import one_process_env
 
 EPOCHS = 8
