@@ -57,11 +57,23 @@ def _train_config(args):
     return with_teacher_weights(cfg, getattr(args, "teacher_weights", None))
 
 
+class _ResumeNotice:
+    """The trainer's callback that says on stderr, once (rank 0), which checkpoint a
+    ``--resume`` run continues from; the epoch lines stay the progress display's."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def on_resume(self, path, epoch, step):
+        print(f"ijckd-bounds {self.command}: resuming from {path} (epoch {epoch}, step {step})",
+              file=sys.stderr, flush=True)
+
+
 def cmd_train_teacher(args):
     from ijckd_bounds.train import train_teacher
 
     cfg = _train_config(args)
-    result = train_teacher(cfg, resume=args.resume)
+    result = train_teacher(cfg, resume=args.resume, callbacks=[_ResumeNotice(args.command)])
     _echo(f"teacher written to {result.teacher_path}")
 
 
@@ -69,7 +81,7 @@ def cmd_distill(args):
     from ijckd_bounds.train import distill
 
     cfg = _train_config(args)
-    callbacks = []
+    callbacks = [_ResumeNotice(args.command)]
     if args.track:
         from ijckd_bounds.tracking.track import BoundTracker
 

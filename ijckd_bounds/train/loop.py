@@ -2,8 +2,9 @@
 ``engine(x, y) -> (terms, logits)``, steps the optimizer, and tells callbacks.
 
 Callbacks are duck-typed objects with any of ``on_step_end(step, epoch, values)``,
-``on_epoch_end(epoch, metrics)``, ``on_checkpoint(path, epoch)``; ``Callback`` gives
-no-op defaults.
+``on_epoch_end(epoch, metrics)``, ``on_checkpoint(path, epoch)``, and
+``on_resume(path, epoch, step)`` (called by the runner before ``fit`` when a run continues
+from a checkpoint); ``Callback`` gives no-op defaults.
 """
 
 import math
@@ -27,6 +28,10 @@ class Callback:
 
     def on_checkpoint(self, path, epoch):
         """``path``: the checkpoint just written."""
+
+    def on_resume(self, path, epoch, step):
+        """The run continues from checkpoint ``path``, which completed ``epoch`` epochs and
+        ``step`` optimizer steps."""
 
 
 @dataclass

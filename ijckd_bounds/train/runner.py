@@ -50,7 +50,7 @@ from ijckd_bounds.train.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from ijckd_bounds.train.loop import TrainState, fit
+from ijckd_bounds.train.loop import TrainState, fit, notify
 from ijckd_bounds.train.objectives import METHODS, build_objective
 from ijckd_bounds.typed_yaml import renamed_keys, to_dict
 
@@ -280,6 +280,8 @@ def _run(cfg, *, teacher_mode, resume, callbacks):
             all_callbacks += [c for c in callbacks if getattr(c, "every_rank", False)]
         describe = _Describer(cfg, config_dict, splits, teacher, teacher_mode, objective,
                               optimizer, scheduler, precision, last_metrics)
+        if resume_from is not None:
+            notify(all_callbacks, "on_resume", resume_from, state.epoch, state.step)
 
         def save_checkpoint(state, metrics):
             if state.epoch % cfg.run.ckpt_every and state.epoch != cfg.optim.epochs:

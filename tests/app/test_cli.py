@@ -1,5 +1,6 @@
 """The command line: help, listing, and one readable line + non-zero exit for bad input."""
 
+import csv
 import subprocess
 import sys
 
@@ -27,6 +28,8 @@ def test_list_names_datasets_models_methods(run_cli):
     ("model.teacher=resnet8x5", "unknown model 'resnet8x5' (did you mean 'resnet8x4'?)"),
     ("optim.epoch=3", "unknown config key 'optim.epoch' (did you mean 'epochs'?)"),
     ("optim.lr=fast", "optim.lr must be a number"),
+    ("method.name=kd", "train-teacher trains with cross-entropy: method.name must be 'ce', "
+                       "got 'kd'"),
 ])
 def test_bad_names_and_keys_fail_with_one_line(tmp_path, override, message, run_cli):
     code, _, err = run_cli("train-teacher", "model.teacher=cnn_large", "method.name=ce",
@@ -34,6 +37,23 @@ def test_bad_names_and_keys_fail_with_one_line(tmp_path, override, message, run_
     assert code == 2
     assert message in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_resumed_run_names_its_checkpoint_once_on_stderr(tmp_path, run_cli):
+    run_dir = tmp_path / "run"
+    argv = ("train-teacher", "model.teacher=mlp_large", "method.name=ce", "data.name=digits",
+            "optim.epochs=1", "run.device=cpu", "run.progress=false", f"run.run_dir={run_dir}")
+    code, out, err = run_cli(*argv)
+    assert code == 0, err
+    assert "resuming" not in err
+    assert out.strip() == f"teacher written to {run_dir / 'teacher.pt'}"
+    steps = int(next(csv.DictReader((run_dir / "history.csv").open()))["step"])
+
+    code, _, err = run_cli(*argv, "--resume")
+    assert code == 0, err
+    assert err.splitlines() == [f"ijckd-bounds train-teacher: resuming from "
+                                f"{run_dir / 'checkpoints' / 'epoch_0001.pt'} "
+                                f"(epoch 1, step {steps})"]
 
 
 def test_unknown_method_lists_valid_methods(tmp_path, run_cli):

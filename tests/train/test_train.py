@@ -340,21 +340,3 @@ def test_experiment_configs_load_and_name_real_parts(name):
     else:
         assert cfg.model.teacher_checkpoint.endswith("teacher.pt")
         assert cfg.method.name == "kd"
-
-
-def test_module_entry_point_runs_and_reports_errors_in_one_line(tmp_path, capsys):
-    from ijckd_bounds.train.__main__ import main
-
-    config = tmp_path / "teacher.yaml"
-    config.write_text("model:\n  teacher: mlp_large\nmethod:\n  name: ce\noptim:\n  epochs: 1\n"
-                      "run:\n  progress: false\n")
-    assert main(["--config", str(config), "--teacher-mode", f"run.run_dir={tmp_path / 'run'}"]) == 0
-    assert capsys.readouterr().out.strip() == str(tmp_path / "run" / "teacher.pt")
-
-    assert main(["--config", str(config), "method.name=kd", "--teacher-mode",
-                 f"run.run_dir={tmp_path / 'bad'}"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == ("error: train-teacher trains with cross-entropy: method.name must be 'ce', "
-                   "got 'kd'")
-    assert main(["--config", str(config), "optim.epoch=3"]) == 2
-    assert "unknown config key 'optim.epoch' (did you mean 'epochs'?)" in capsys.readouterr().err

@@ -34,7 +34,7 @@ def test_two_processes_match_one_process(tmp_path):
     single = distill(from_dict(TrainConfig, {**tree, "run": {**tree["run"],
                                                              "run_dir": str(tmp_path / "one")}}))
 
-    run_two_ranks([sys.executable, "-m", "ijckd_bounds.train", "--config", str(config),
+    run_two_ranks([sys.executable, "-m", "ijckd_bounds", "distill", "--config", str(config),
                    f"run.run_dir={tmp_path / 'two'}"])
 
     one = read_checkpoint(single.checkpoint)

@@ -20,9 +20,10 @@ EPOCHS = 8
 
 
 def _launch(config, run_dir, *extra):
-    return subprocess.Popen([sys.executable, "-m", "ijckd_bounds.train", "--config", str(config),
-                             f"run.run_dir={run_dir}", *extra], env=one_process_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen([sys.executable, "-m", "ijckd_bounds", "distill", "--config",
+                             str(config), f"run.run_dir={run_dir}", *extra],
+                            env=one_process_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
 
 
 def _kill_when(process, path, *, after=0.0, timeout=120):
@@ -49,6 +50,11 @@ def _history(run_dir):
     return rows
 
 
+def _steps_per_epoch(run_dir):
+    first = _history(run_dir)[0]
+    return int(first["step"])
+
+
 @pytest.mark.slow
 def test_sigkill_and_resume_gives_the_uninterrupted_weights(tmp_path):
     teacher_cfg = from_dict(TrainConfig, {
@@ -73,11 +79,14 @@ def test_sigkill_and_resume_gives_the_uninterrupted_weights(tmp_path):
     second = _launch(config, cut_dir, "--resume")
     _kill_when(second, ckpts / "epoch_0004.pt", after=0.03)  # somewhere inside epoch 5
     assert not final.exists()
-    last = subprocess.run([sys.executable, "-m", "ijckd_bounds.train", "--config", str(config),
-                           f"run.run_dir={cut_dir}", "--resume"], env=one_process_env(),
-                          capture_output=True, text=True, timeout=300)
+    last = subprocess.run([sys.executable, "-m", "ijckd_bounds", "distill", "--config",
+                           str(config), f"run.run_dir={cut_dir}", "--resume"],
+                          env=one_process_env(), capture_output=True, text=True, timeout=300)
     assert last.returncode == 0, last.stderr
-    assert "resuming from" in last.stderr
+    # the command line names the checkpoint it continues from: the last one written
+    resumed = [line for line in last.stderr.splitlines() if "resuming from" in line]
+    assert resumed == [f"ijckd-bounds distill: resuming from {ckpts / 'epoch_0004.pt'} "
+                       f"(epoch 4, step {4 * _steps_per_epoch(cut_dir)})"], last.stderr
     out, _ = full.communicate(timeout=300)
     assert full.returncode == 0, out
 
