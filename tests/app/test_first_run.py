@@ -294,9 +294,11 @@ def test_resume_skips_a_corrupt_latest_checkpoint_with_a_warning(runs, tmp_path,
                  f"run.run_dir={run}", *COMMON, "--resume")
     assert err.startswith(f"ijckd-bounds distill: warning: checkpoint {str(latest)!r} is "
                           f"corrupt, truncated or not a torch file"), err
-    assert err.count("\n") == 1
-    assert f"resuming from the previous complete checkpoint " \
-           f"{str(run / 'checkpoints' / 'epoch_0001.pt')!r} (epoch 1) instead" in err
+    warning, resumed = err.splitlines()  # the warning, then the checkpoint it resumes from
+    assert warning.endswith(f"resuming from the previous complete checkpoint "
+                            f"{str(run / 'checkpoints' / 'epoch_0001.pt')!r} (epoch 1) instead")
+    assert resumed.startswith(f"ijckd-bounds distill: resuming from "
+                              f"{run / 'checkpoints' / 'epoch_0001.pt'} (epoch 1, step ")
     # epoch 2 trained again from epoch 1 is the epoch 2 of the uninterrupted run
     again = torch.load(latest, weights_only=True)["model"]["state_dict"]
     first = torch.load(student_of(runs), weights_only=True)["model"]["state_dict"]
