@@ -1,6 +1,11 @@
 """Small name -> factory registries (datasets, models, methods)."""
 
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
 from ijckd_bounds.errors import unknown_name
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Registry:
@@ -11,11 +16,11 @@ class Registry:
     ... def mlp(num_classes): ...
     """
 
-    def __init__(self, kind):
+    def __init__(self, kind: str):
         self.kind = kind
         self._items = {}
 
-    def register(self, name):
+    def register(self, name: str) -> Callable[[F], F]:
         """Decorator: register the factory under ``name``; a second one of the name raises."""
         def decorator(factory):
             if name in self._items:
@@ -25,19 +30,19 @@ class Registry:
 
         return decorator
 
-    def get(self, name):
+    def get(self, name: str) -> Callable[..., Any]:
         """The factory registered as ``name``; an unknown name raises with the valid ones."""
         try:
             return self._items[name]
         except KeyError:
             raise unknown_name(self.kind, name, self._items) from None
 
-    def names(self):
+    def names(self) -> list[str]:
         """The registered names, sorted."""
         return sorted(self._items)
 
-    def __contains__(self, name):
+    def __contains__(self, name: object) -> bool:
         return name in self._items
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self.names())

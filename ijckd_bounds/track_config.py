@@ -15,7 +15,7 @@ imports the trainer.
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from ijckd_bounds import schema
 from ijckd_bounds.errors import IJCKDError
@@ -67,7 +67,7 @@ class TrackConfig:
         if self.num_workers is not None and self.num_workers < 0:
             raise IJCKDError(f"track.num_workers must be >= 0, got {self.num_workers}")
 
-    def resolved(self, config=None):
+    def resolved(self, config: Optional[dict[str, Any]] = None) -> "TrackConfig":
         """These settings with every None filled in from the run's config dict (as the
         checkpoint records it), then the defaults. Resolving twice equals resolving once
         (``mmd_max_n`` 0, all pairs, stays 0 so that the run's subsample cannot return)."""

@@ -33,7 +33,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ from ijckd_bounds.estimators.intervals import (
 )
 from ijckd_bounds.estimators.mmd import NoBandwidth, run_mmd_pass
 from ijckd_bounds.estimators.probes import (
+    Array,
     DomainClassifier,
     LogisticProbe,
     as_features,
@@ -62,8 +63,8 @@ from ijckd_bounds.estimators.probes import (
 from ijckd_bounds.estimators.rowwise import project64
 from ijckd_bounds.schema import LEVEL, N_BOOTSTRAP, N_PERMUTATIONS
 
-# what the estimators take: a tensor, or an array torch.as_tensor reads
-Array = torch.Tensor | np.ndarray
+if TYPE_CHECKING:  # annotation only: pandas is imported where a frame is made
+    import pandas as pd
 
 __all__ = ["BoundsReport", "estimate_bounds", "estimate_bounds_from_file",
            "MIN_EVAL", "MIN_FIT"]
@@ -114,7 +115,7 @@ class BoundsReport:
             return scalars_[name]
         raise AttributeError(f"'BoundsReport' has no attribute {name!r}")
 
-    def row(self):
+    def row(self) -> dict[str, Any]:
         """One results-table row: exactly ``schema.ESTIMATE_COLUMNS``, floats/ints, and
         strings for ``schema.TEXT_SCALARS`` (``joint_chosen``)."""
         out = {}
@@ -126,7 +127,7 @@ class BoundsReport:
             out[name] = self.scalars[name]
         return {column: out[column] for column in schema.ESTIMATE_COLUMNS}
 
-    def per_class(self):
+    def per_class(self) -> pd.DataFrame:
         """pandas DataFrame, one row per class present in the evaluation split: class, n,
         student_err, teacher_err, disagreement, top1_agreement (of what the student
         predicts with), each with _lo/_hi (Clopper–Pearson)."""
@@ -143,7 +144,7 @@ class BoundsReport:
             records.append(record)
         return pd.DataFrame.from_records(records, columns=columns)
 
-    def calibration(self):
+    def calibration(self) -> pd.DataFrame:
         """pandas DataFrame of the reliability-diagram data (docs/theory.md "Fidelity and
         calibration"): one row per model (teacher, student) x confidence bin, columns
         model, bin, bin_lo, bin_hi, n, confidence, accuracy (NaN for an empty bin)."""
@@ -153,14 +154,14 @@ class BoundsReport:
                                           columns=list(schema.CALIBRATION_ROW))
         return frame.astype({"confidence": float, "accuracy": float})
 
-    def margins(self):
+    def margins(self) -> dict[str, np.ndarray]:
         """Per evaluation sample (numpy arrays, in the order of the given samples):
         ``sample`` (row index in the given arrays), ``y``, ``gamma`` γ(z_T),
         ``distance`` ‖z_S − z_T‖, ``logit_margin`` m(z_T) = top1 − top2,
         ``disagree`` (bool), ``crossing`` (bool, counted by δ_γ)."""
         return {k: v.copy() for k, v in self._margins.items()}
 
-    def margin_frame(self):
+    def margin_frame(self) -> pd.DataFrame:
         """``margins()`` as a pandas DataFrame under the column names of ``margins.csv``
         (``schema.MARGIN_TABLE_NAMES``: ``gamma`` is ``teacher_margin``, ``distance`` is
         ``feat_dist``)."""
@@ -168,7 +169,7 @@ class BoundsReport:
 
         return pd.DataFrame(self.margins()).rename(columns=schema.MARGIN_TABLE_NAMES)
 
-    def indicators(self, canonical=False):
+    def indicators(self, canonical: bool = False) -> dict[str, np.ndarray | None]:
         """Per evaluation sample error indicators (bool numpy arrays) for the audit.
 
         Keys: ``teacher_wrong`` (h_T on z_T), ``student_wrong`` (h_T on z_S),
@@ -189,7 +190,7 @@ class BoundsReport:
         return {k: (None if v is None else v[order].copy())
                 for k, v in self._indicators.items()}
 
-    def paired_bootstrap(self):
+    def paired_bootstrap(self) -> PairedBootstrap:
         """The ``PairedBootstrap`` behind the report's intervals: the same count weights
         (rebuilt from n_eval, n_bootstrap, seed, level and device), rows in the canonical
         evaluation order of ``indicators(canonical=True)``."""
@@ -197,7 +198,7 @@ class BoundsReport:
                                self.details["seed"], level=self.details["level"],
                                device=self.details["device"])
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """The report as plain JSON values: the row, each term's method, the level, the
         per-class rows, the notes and the details (the content of ``bounds.json``)."""
         return {
@@ -209,7 +210,7 @@ class BoundsReport:
             "details": _jsonable(self.details),
         }
 
-    def to_json(self, indent=2):
+    def to_json(self, indent: int | None = 2) -> str:
         """JSON text of ``to_dict()``; NaN and infinities become null."""
         return json.dumps(self.to_dict(), indent=indent)
 

@@ -97,7 +97,8 @@ def _pieces(p):
     }
 
 
-def hsic_terms(x, y, order=None):
+def hsic_terms(x: torch.Tensor, y: torch.Tensor, order: torch.Tensor | None = None
+               ) -> tuple[float, float, float]:
     """``(HSIC_u(K,L), HSIC_u(K,K), HSIC_u(L,L))`` as floats, linear kernels, O(n·d²).
 
     x (n, d_x), y (n, d_y): paired rows, n >= 4. Computed in float64 on centred rows, a
@@ -118,7 +119,7 @@ def _ratio(hsic_kl, hsic_kk, hsic_ll):
     return hsic_kl / math.sqrt(denominator) if denominator > 0 else math.nan
 
 
-def debiased_cka(x, y, order=None):
+def debiased_cka(x: torch.Tensor, y: torch.Tensor, order: torch.Tensor | None = None) -> float:
     """Debiased linear CKA (float) of x (n, d_x) and y (n, d_y) (of their rows ``order``
     when given); NaN if a feature set is constant (its HSIC_u with itself is not
     positive)."""
@@ -169,7 +170,8 @@ def _leave_one_out(p, x, y, order):
     }
 
 
-def cka_jackknife(x, y, order=None):
+def cka_jackknife(x: torch.Tensor, y: torch.Tensor, order: torch.Tensor | None = None
+                  ) -> tuple[float, torch.Tensor]:
     """Debiased linear CKA and its n leave-one-out values, in O(n·d²).
 
     x (n, d_x), y (n, d_y): paired rows (of them the rows ``order`` when given), n >= 5.
@@ -187,7 +189,8 @@ def cka_jackknife(x, y, order=None):
     return value, _ratio(*(_hsic(*loo[name], m) for name in ("kl", "kk", "ll")))
 
 
-def feat_cka(z_t, z_s, *, level=LEVEL, order=None):
+def feat_cka(z_t: torch.Tensor, z_s: torch.Tensor, *, level: float = LEVEL,
+             order: torch.Tensor | None = None) -> Estimate:
     """Debiased linear CKA of z_t (n, d_t) and z_s (n, d_s) (their rows ``order`` when
     given) with a delete-one jackknife interval ``value ± t_{n−1, (1+level)/2} · se_jack``
     (``Estimate``; missing when a feature set is constant)."""

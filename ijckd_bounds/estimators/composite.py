@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from ijckd_bounds.errors import IJCKDError
-from ijckd_bounds.estimators.intervals import proportion_from_counts
+from ijckd_bounds.estimators.intervals import Estimate, PairedBootstrap, proportion_from_counts
 from ijckd_bounds.estimators.probes import proxy_a_distance
 from ijckd_bounds.schema import LEVEL
 
@@ -72,14 +72,14 @@ class JointChoice:
     wrong_t: torch.Tensor
     wrong_s: torch.Tensor
 
-    def chosen_counts(self):
+    def chosen_counts(self) -> tuple[int, int, int, int]:
         """``(ĥ* wrong on z_T, ĥ* wrong on z_S, ĥ* differs from h_T on z_T, on z_S)``."""
         c = self.counts
         if self.chosen == "probe":
             return c["probe_t"], c["probe_s"], c["differ_t"], c["differ_s"]
         return c["teacher_t"], c["teacher_s"], 0, 0
 
-    def chosen_sums(self):
+    def chosen_sums(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The per-replicate (B,) float64 sums of ``chosen_counts``, each replicate with
         its own ĥ*."""
         s, probe = self.sums, self.probe_b
@@ -98,8 +98,10 @@ def _indicator(x, name, n):
     return x.to(torch.bool)
 
 
-def choose_joint(teacher_wrong, student_wrong, probe_t_wrong, probe_s_wrong, differ_t,
-                 differ_s, *, bootstrap):
+def choose_joint(teacher_wrong: torch.Tensor, student_wrong: torch.Tensor,
+                 probe_t_wrong: torch.Tensor, probe_s_wrong: torch.Tensor,
+                 differ_t: torch.Tensor, differ_s: torch.Tensor, *,
+                 bootstrap: PairedBootstrap) -> JointChoice:
     """Choose ĥ* between h_T and the joint probe on the evaluation split (docs/theory.md joint_err).
 
     All inputs are (n,) bool indicators over the evaluation samples, in the order of the
@@ -129,7 +131,7 @@ def choose_joint(teacher_wrong, student_wrong, probe_t_wrong, probe_s_wrong, dif
                        wrong_t=wrong_t, wrong_s=wrong_s)
 
 
-def joint_errors(choice, *, level=LEVEL):
+def joint_errors(choice: JointChoice, *, level: float = LEVEL) -> tuple[Estimate, Estimate]:
     """``(joint_err_T, joint_err_S)``: the errors of the full-sample ĥ* on z_T and z_S,
     proportions of the evaluation samples with Clopper–Pearson intervals."""
     wrong_t, wrong_s, _, _ = choice.chosen_counts()
@@ -143,21 +145,21 @@ def _ideal_counts(choice):
     return wrong_t + wrong_s, sums_t + sums_s
 
 
-def ideal_joint(choice, *, bootstrap):
+def ideal_joint(choice: JointChoice, *, bootstrap: PairedBootstrap) -> Estimate:
     """``ideal_joint = joint_err_T + joint_err_S``, ``λ̂*``: the minimum of the two
     candidates' joint errors, the minimum taken again in every replicate."""
     count, sums = _ideal_counts(choice)
     return bootstrap.estimate(count / choice.n, sums / choice.n)
 
 
-def ijc_lambda(choice, *, bootstrap):
+def ijc_lambda(choice: JointChoice, *, bootstrap: PairedBootstrap) -> Estimate:
     """``ijc_lambda = λ(h_T) = ε_T(h_T) + ε_S(h_T)``, the joint error of h_T."""
     c, s = choice.counts, choice.sums
     return bootstrap.estimate((c["teacher_t"] + c["teacher_s"]) / choice.n,
                               (s["teacher_t"] + s["teacher_s"]) / choice.n)
 
 
-def ijc_gap(choice, *, bootstrap):
+def ijc_gap(choice: JointChoice, *, bootstrap: PairedBootstrap) -> Estimate:
     """``ijc_gap = ijc_lambda − ideal_joint``: ``≥ 0`` on the sample and in every replicate
     (h_T is one of the candidates of the minimum)."""
     c, s = choice.counts, choice.sums
@@ -172,14 +174,14 @@ def _pair_disc_counts(choice):
     return abs(differ_s - differ_t), (sums_s - sums_t).abs()
 
 
-def pair_disc(choice, *, bootstrap):
+def pair_disc(choice: JointChoice, *, bootstrap: PairedBootstrap) -> Estimate:
     """``pair_disc = |P_S[h_T ≠ ĥ*] − P_T[h_T ≠ ĥ*]|`` (0 where ĥ* = h_T), each replicate
     with its own ĥ*."""
     count, sums = _pair_disc_counts(choice)
     return bootstrap.estimate(count / choice.n, sums / choice.n)
 
 
-def bound_ideal_joint(choice, *, bootstrap):
+def bound_ideal_joint(choice: JointChoice, *, bootstrap: PairedBootstrap) -> Estimate:
     """Bound 3, ``teacher_err + ideal_joint + pair_disc``, from integer counts (exact on
     the sample: never below ``student_err``)."""
     ideal, ideal_sums = _ideal_counts(choice)
@@ -201,7 +203,8 @@ def _domain_parts(err_t, err_s, bootstrap):
     return proxy_a_distance(err_t, err_s), _proxy(bootstrap.means(per_sample))
 
 
-def proxy_a(err_t, err_s, *, bootstrap):
+def proxy_a(err_t: torch.Tensor, err_s: torch.Tensor, *,
+            bootstrap: PairedBootstrap) -> Estimate:
     """Proxy A-distance ``clip(2(1 − 2·err_dom), 0, 2)`` of a domain classifier from its
     per-sample errors on the evaluation split: ``err_t`` (n,) its teacher feature called a
     student one, ``err_s`` (n,) the converse (``probes.domain_errors``)."""
@@ -209,7 +212,8 @@ def proxy_a(err_t, err_s, *, bootstrap):
     return bootstrap.estimate(value, replicates)
 
 
-def bound_ben_david(choice, err_t, err_s, *, bootstrap):
+def bound_ben_david(choice: JointChoice, err_t: torch.Tensor, err_s: torch.Tensor, *,
+                    bootstrap: PairedBootstrap) -> Estimate:
     """``bound_ben_david = teacher_err + ½·proxy_a_mlp + ideal_joint`` (an estimate of
     Ben-David et al.'s bound, not a guaranteed one). ``err_t``, ``err_s``: the MLP domain
     classifier's per-sample errors (see ``proxy_a``)."""

@@ -18,7 +18,9 @@ reported interval that excludes its own estimate would be useless in the results
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
 from ijckd_bounds.errors import IJCKDError
@@ -54,18 +56,18 @@ class Estimate:
     method: str
     level: float
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, Any]:
         """The estimate as plain values: value, lo, hi, n, method, level."""
         return {"value": self.value, "lo": self.lo, "hi": self.hi, "n": self.n,
                 "method": self.method, "level": self.level}
 
     @classmethod
-    def missing(cls, n, level, why):
+    def missing(cls, n: int, level: float, why: str) -> "Estimate":
         """A term that was not measured (NaN value and interval), ``why`` in the method."""
         return cls(math.nan, math.nan, math.nan, int(n), f"not measured: {why}", float(level))
 
 
-def derived_seed(seed, purpose):
+def derived_seed(seed: int, purpose: str) -> int:
     """A seed for one ``purpose`` (a string) derived from the user's ``seed``.
 
     Each random draw (bootstrap weights, MMD sign vectors, subsamples, splits) gets its
@@ -77,7 +79,7 @@ def derived_seed(seed, purpose):
     return int.from_bytes(digest[:7], "little")
 
 
-def check_level(level):
+def check_level(level: float) -> float:
     """``level`` as a float in (0, 1), or an IJCKDError."""
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
         raise IJCKDError(f"`level` must be a confidence level strictly between 0 and 1, "
@@ -85,12 +87,12 @@ def check_level(level):
     return float(level)
 
 
-def clopper_pearson(k, n, level=LEVEL):
+def clopper_pearson(k: int | np.ndarray, n: int | np.ndarray, level: float = LEVEL
+                    ) -> tuple[float, float] | tuple[np.ndarray, np.ndarray]:
     """Exact (Clopper–Pearson) interval ``(lo, hi)`` for ``k`` successes in ``n`` trials.
 
     k, n: ints or numpy arrays of ints (0 <= k <= n, n >= 1); returns floats or arrays.
     """
-    import numpy as np
     from scipy.stats import beta
 
     level = check_level(level)
@@ -107,7 +109,7 @@ def clopper_pearson(k, n, level=LEVEL):
     return lo, hi
 
 
-def proportion_from_counts(k, n, level=LEVEL):
+def proportion_from_counts(k: int, n: int, level: float = LEVEL) -> Estimate:
     """``Estimate`` of the proportion ``k / n`` with its Clopper–Pearson interval."""
     k, n = int(k), int(n)
     lo, hi = clopper_pearson(k, n, level)
@@ -116,7 +118,7 @@ def proportion_from_counts(k, n, level=LEVEL):
     return Estimate(value, min(lo, value), max(hi, value), n, "clopper-pearson", float(level))
 
 
-def proportion(indicator, level=LEVEL):
+def proportion(indicator: torch.Tensor | np.ndarray, level: float = LEVEL) -> Estimate:
     """Proportion of true entries of ``indicator`` (n,) (bool or 0/1) with a CP interval."""
     indicator = torch.as_tensor(indicator)
     if indicator.dim() != 1 or indicator.numel() == 0:
@@ -126,8 +128,9 @@ def proportion(indicator, level=LEVEL):
     return proportion_from_counts(k, indicator.numel(), level)
 
 
-def bootstrap_weights(n, n_bootstrap, seed, *, device=None, dtype=torch.float32,
-                      chunk_rows=64):
+def bootstrap_weights(n: int, n_bootstrap: int, seed: int, *,
+                      device: torch.device | str | None = None,
+                      dtype: torch.dtype = torch.float32, chunk_rows: int = 64) -> torch.Tensor:
     """Multinomial count weights (n_bootstrap, n): row b counts how often each of the
     ``n`` samples is drawn in resample b (each row sums to ``n``).
 
@@ -148,7 +151,9 @@ def bootstrap_weights(n, n_bootstrap, seed, *, device=None, dtype=torch.float32,
     return weights.to(device) if device is not None else weights
 
 
-def percentile_interval(replicates, value, level):
+def percentile_interval(replicates: torch.Tensor | np.ndarray,
+                        value: float | torch.Tensor | np.ndarray, level: float
+                        ) -> tuple[float, float] | tuple[torch.Tensor, torch.Tensor]:
     """Percentile interval of ``replicates`` (B,) or (B, m), widened to contain ``value``.
 
     NaN replicates (a term undefined on some resample) are ignored; with no finite
@@ -177,7 +182,8 @@ class PairedBootstrap:
     comes from the same resamples.
     """
 
-    def __init__(self, n, n_bootstrap=N_BOOTSTRAP, seed=0, *, level=LEVEL, device=None):
+    def __init__(self, n: int, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, *,
+                 level: float = LEVEL, device: torch.device | str | None = None):
         self.n = int(n)
         self.n_bootstrap = n_bootstrap
         self.seed = int(seed)
@@ -186,21 +192,21 @@ class PairedBootstrap:
         self._weights64 = None
 
     @property
-    def method(self):
+    def method(self) -> str:
         """The method text of an interval from these resamples (B and seed)."""
         return f"paired bootstrap percentile (B={self.n_bootstrap}, seed={self.seed})"
 
-    def weights_like(self, x):
+    def weights_like(self, x: torch.Tensor) -> torch.Tensor:
         """The count weights (B, n) on ``x``'s device, float64 (cached)."""
         if self._weights64 is None or self._weights64.device != x.device:
             self._weights64 = self.weights.to(device=x.device, dtype=torch.float64)
         return self._weights64
 
-    def release_cache(self):
+    def release_cache(self) -> None:
         """Drop the float64 copy of the weights (B·n·8 bytes) until ``means`` needs it."""
         self._weights64 = None
 
-    def means(self, per_sample):
+    def means(self, per_sample: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Weighted per-sample means (B, m) (or (B,) for a 1-D input) of ``per_sample``
         (n, m) or (n,): replicate b is ``Σ_i W[b, i] · X[i] / n``. Float64."""
         x = torch.as_tensor(per_sample)
@@ -210,7 +216,8 @@ class PairedBootstrap:
         x = x.to(torch.float64)
         return (self.weights_like(x) @ x) / self.n
 
-    def estimate(self, value, replicates, *, method=None, n=None):
+    def estimate(self, value: float, replicates: torch.Tensor, *, method: str | None = None,
+                 n: int | None = None) -> Estimate:
         """``Estimate`` of ``value`` with the percentile interval of ``replicates`` (B,).
 
         ``n``: the samples behind the estimate when not all ``self.n`` (a subsample)."""
@@ -218,7 +225,7 @@ class PairedBootstrap:
         return Estimate(float(value), lo, hi, self.n if n is None else int(n),
                         method or self.method, self.level)
 
-    def mean_estimate(self, per_sample):
+    def mean_estimate(self, per_sample: torch.Tensor | np.ndarray) -> Estimate:
         """``Estimate`` of the plain mean of ``per_sample`` (n,) with its bootstrap interval."""
         x = torch.as_tensor(per_sample).to(torch.float64)
         return self.estimate(float(x.mean()), self.means(x))
@@ -229,13 +236,12 @@ class PairedBootstrap:
 # handful of values, so Student's t instead of a bootstrap.
 
 
-def t_interval(values, level=LEVEL):
+def t_interval(values: np.ndarray | list[float], level: float = LEVEL) -> Estimate:
     """``Estimate`` of the mean of ``values`` (m,) (one per seed) with the Student-t
     interval ``mean ± t_{(1+level)/2, m-1} · s / √m`` (s: the sample std, ddof 1).
 
     With fewer than two values there is no interval: lo and hi are NaN and ``method``
     says why."""
-    import numpy as np
     from scipy.stats import t as student_t
 
     level = check_level(level)
@@ -251,13 +257,13 @@ def t_interval(values, level=LEVEL):
     return Estimate(mean, mean - half, mean + half, int(values.size), "student-t", level)
 
 
-def welch_interval(a, b, level=LEVEL):
+def welch_interval(a: np.ndarray | list[float], b: np.ndarray | list[float],
+                   level: float = LEVEL) -> Estimate:
     """``Estimate`` of ``mean(a) − mean(b)`` with Welch's interval
     ``± t_{(1+level)/2, ν} · √(s_a²/m_a + s_b²/m_b)``, ν the Welch–Satterthwaite degrees
     of freedom. a (m_a,), b (m_b,): one value per seed; ``n`` = m_a + m_b. Needs at least
     two values on each side (NaN interval otherwise, ``method`` says why); when both
     sample variances are 0 the interval is the point."""
-    import numpy as np
     from scipy.stats import t as student_t
 
     level = check_level(level)

@@ -48,7 +48,9 @@ class MMDTest:
     n_permutations: int
 
 
-def centre_pair(z_t, z_s, dtype=torch.float64, order=None, rows=None):
+def centre_pair(z_t: torch.Tensor, z_s: torch.Tensor, dtype: torch.dtype = torch.float64,
+                order: torch.Tensor | None = None, rows: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """z_t, z_s (n, d) minus the mean of the pooled sample, in ``dtype`` (distances are
     unchanged; centring keeps ‖a‖² + ‖b‖² − 2a·b from cancelling). The mean is taken in
     float64; float32 inputs centred in float32 lose nothing they had.
@@ -72,7 +74,8 @@ def centre_pair(z_t, z_s, dtype=torch.float64, order=None, rows=None):
     return centred(z_t), centred(z_s)
 
 
-def median_bandwidth(z_t, z_s, *, max_points=BANDWIDTH_POINTS, seed=0, order=None):
+def median_bandwidth(z_t: torch.Tensor, z_s: torch.Tensor, *, max_points: int = BANDWIDTH_POINTS,
+                     seed: int = 0, order: torch.Tensor | None = None) -> float:
     """σ = median pairwise distance (i < j) of the pooled sample ``[z_t; z_s]`` (2n, d).
 
     With more than ``max_points`` pooled points a seeded subsample of ``max_points`` of
@@ -201,8 +204,10 @@ def run_mmd_pass(z_t, z_s, *, bandwidth=None, n_permutations=N_PERMUTATIONS, see
     return test, m
 
 
-def mmd2(z_t, z_s, *, bandwidth=None, n_permutations=N_PERMUTATIONS, level=LEVEL, bootstrap=None,
-         n_bootstrap=N_BOOTSTRAP, seed=0, max_n=None, block_rows=None):
+def mmd2(z_t: torch.Tensor, z_s: torch.Tensor, *, bandwidth: float | None = None,
+         n_permutations: int = N_PERMUTATIONS, level: float = LEVEL,
+         bootstrap: PairedBootstrap | None = None, n_bootstrap: int = N_BOOTSTRAP,
+         seed: int = 0, max_n: int | None = None, block_rows: int | None = None) -> MMDTest:
     """Paired MMD² U-statistic of z_t, z_s (n, d) with permutation p-value and interval.
 
     Args:

@@ -20,7 +20,9 @@ and ``connected_probe_err`` (``LogisticProbe``, one recipe on ``t(x)``, ``s(x)``
 """
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +41,9 @@ __all__ = [
     "proxy_a_distance",
     "holdout_split",
 ]
+
+# what the estimators take: a tensor, or an array torch.as_tensor reads
+Array = torch.Tensor | np.ndarray
 
 
 # ----------------------------------------------------------------------------------------
@@ -412,15 +417,18 @@ class LogisticProbe:
         num_classes_: K.
     """
 
-    def __init__(self, l2_grid=(1e-4, 1e-3, 1e-2, 1e-1), max_iter=100, tol=1e-4, seed=0,
-                 holdout=0.25):
+    def __init__(self, l2_grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1),
+                 max_iter: int = 100, tol: float = 1e-4, seed: int = 0,
+                 holdout: float = 0.25):
         self.l2_grid = l2_grid
         self.max_iter = max_iter
         self.tol = tol
         self.seed = seed
         self.holdout = holdout
 
-    def fit(self, x, y, num_classes=None, groups=None, rows=None):
+    def fit(self, x: Array, y: Array, num_classes: int | None = None,
+            groups: Array | None = None, rows: Array | None = None
+            ) -> "LogisticProbe":
         """Fit on x (n, d) with labels y (n,) in ``0..num_classes-1``.
 
         ``num_classes`` defaults to ``max(y) + 1``. ``groups`` (n,) optionally keeps
@@ -525,17 +533,17 @@ class LogisticProbe:
         self.num_classes_ = num_classes
         return self
 
-    def logits(self, x):
+    def logits(self, x: Array) -> torch.Tensor:
         """Logits (n, K) of x (n, d); ``-inf`` in the columns of classes never seen."""
         _not_fitted(self)
         x = as_features(x, "x", dim=self.weight_.shape[1], like="the fitted features")
         return torch.addmm(self.bias_, x.to(self.weight_), self.weight_.T)
 
-    def predict(self, x):
+    def predict(self, x: Array) -> torch.Tensor:
         """Predicted class indices, long (n,)."""
         return self.logits(x).argmax(dim=1)
 
-    def error(self, x, y):
+    def error(self, x: Array, y: Array) -> float:
         """Misclassification rate (float) on x (n, d), y (n,)."""
         predicted = self.predict(x)
         y = as_labels(y, "y", predicted.shape[0]).to(predicted.device)
@@ -565,17 +573,19 @@ class JointClassifier:
     bias: torch.Tensor
     l2: float
 
-    def logits(self, z):
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
         """Logits (n, K) of features z (n, d)."""
         return torch.addmm(self.bias, z.to(self.weight), self.weight.T)
 
-    def predict(self, z):
+    def predict(self, z: torch.Tensor) -> torch.Tensor:
         """Predicted class indices, long (n,)."""
         return self.logits(z).argmax(dim=1)
 
 
-def fit_joint_classifier(z_t_fit, z_s_fit, y_fit, weight, bias, *, seed=0,
-                         probe_kwargs=None, rows=None):
+def fit_joint_classifier(z_t_fit: Array, z_s_fit: Array, y_fit: Array,
+                         weight: torch.Tensor, bias: torch.Tensor, *, seed: int = 0,
+                         probe_kwargs: dict[str, Any] | None = None,
+                         rows: Array | None = None) -> JointClassifier:
     """Fit the joint probe, the candidate for ``ĥ* = argmin_h ε_T(h) + ε_S(h)`` beside h_T.
 
     A ``LogisticProbe`` is fitted on the union of teacher and student features of the
@@ -698,7 +708,8 @@ class DomainClassifier:
             out_bias_ (scalar tensor).
     """
 
-    def __init__(self, kind="linear", hidden=64, max_iter=50, l2=1e-3, seed=0, tol=1e-4):
+    def __init__(self, kind: str = "linear", hidden: int = 64, max_iter: int = 50,
+                 l2: float = 1e-3, seed: int = 0, tol: float = 1e-4):
         self.kind = kind
         self.hidden = hidden
         self.max_iter = max_iter
@@ -706,7 +717,8 @@ class DomainClassifier:
         self.seed = seed
         self.tol = tol
 
-    def fit(self, z_t_fit, z_s_fit, rows=None):
+    def fit(self, z_t_fit: Array, z_s_fit: Array, rows: Array | None = None
+            ) -> "DomainClassifier":
         """Fit on teacher features z_t_fit (n, d) and student features z_s_fit (m, d).
 
         ``rows`` (r,): fit on the rows ``rows`` of both, in that order (the same as
@@ -772,7 +784,7 @@ class DomainClassifier:
         self.hidden_weight_, self.hidden_bias_ = _to_raw(w1, b1, mean, scale)
         self.out_weight_, self.out_bias_ = w2.clone(), b2.clone()
 
-    def predict_domain(self, z):
+    def predict_domain(self, z: Array) -> torch.Tensor:
         """Predicted domain of each row of z (n, d): long (n,), 0 = teacher, 1 = student."""
         if self.kind == "linear":
             _not_fitted(self, "weight_")
@@ -785,7 +797,8 @@ class DomainClassifier:
         return (activation @ self.out_weight_ + self.out_bias_ > 0).long()
 
 
-def domain_errors(clf, z_t_eval, z_s_eval):
+def domain_errors(clf: DomainClassifier, z_t_eval: Array, z_s_eval: Array
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample domain misclassifications on the evaluation split.
 
     Args:
@@ -805,7 +818,7 @@ def domain_errors(clf, z_t_eval, z_s_eval):
     return clf.predict_domain(z_t_eval) != 0, clf.predict_domain(z_s_eval) != 1
 
 
-def proxy_a_distance(err_t, err_s):
+def proxy_a_distance(err_t: Array, err_s: Array) -> float:
     """Proxy A-distance ``clip(2(1 − 2·err_dom), 0, 2)``, ``err_dom = (mean err_t + mean err_s)/2``.
 
     err_t (n,), err_s (m,): per-sample domain misclassification indicators (bool or 0/1).

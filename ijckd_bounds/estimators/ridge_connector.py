@@ -22,13 +22,14 @@ The absolute value used in the final fit is ``ridge_abs_``, which is scikit-lear
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.estimators.probes import (
+    Array,
     _check_fraction,
     _check_penalty_grid,
     _not_fitted,
@@ -91,12 +92,14 @@ class RidgeConnector:
             one-element grid).
     """
 
-    def __init__(self, ridge_grid=DEFAULT_RIDGE_GRID, holdout=0.2, seed=0):
+    def __init__(self, ridge_grid: Sequence[float] = DEFAULT_RIDGE_GRID, holdout: float = 0.2,
+                 seed: int = 0):
         self.ridge_grid = ridge_grid
         self.holdout = holdout
         self.seed = seed
 
-    def fit(self, s_fit, t_fit):
+    def fit(self, s_fit: Array, t_fit: Array
+            ) -> RidgeConnector:
         """Fit on student features s_fit (n, d_s) and teacher features t_fit (n, d)."""
         # strongest first, so that strict '<' in the selection hands ties to the larger ridge
         grid = sorted(_check_penalty_grid(self.ridge_grid, "ridge_grid"), reverse=True)
@@ -165,14 +168,14 @@ class RidgeConnector:
         self.ridge_abs_ = float(ridge_abs)
         return self
 
-    def transform(self, s):
+    def transform(self, s: Array) -> torch.Tensor:
         """Student features s (n, d_s) mapped into teacher space: (n, d)."""
         _not_fitted(self)
         s = as_features(s, "s", dim=self.weight_.shape[0], like="the fitted `s_fit`")
         return torch.addmm(self.bias_, s.to(self.weight_), self.weight_)
 
 
-def fit_connector(s_fit: torch.Tensor | np.ndarray, t_fit: torch.Tensor | np.ndarray,
+def fit_connector(s_fit: Array, t_fit: Array,
                   **kwargs: Any) -> RidgeConnector:
     """A ``RidgeConnector(**kwargs)`` fitted on s_fit (n, d_s) -> t_fit (n, d)."""
     return RidgeConnector(**kwargs).fit(s_fit, t_fit)

@@ -27,6 +27,7 @@ point, not just in exact arithmetic:
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,7 +83,8 @@ _ROW_CHUNK = 8192
 # Predictions
 
 
-def classifier_logits(z, weight, bias, order=None):
+def classifier_logits(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      order: torch.Tensor | None = None) -> torch.Tensor:
     """Logits (n, K) float64 of the linear classifier ``z weightᵀ + bias``.
 
     z (n, d), weight (K, d), bias (K,). Computed in float64 on ``z``'s device; every
@@ -92,7 +94,7 @@ def classifier_logits(z, weight, bias, order=None):
     return linear64(z, weight, bias, order)
 
 
-def predict(logits):
+def predict(logits: torch.Tensor) -> torch.Tensor:
     """Predicted classes (n,) long: ``torch.argmax`` of logits (n, K), first index on ties."""
     return torch.argmax(logits, dim=1)
 
@@ -109,22 +111,25 @@ def _bootstrap(n, bootstrap, n_bootstrap, seed, level, device):
 # Proportions
 
 
-def teacher_err(logits_t, y, *, level=LEVEL):
+def teacher_err(logits_t: torch.Tensor, y: torch.Tensor, *, level: float = LEVEL) -> Estimate:
     """``ε_T(h_T) = P[argmax h_T(z_T) ≠ y]``: logits_t (n, K), y (n,). Clopper–Pearson."""
     return proportion(predict(logits_t) != y.to(logits_t.device), level)
 
 
-def student_err(logits_s, y, *, level=LEVEL):
+def student_err(logits_s: torch.Tensor, y: torch.Tensor, *, level: float = LEVEL) -> Estimate:
     """``ε_S(h_T) = P[argmax h_T(z_S) ≠ y]``: logits_s (n, K), y (n,). Clopper–Pearson."""
     return proportion(predict(logits_s) != y.to(logits_s.device), level)
 
 
-def disagreement(logits_s, logits_t, *, level=LEVEL):
+def disagreement(logits_s: torch.Tensor, logits_t: torch.Tensor, *,
+                 level: float = LEVEL) -> Estimate:
     """``δ = P[argmax h_T(z_S) ≠ argmax h_T(z_T)]``: logits (n, K) each. Clopper–Pearson."""
     return proportion(predict(logits_s) != predict(logits_t), level)
 
 
-def per_class_terms(logits_t, logits_s, y, n_classes, *, level=LEVEL, logits_own=None):
+def per_class_terms(logits_t: torch.Tensor, logits_s: torch.Tensor, y: torch.Tensor,
+                    n_classes: int, *, level: float = LEVEL,
+                    logits_own: torch.Tensor | None = None) -> list[dict[str, Any]]:
     """Per-class ``teacher_err``, ``student_err``, ``disagreement`` and ``top1_agreement``
     (Clopper–Pearson).
 
@@ -165,7 +170,9 @@ def _squared_distance(a, b, order=None):
     return squared_distance64(a, b, order)
 
 
-def feat_msd(z_t, z_s, *, level=LEVEL, bootstrap=None, n_bootstrap=N_BOOTSTRAP, seed=0, order=None):
+def feat_msd(z_t: torch.Tensor, z_s: torch.Tensor, *, level: float = LEVEL,
+             bootstrap: PairedBootstrap | None = None, n_bootstrap: int = N_BOOTSTRAP,
+             seed: int = 0, order: torch.Tensor | None = None) -> Estimate:
     """``feat_msd = E‖z_S − z_T‖²`` over paired rows of z_t, z_s (n, d) (the rows
     ``order`` of them, in that order, when given)."""
     sq = _squared_distance(z_s, z_t, order)
@@ -173,7 +180,9 @@ def feat_msd(z_t, z_s, *, level=LEVEL, bootstrap=None, n_bootstrap=N_BOOTSTRAP, 
     return bootstrap.mean_estimate(sq)
 
 
-def feat_rel(z_t, z_s, *, level=LEVEL, bootstrap=None, n_bootstrap=N_BOOTSTRAP, seed=0, order=None):
+def feat_rel(z_t: torch.Tensor, z_s: torch.Tensor, *, level: float = LEVEL,
+             bootstrap: PairedBootstrap | None = None, n_bootstrap: int = N_BOOTSTRAP,
+             seed: int = 0, order: torch.Tensor | None = None) -> Estimate:
     """``feat_rel = sqrt(feat_msd / E‖z_T − E z_T‖²)``: z_t, z_s (n, d). Scale free.
     ``order``: the rows to use, in that order (default all).
 
@@ -206,7 +215,9 @@ def feat_rel(z_t, z_s, *, level=LEVEL, bootstrap=None, n_bootstrap=N_BOOTSTRAP, 
     return bootstrap.estimate(value, replicates)
 
 
-def logit_msd(logits_t, logits_s, *, level=LEVEL, bootstrap=None, n_bootstrap=N_BOOTSTRAP, seed=0):
+def logit_msd(logits_t: torch.Tensor, logits_s: torch.Tensor, *, level: float = LEVEL,
+              bootstrap: PairedBootstrap | None = None, n_bootstrap: int = N_BOOTSTRAP,
+              seed: int = 0) -> Estimate:
     """``logit_msd = E‖h_T(z_S) − h_T(z_T)‖²``: logits_t, logits_s (n, K)."""
     sq = _squared_distance(logits_s, logits_t)
     bootstrap = _bootstrap(sq.numel(), bootstrap, n_bootstrap, seed, level, sq.device)
@@ -238,7 +249,7 @@ def _geometric_margin_from_logits(logits, row_distances):
     return out
 
 
-def geometric_margin(z, weight, bias):
+def geometric_margin(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Teacher geometric margin (n,) float64 of features z (n, d):
 
     ``γ(z) = min_{j ≠ ŷ} (h_ŷ(z) − h_j(z)) / ‖w_ŷ − w_j‖``, ``ŷ = argmax h(z)``: the
@@ -250,7 +261,7 @@ def geometric_margin(z, weight, bias):
                                          _row_distances(weight).to(z.device))
 
 
-def logit_margin(logits):
+def logit_margin(logits: torch.Tensor) -> torch.Tensor:
     """Logit margin (n,) float64 ``m = top1 − top2`` of logits (n, K); ``+inf`` if K = 1."""
     logits = logits.to(torch.float64)
     if logits.shape[1] < 2:
@@ -290,12 +301,14 @@ class PairedPredictions:
     crossing: torch.Tensor
 
     @property
-    def n(self):
+    def n(self) -> int:
         """The number of samples."""
         return int(self.pred_t.numel())
 
 
-def paired_predictions(z_t, z_s, weight, bias, order=None):
+def paired_predictions(z_t: torch.Tensor, z_s: torch.Tensor, weight: torch.Tensor,
+                       bias: torch.Tensor, order: torch.Tensor | None = None
+                       ) -> PairedPredictions:
     """All per-sample margin quantities of ``h_T`` on z_t, z_s (n, d); see the class.
     ``order``: of the rows ``order``, in that order (default all)."""
     logits_t = classifier_logits(z_t, weight, bias, order)
@@ -319,7 +332,7 @@ def paired_predictions(z_t, z_s, weight, bias, order=None):
         logit_gap_sq=(gap * gap).sum(dim=1), logit_gap_inf=gap_inf, crossing=crossing)
 
 
-def delta_gamma(pairs, *, level=LEVEL):
+def delta_gamma(pairs: PairedPredictions, *, level: float = LEVEL) -> Estimate:
     """``δ_γ = P[‖z_S − z_T‖ ≥ γ(z_T)]`` (Clopper–Pearson) from ``paired_predictions``.
 
     Counts ``pairs.crossing``: a tolerance of ``CROSSING_RTOL`` on the crossing side and
@@ -348,13 +361,17 @@ def _count_bound(teacher_wrong, extra, bootstrap):
     return bootstrap.estimate(value, bootstrap.means(per_sample))
 
 
-def coupled_bound(pairs, y, *, level=LEVEL, bootstrap=None, n_bootstrap=N_BOOTSTRAP, seed=0):
+def coupled_bound(pairs: PairedPredictions, y: torch.Tensor, *, level: float = LEVEL,
+                  bootstrap: PairedBootstrap | None = None, n_bootstrap: int = N_BOOTSTRAP,
+                  seed: int = 0) -> Estimate:
     """``bound_coupled = teacher_err + disagreement`` (exact on the sample)."""
     bootstrap = _bootstrap(pairs.n, bootstrap, n_bootstrap, seed, level, pairs.pred_t.device)
     return _count_bound(_teacher_wrong(pairs, y), pairs.disagree, bootstrap)
 
 
-def margin_bound(pairs, y, *, level=LEVEL, bootstrap=None, n_bootstrap=N_BOOTSTRAP, seed=0):
+def margin_bound(pairs: PairedPredictions, y: torch.Tensor, *, level: float = LEVEL,
+                 bootstrap: PairedBootstrap | None = None, n_bootstrap: int = N_BOOTSTRAP,
+                 seed: int = 0) -> Estimate:
     """``bound_margin = teacher_err + δ_γ`` (exact on the sample)."""
     bootstrap = _bootstrap(pairs.n, bootstrap, n_bootstrap, seed, level, pairs.pred_t.device)
     return _count_bound(_teacher_wrong(pairs, y), pairs.crossing, bootstrap)
@@ -417,7 +434,9 @@ def _markov_bound(teacher_wrong, margin_eff, sq, bootstrap, what):
     return MarkovBound(bootstrap.estimate(value, replicates, method=method), tau)
 
 
-def feat_markov_bound(pairs, y, *, level=LEVEL, bootstrap=None, n_bootstrap=N_BOOTSTRAP, seed=0):
+def feat_markov_bound(pairs: PairedPredictions, y: torch.Tensor, *, level: float = LEVEL,
+                      bootstrap: PairedBootstrap | None = None, n_bootstrap: int = N_BOOTSTRAP,
+                      seed: int = 0) -> MarkovBound:
     """``bound_feat_markov = teacher_err + min_τ P[γ(z_T) < τ] + feat_msd/τ²`` and the
     best τ (exact on the sample). ``pairs`` from ``paired_predictions``, y (n,)."""
     bootstrap = _bootstrap(pairs.n, bootstrap, n_bootstrap, seed, level, pairs.pred_t.device)
@@ -427,7 +446,9 @@ def feat_markov_bound(pairs, y, *, level=LEVEL, bootstrap=None, n_bootstrap=N_BO
                          "γ quantiles")
 
 
-def logit_markov_bound(pairs, y, *, level=LEVEL, bootstrap=None, n_bootstrap=N_BOOTSTRAP, seed=0):
+def logit_markov_bound(pairs: PairedPredictions, y: torch.Tensor, *, level: float = LEVEL,
+                       bootstrap: PairedBootstrap | None = None, n_bootstrap: int = N_BOOTSTRAP,
+                       seed: int = 0) -> MarkovBound:
     """``bound_logit_markov = teacher_err + min_τ P[m(z_T) < 2τ] + logit_msd/τ²`` and the
     best τ (exact on the sample). ``pairs`` from ``paired_predictions``, y (n,)."""
     bootstrap = _bootstrap(pairs.n, bootstrap, n_bootstrap, seed, level, pairs.pred_t.device)

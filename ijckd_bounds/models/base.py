@@ -11,6 +11,8 @@ the output of every stage (``model.stage_names``: each residual or conv stage, t
 ``"pool"``, the pooled features), each global-average-pooled to (n, C_i).
 """
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -30,38 +32,39 @@ class ZooModel(nn.Module):
 
     stage_layers = {}
 
-    def forward_map(self, x):  # pragma: no cover - abstract
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """The last feature map (n, C, ...) of ``x`` (n, *input_shape), before pooling;
         ``features`` is its global average."""
         raise NotImplementedError
 
     @staticmethod
-    def pool(fmap):
+    def pool(fmap: torch.Tensor) -> torch.Tensor:
         """Global average pooling of a (n, C, ...) map to (n, C); vectors pass through."""
         if fmap.dim() == 2:
             return fmap
         return fmap.flatten(2).mean(dim=2)
 
-    def forward_with_map(self, x):
+    def forward_with_map(self, x: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(logits, features, fmap)``."""
         fmap = self.forward_map(x)
         features = self.pool(fmap)
         return self.classifier(features), features, fmap
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits (n, K), features (n, d))`` of ``x`` (n, *input_shape)."""
         logits, features, _ = self.forward_with_map(x)
         return logits, features
 
     @property
-    def stage_names(self):
+    def stage_names(self) -> tuple[str, ...]:
         """Names of the stages ``forward_stages`` returns, shallowest first."""
         return (*self.stage_layers, POOLED_STAGE)
 
     def _stage_module(self, path):
         return self.get_submodule(path)
 
-    def forward_stages(self, x):
+    def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Return ``(logits (n, K), [stage (n, C_i) for each of stage_names])``.
 
         One forward pass; forward hooks on the stage layers pool each output as it is
@@ -84,12 +87,12 @@ class ZooModel(nn.Module):
         return logits, [captured[name] for name in self.stage_layers] + [features]
 
     @property
-    def feature_dim(self):
+    def feature_dim(self) -> int:
         """d, the width of the pooled features the classifier reads."""
         return self.classifier.in_features
 
     @property
-    def num_classes(self):
+    def num_classes(self) -> int:
         """K, the number of classes the classifier predicts."""
         return self.classifier.out_features
 
@@ -107,7 +110,7 @@ def _pooled_capture(captured, name):
     return hook
 
 
-def pool_to(fmap, size):
+def pool_to(fmap: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Average-pool a (n, C, *spatial) map down to ``size`` (tuple of spatial sizes)."""
     if fmap.dim() == 3:
         return F.adaptive_avg_pool1d(fmap, size[0])

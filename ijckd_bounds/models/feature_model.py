@@ -15,6 +15,7 @@ path ``module.<...>``.
 """
 
 import difflib
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -50,8 +51,8 @@ class FeatureModel(ZooModel):
     (CRD's last blocks return ``(out, preact)``) contributes its first element.
     """
 
-    def __init__(self, module, feature_layer, classifier_layer, map_layer=None,
-                 stage_layers=None):
+    def __init__(self, module: nn.Module, feature_layer: str, classifier_layer: str,
+                 map_layer: str | None = None, stage_layers: Sequence[str] | None = None):
         super().__init__()
         if not isinstance(module, nn.Module):
             raise IJCKDError(f"`module` must be a torch.nn.Module, got {type(module).__name__}")
@@ -81,14 +82,15 @@ class FeatureModel(ZooModel):
         self.register_load_state_dict_post_hook(_report_unwrapped_keys)
 
     @property
-    def classifier(self):
+    def classifier(self) -> nn.Linear:
         """The wrapped ``nn.Linear`` classifier (d -> K)."""
         return self.module.get_submodule(self.classifier_layer)
 
     def _stage_module(self, path):
         return self.module.get_submodule(path)
 
-    def forward_with_map(self, x):
+    def forward_with_map(self, x: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(logits (n, K), features (n, d), fmap)``; fmap is the map layer's
         output, or the features when no map layer was given."""
         wanted = {"features": self.feature_layer, "logits": self.classifier_layer}
@@ -119,7 +121,7 @@ class FeatureModel(ZooModel):
         fmap = captured.get("fmap", features)
         return captured["logits"], features, fmap
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         """The wrapped layer names, shown in ``repr``."""
         return (f"feature_layer={self.feature_layer!r}, classifier_layer="
                 f"{self.classifier_layer!r}, map_layer={self.map_layer!r}, "

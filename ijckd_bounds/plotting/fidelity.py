@@ -9,8 +9,11 @@ Pure functions of the results tables, like every figure of the package:
   teacher beside the student, with the samples per confidence bin under each.
 """
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
@@ -27,7 +30,9 @@ TEACHER_COLOUR = "#555555"  # the teacher's black, lightened so the gap shows on
 GAP_COLOUR = "#cc6677"  # Paul Tol "muted" rose: disjoint from the method colours
 
 
-def plot_fidelity(df, terms=FIDELITY_CURVES, *, split="eval", dataset=None, palette=None):
+def plot_fidelity(df: pd.DataFrame, terms: Sequence[str] = FIDELITY_CURVES, *,
+                  split: str = "eval", dataset: str | None = None,
+                  palette: dict[str, str] | None = None) -> Figure:
     """Agreement with the teacher, predictive KL and the student's ECE across epochs: one
     panel per term, one line per run, the row's 95% interval as a band.
 
@@ -52,8 +57,9 @@ def _numbers(rows, column):
     return pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype=float)
 
 
-def plot_reliability(calibration_df, *, run=None, method=None, epoch=None, split="eval",
-                     palette=None):
+def plot_reliability(calibration_df: pd.DataFrame, *, run: str | None = None,
+                     method: str | None = None, epoch: int | None = None, split: str = "eval",
+                     palette: dict[str, str] | None = None) -> Figure:
     """Reliability diagram of one checkpoint: teacher (left) beside student (right).
 
     ``calibration_df``: one row per model (teacher, student) x confidence bin with

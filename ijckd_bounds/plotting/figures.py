@@ -8,9 +8,12 @@ thin lines of the method's colour rather than as a mean.
 """
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, NullLocator
@@ -225,8 +228,9 @@ def _panel_methods(df, method):
 # ------------------------------------------------------------------------- the figures
 
 
-def plot_terms(df, terms=DEFAULT_TERMS, *, split="eval", dataset=None, ncols=3,
-               palette=None):
+def plot_terms(df: pd.DataFrame, terms: Sequence[str] = DEFAULT_TERMS, *, split: str = "eval",
+               dataset: str | None = None, ncols: int = 3,
+               palette: dict[str, str] | None = None) -> Figure:
     """Bound terms across epochs: one panel per term, one line per run in its method's
     colour, the row's 95% interval as a band.
 
@@ -292,8 +296,9 @@ def _mark_above(ax, x, values, top, colour, slot):
     return True
 
 
-def plot_bounds(df, method=None, *, bounds=schema.BOUNDS, split="eval", dataset=None,
-                ncols=3, ymax=100.0):
+def plot_bounds(df: pd.DataFrame, method: str | None = None, *,
+                bounds: Sequence[str] = schema.BOUNDS, split: str = "eval",
+                dataset: str | None = None, ncols: int = 3, ymax: float = 100.0) -> Figure:
     """The student's error beside each bound on it, across epochs: one panel per method.
 
     ``student_err`` (a thick grey line with its interval, drawn under the bounds so that
@@ -376,7 +381,8 @@ def plot_bounds(df, method=None, *, bounds=schema.BOUNDS, split="eval", dataset=
     return fig
 
 
-def plot_decomposition(df, *, split="eval", dataset=None, ncols=3, method=None):
+def plot_decomposition(df: pd.DataFrame, *, split: str = "eval", dataset: str | None = None,
+                       ncols: int = 3, method: str | None = None) -> Figure:
     """Where the student's error comes from, across epochs: one panel per method.
 
     Lines: ``teacher_err``; the transfer gap ``student_err − teacher_err`` (no band: the
@@ -436,7 +442,8 @@ def _select_margin_checkpoint(margins_df, run, method, epoch):
                                     method=method, epoch=epoch, rows_name="margins")
 
 
-def plot_margins(margins_df, *, run=None, method=None, epoch=None, palette=None):
+def plot_margins(margins_df: pd.DataFrame, *, run: str | None = None, method: str | None = None,
+                 epoch: int | None = None, palette: dict[str, str] | None = None) -> Figure:
     """The teacher's margins against the student's feature distances, one checkpoint.
 
     ``margins_df``: one row per evaluation sample with ``teacher_margin`` γ(z_T) ≥ 0,
@@ -507,8 +514,9 @@ def plot_margins(margins_df, *, run=None, method=None, epoch=None, palette=None)
     return fig
 
 
-def plot_per_class(per_class_df, method, *, run=None, value="disagreement", ax=None,
-                   cmap="YlGnBu", vmax=None):
+def plot_per_class(per_class_df: pd.DataFrame, method: str, *, run: str | None = None,
+                   value: str = "disagreement", ax: Axes | None = None, cmap: str = "YlGnBu",
+                   vmax: float | None = None) -> Axes:
     """Heatmap of one per-class rate (default ``disagreement``), classes × epochs, for one
     run of ``method`` (``run=`` is needed when the method has several), and beside it the
     last epoch's value of each class with its 95% interval.
@@ -611,7 +619,8 @@ def _thinned(n, most):
     return [0, n - 1]
 
 
-def plot_final_comparison(df, *, split="eval", dataset=None, ax=None, palette=None):
+def plot_final_comparison(df: pd.DataFrame, *, split: str = "eval", dataset: str | None = None,
+                          ax: Axes | None = None, palette: dict[str, str] | None = None) -> Axes:
     """The last checkpoint of every run, compared across methods.
 
     Grouped bars (one group per method, one bar per run): ``student_err`` (error under

@@ -2,9 +2,11 @@
 
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 from ijckd_bounds import schema
 from ijckd_bounds.errors import IJCKDError
@@ -28,7 +30,8 @@ FORMATS = ("png", "pdf")
 PNG_DPI = 200
 
 
-def save_figure(fig, path, *, formats=FORMATS, dpi=PNG_DPI):
+def save_figure(fig: Figure, path: str | Path, *, formats: Sequence[str] = FORMATS,
+                dpi: int = PNG_DPI) -> list[Path]:
     """Write ``fig`` to ``<path>.png`` and ``<path>.pdf``; return the written paths.
 
     ``path`` is given without a suffix (a trailing .png/.pdf is dropped). Each file is
@@ -88,8 +91,10 @@ def _bounds_figures(rows, split, dataset, palette):
     return makers
 
 
-def make_all_figures(bounds_df, per_class_df, margins_df, out_dir, *, split="eval",
-                     calibration_df=None):
+def make_all_figures(bounds_df: pd.DataFrame | None, per_class_df: pd.DataFrame | None,
+                     margins_df: pd.DataFrame | None, out_dir: str | Path, *,
+                     split: str = "eval", calibration_df: pd.DataFrame | None = None
+                     ) -> list[Path]:
     """Every figure of the paper set (and the final table) under ``out_dir``.
 
     From ``bounds_df``: terms, bounds, decomposition, final comparison, and

@@ -8,7 +8,9 @@ deficiencies; each built-in method owns one colour for good, so a method looks t
 every figure. Term labels, units and which terms are shown in percent are schema's too.
 """
 
+import contextlib
 import zlib
+from collections.abc import Iterable
 
 import matplotlib
 from matplotlib.colors import to_hex, to_rgb
@@ -57,7 +59,7 @@ PAPER_RC = {
 }
 
 
-def paper_style():
+def paper_style() -> contextlib.AbstractContextManager[None]:
     """Context manager applying ``PAPER_RC`` to the figures drawn and saved inside it."""
     return matplotlib.rc_context(PAPER_RC)
 
@@ -73,7 +75,7 @@ EXTRA_COLOURS = ("#cc79a7", "#882255", "#44aa99", "#999933", "#332288", "#aa4499
                  "#117733", "#661100", "#6699cc", "#f0e442")
 
 
-def method_palette(methods):
+def method_palette(methods: Iterable[object]) -> dict[str, str]:
     """Fixed colour for each method name: ``{method: "#rrggbb"}``.
 
     Built-in methods always get their own colour. An unknown name starts from a slot

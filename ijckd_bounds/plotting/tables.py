@@ -6,6 +6,7 @@ format the table themselves (no ``tabulate`` dependency).
 """
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -51,7 +52,8 @@ def format_interval(value, lo, hi, *, percent):
     return text
 
 
-def final_table(df, terms=FINAL_TERMS, *, split="eval"):
+def final_table(df: pd.DataFrame, terms: Sequence[str] = FINAL_TERMS, *,
+                split: str = "eval") -> pd.DataFrame:
     """One row per run at its last checkpoint; each term as a "value [lo, hi]" string.
 
     ``df``: bounds table. Columns of the result: method (display name), dataset (only
@@ -98,7 +100,7 @@ def _is_text_column(column):
     return column in ID_COLUMNS[:3]
 
 
-def to_markdown(table):
+def to_markdown(table: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown pipe table of ``table`` (e.g. ``final_table(df)``);
     rate columns get "(%)" in the header, value columns are right-aligned."""
     if not isinstance(table, pd.DataFrame):
@@ -131,7 +133,7 @@ def _latex_label(text):
     return "$".join(part if i % 2 else latex_escape(part) for i, part in enumerate(parts))
 
 
-def to_latex(table, *, caption=None, label=None):
+def to_latex(table: pd.DataFrame, *, caption: str | None = None, label: str | None = None) -> str:
     """A booktabs ``tabular`` of ``table`` (e.g. ``final_table(df)``), wrapped in a
     ``table`` float when ``caption`` or ``label`` is given. Headers of known terms use the
     figure labels; every cell is escaped."""

@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -51,13 +52,13 @@ LABELS = "y"
 ABSENT_KEY = "_absent"  # names of outputs that fn returned as None, inside each chunk file
 
 
-def chunk_bounds(n, chunk_size):
+def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
     """``[(lo, hi), ...]``: consecutive chunks of ``chunk_size`` samples covering
     ``range(n)`` (the last one shorter)."""
     return [(lo, min(n, lo + chunk_size)) for lo in range(0, n, chunk_size)]
 
 
-def split_fingerprint(split):
+def split_fingerprint(split: torch.utils.data.Dataset) -> str:
     """A short digest of what a split holds (image paths or inputs, labels, sample
     indices, transform), so that cached features of another split are never reused."""
     digest = hashlib.sha256()
@@ -216,7 +217,7 @@ def _merge(out_dir, n, bounds):
             for name, (dtype, tail) in specs.items()}, absent
 
 
-def load_extracted(out_dir):
+def load_extracted(out_dir: str | Path) -> dict[str, np.ndarray | None]:
     """The arrays of a finished extraction: ``{name: array (n, ...) or None}`` (memory
     mapped copy-on-write: pages are read when touched, writes stay private)."""
     manifest = _read_manifest(out_dir)
@@ -228,8 +229,12 @@ def load_extracted(out_dir):
     return out
 
 
-def extract_features(fn, dataset, out_dir, *, key, batch_size=256, chunk_size=CHUNK_SIZE,
-                     num_workers=0, pin_memory=False, group=None, progress=False):
+def extract_features(fn: Callable[[torch.Tensor], Mapping[str, torch.Tensor | None]],
+                     dataset: torch.utils.data.Dataset, out_dir: str | Path, *, key: str,
+                     batch_size: int = 256, chunk_size: int = CHUNK_SIZE, num_workers: int = 0,
+                     pin_memory: bool = False,
+                     group: torch.distributed.ProcessGroup | None = None,
+                     progress: bool = False) -> dict[str, np.ndarray | None] | None:
     """Features of every sample of ``dataset``, streamed to ``out_dir`` (module docstring).
 
     Args:

@@ -21,8 +21,12 @@ the checkpoint's ``bounds.csv`` row, and a re-track fills in the checkpoints the
 lacks, also for runs whose bounds were tracked before layers were switched on.
 """
 
+from __future__ import annotations
+
 import shutil
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -35,12 +39,18 @@ from ijckd_bounds.track_config import TrackConfig
 from ijckd_bounds.tracking import table
 from ijckd_bounds.tracking.extract import extract_features, split_fingerprint
 
+if TYPE_CHECKING:  # annotation only: the checkpoint reader is imported where it is used
+    import pandas as pd
+    from torch.distributed import ProcessGroup
+
+    from ijckd_bounds.checkpoint import LoadedStudent, LoadedTeacher
+
 LAYERS_CSV = "layers.csv"
 TEACHER_STAGES = "teacher_stages.pt"
 STAGE_PREFIX = "stage_"
 
 
-def layers_wanted(student, settings=None):
+def layers_wanted(student: LoadedStudent, settings: TrackConfig | None = None) -> bool:
     """Whether layer tracking is on for this student: ``settings.layers`` when the
     settings carry one, else the run config's ``track.layers`` (default False)."""
     explicit = getattr(settings, "layers", None)
@@ -50,7 +60,7 @@ def layers_wanted(student, settings=None):
     return bool(track.get("layers", False))
 
 
-def tracked_checkpoints(run_dir):
+def tracked_checkpoints(run_dir: str | Path) -> set[str]:
     """Names of the checkpoints that ``layers.csv`` holds rows for."""
     path = Path(run_dir) / LAYERS_CSV
     if not path.is_file() or path.stat().st_size == 0:
@@ -128,7 +138,9 @@ def _stages(loaded, cache, run_dir, identity, settings, *, group, out_dir):
         loaded.to("cpu")
 
 
-def teacher_stages(student, cache, run_dir, settings, *, group=None, teacher=None):
+def teacher_stages(student: LoadedStudent, cache: dict[str, Any], run_dir: str | Path,
+                   settings: TrackConfig, *, group: ProcessGroup | None = None,
+                   teacher: LoadedTeacher | None = None) -> dict[str, Any]:
     """The teacher's stage features and names, computed once per run: ``{"names",
     "eval", "fit"}`` (tensors on rank 0, None elsewhere); kept in ``cache["layers"]``.
     ``teacher``: a ``LoadedTeacher`` (default: the one the student records)."""
@@ -157,7 +169,10 @@ def teacher_stages(student, cache, run_dir, settings, *, group=None, teacher=Non
     return stages
 
 
-def layer_table_rows(student, cache, run_dir, settings, keys, *, group=None, teacher=None):
+def layer_table_rows(student: LoadedStudent, cache: dict[str, Any], run_dir: str | Path,
+                     settings: TrackConfig, keys: Mapping[str, Any], *,
+                     group: ProcessGroup | None = None, teacher: LoadedTeacher | None = None
+                     ) -> list[dict[str, Any]] | None:
     """The ``layers.csv`` rows (list of dicts) of one loaded student, or None on ranks
     other than 0. ``settings``: resolved ``TrackConfig``; ``keys``: the row keys;
     ``teacher``: a ``LoadedTeacher`` (default: the one the student records)."""
@@ -196,12 +211,14 @@ def layer_table_rows(student, cache, run_dir, settings, keys, *, group=None, tea
     return [{**{k: keys[k] for k in schema.LAYER_KEYS}, **row} for row in rows]
 
 
-def write_layer_rows(run_dir, rows):
+def write_layer_rows(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
     """Upsert one checkpoint's rows into ``run_dir/layers.csv`` as one block."""
     table.append_layers(Path(run_dir) / LAYERS_CSV, rows)
 
 
-def track_layers(student, cache, run_dir, settings, keys, *, group=None):
+def track_layers(student: LoadedStudent, cache: dict[str, Any], run_dir: str | Path,
+                 settings: TrackConfig, keys: Mapping[str, Any], *,
+                 group: ProcessGroup | None = None) -> list[dict[str, Any]] | None:
     """Layer rows of one checkpoint into ``layers.csv`` (rank 0 writes)."""
     rows = layer_table_rows(student, cache, run_dir, settings, keys, group=group)
     if rows is not None:
@@ -213,7 +230,8 @@ __all__ = ["LAYERS_CSV", "layer_table_rows", "layers_wanted", "pending", "teache
            "track_layers", "track_run_layers", "tracked_checkpoints", "write_layer_rows"]
 
 
-def pending(run_dir, checkpoints, done, settings=None):
+def pending(run_dir: str | Path, checkpoints: Sequence[Path], done: Collection[str],
+            settings: TrackConfig | None = None) -> list[Path]:
     """The checkpoints a tracker must visit: those without a ``bounds.csv`` row
     (``done``: the names it has), and, where layer tracking is on, those ``layers.csv``
     lacks. Whether it is on is read from the first tracked checkpoint's config."""
@@ -234,7 +252,8 @@ def pending(run_dir, checkpoints, done, settings=None):
     return [p for p in checkpoints if p.name not in done or p.name in missing]
 
 
-def track_run_layers(run_dir, settings=None, *, data_dir=None):
+def track_run_layers(run_dir: str | Path, settings: TrackConfig | None = None, *,
+                     data_dir: str | Path | None = None) -> pd.DataFrame:
     """Only the layer rows: ``layers.csv`` for every checkpoint of ``run_dir`` it lacks,
     whatever the run's ``track.layers`` says (``bounds.csv`` is left as it is). Returns
     the table."""

@@ -16,7 +16,9 @@ and margin rows of a checkpoint are replaced as one block.
 import contextlib
 import fcntl
 import shutil
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -28,7 +30,7 @@ ROW_KEY = ("run", "checkpoint", "split")
 
 
 @contextlib.contextmanager
-def locked(path):
+def locked(path: str | Path) -> Iterator[None]:
     """Exclusive advisory lock on ``path + '.lock'`` for the duration of the block."""
     lock_path = Path(f"{path}.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,7 +42,7 @@ def locked(path):
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def check_bounds_table(df):
+def check_bounds_table(df: pd.DataFrame) -> pd.DataFrame:
     """Check the bounds table's schema; raise IJCKDError naming the first problem."""
     missing = [c for c in schema.TABLE_COLUMNS if c not in df.columns]
     if missing:
@@ -77,7 +79,7 @@ def _check_columns(df, columns, name):
     return df[list(columns)]
 
 
-def read_table(path, *, kind="bounds"):
+def read_table(path: str | Path, *, kind: str = "bounds") -> pd.DataFrame:
     """The ``kind`` table at ``path`` as a DataFrame (a bounds table has its schema
     checked); a missing or unreadable file raises with the path."""
     path = Path(path)
@@ -113,7 +115,10 @@ def _replace_rows(path, new_rows, key):
     return pd.concat([old[keep], new_rows], ignore_index=True)
 
 
-def upsert(path, new_rows, *, columns, key, check=None):
+def upsert(path: str | Path, new_rows: pd.DataFrame | Iterable[Mapping[str, Any]], *,
+           columns: Sequence[str],
+           key: Sequence[str], check: Callable[[pd.DataFrame], Any] | None = None
+           ) -> pd.DataFrame:
     """Add ``new_rows`` (DataFrame) to the CSV at ``path``, replacing rows with equal ``key``.
 
     Returns the full table. Runs under the table's lock; writes atomically.
@@ -131,7 +136,7 @@ def upsert(path, new_rows, *, columns, key, check=None):
     return table
 
 
-def append_bounds(path, rows):
+def append_bounds(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Upsert rows (dicts with every ``schema.TABLE_COLUMNS`` key) into ``bounds.csv``."""
     df = pd.DataFrame(list(rows))
     for column in schema.TABLE_COLUMNS:
@@ -140,7 +145,9 @@ def append_bounds(path, rows):
     return upsert(path, df, columns=schema.TABLE_COLUMNS, key=ROW_KEY, check=check_bounds_table)
 
 
-def upsert_block(path, new_rows, *, columns, block=("run", "checkpoint")):
+def upsert_block(path: str | Path, new_rows: pd.DataFrame | Iterable[Mapping[str, Any]], *,
+                 columns: Sequence[str],
+                 block: Sequence[str] = ("run", "checkpoint")) -> None:
     """Add ``new_rows`` to the CSV at ``path``, replacing every row whose ``block``
     columns equal those of a new row (a checkpoint's rows are replaced as a whole).
 
@@ -169,17 +176,17 @@ def upsert_block(path, new_rows, *, columns, block=("run", "checkpoint")):
         _write_csv(_replace_rows(path, new_rows, block)[list(columns)], path)
 
 
-def append_per_class(path, df):
+def append_per_class(path: str | Path, df: pd.DataFrame) -> None:
     """Upsert ``df``'s per-class rows into the per-class table at ``path``."""
     upsert_block(path, df, columns=schema.PER_CLASS_COLUMNS)
 
 
-def append_calibration(path, df):
+def append_calibration(path: str | Path, df: pd.DataFrame) -> None:
     """Upsert ``df``'s reliability bins into the calibration table at ``path``."""
     upsert_block(path, df, columns=schema.CALIBRATION_COLUMNS)
 
 
-def append_margins(path, df):
+def append_margins(path: str | Path, df: pd.DataFrame) -> None:
     """Upsert ``df``'s per-sample margins into the margins table at ``path`` (a ``sample``
     index is added when ``df`` has none)."""
     df = df.copy()
@@ -187,7 +194,8 @@ def append_margins(path, df):
     upsert_block(path, df, columns=schema.MARGIN_COLUMNS + ("sample",))
 
 
-def drop_incomplete_checkpoints(bounds_path, companion_paths):
+def drop_incomplete_checkpoints(bounds_path: str | Path, companion_paths: Iterable[str | Path]
+                                ) -> list[tuple[str, str]]:
     """Remove from ``bounds_path`` the rows of checkpoints that a companion table lacks.
 
     A checkpoint is tracked once its rows are in ``bounds.csv`` and every companion
@@ -219,7 +227,7 @@ def drop_incomplete_checkpoints(bounds_path, companion_paths):
     return incomplete
 
 
-def collect(paths, *, kind="bounds"):
+def collect(paths: Sequence[str | Path], *, kind: str = "bounds") -> pd.DataFrame:
     """Concatenate the tables of several runs (files or run directories)."""
     frames = []
     name = {"bounds": "bounds.csv", "per_class": "per_class.csv", "margins": "margins.csv",
@@ -237,7 +245,7 @@ def collect(paths, *, kind="bounds"):
     return table
 
 
-def remove_stale_temp_files(directory):
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
     """Delete the temporary files killed writers left (``.<name>.*.tmp``), never those of
     a live writer: a second tracker on the same run directory must not pull the file
     from under the first one's rename (see ``io.remove_stale_temp_files``)."""
@@ -247,7 +255,7 @@ def remove_stale_temp_files(directory):
 # ---- layers.csv (docs/theory.md "Layers"): a checkpoint's stage rows form one block
 
 
-def check_layers_table(df):
+def check_layers_table(df: pd.DataFrame) -> pd.DataFrame:
     """Check the layer table's schema and intervals; raise IJCKDError naming the problem."""
     _check_columns(df, schema.LAYER_COLUMNS, "layers")
     for term in schema.LAYER_TERMS:
@@ -260,14 +268,14 @@ def check_layers_table(df):
     return df
 
 
-def append_layers(path, rows):
+def append_layers(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
     """Upsert one checkpoint's rows (dicts with every ``schema.LAYER_COLUMNS`` key) into
     ``layers.csv``, replacing that checkpoint's earlier rows as a block."""
     df = check_layers_table(pd.DataFrame(list(rows)))
     upsert_block(path, df, columns=schema.LAYER_COLUMNS)
 
 
-def collect_layers(paths, *, missing_ok=False):
+def collect_layers(paths: Sequence[str | Path], *, missing_ok: bool = False) -> pd.DataFrame:
     """Concatenate the ``layers.csv`` tables of several runs (files or run directories).
     With ``missing_ok``, runs without one are skipped (none at all: an empty table)."""
     files = []
@@ -282,3 +290,9 @@ def collect_layers(paths, *, missing_ok=False):
         raise IJCKDError(f"no layers.csv found under {', '.join(map(str, paths))}")
     return check_layers_table(pd.concat([read_table(f, kind="layers") for f in files],
                                         ignore_index=True))
+
+
+__all__ = ["ROW_KEY", "append_bounds", "append_calibration", "append_layers", "append_margins",
+           "append_per_class", "check_bounds_table", "check_layers_table", "collect",
+           "collect_layers", "drop_incomplete_checkpoints", "locked", "read_table",
+           "remove_stale_temp_files", "upsert", "upsert_block"]

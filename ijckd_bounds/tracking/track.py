@@ -21,10 +21,14 @@ once per run:
   ``run_dir/student_features/<checkpoint>/`` and are deleted once its row is written.
 """
 
+from __future__ import annotations
+
 import math
 import shutil
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -45,6 +49,14 @@ from ijckd_bounds.runtime import barrier, rank_and_world
 from ijckd_bounds.track_config import CHUNK_SIZE, EVAL_BATCH_SIZE, TrackConfig
 from ijckd_bounds.tracking import layers, table
 from ijckd_bounds.tracking.extract import extract_features, split_fingerprint
+
+if TYPE_CHECKING:  # annotation only
+    import pandas as pd
+    from torch.distributed import ProcessGroup
+
+    from ijckd_bounds.checkpoint import LoadedStudent
+    from ijckd_bounds.data.splits import DatasetSplits
+    from ijckd_bounds.estimators import BoundsReport
 
 BOUNDS_CSV = "bounds.csv"
 PER_CLASS_CSV = "per_class.csv"
@@ -71,7 +83,8 @@ def in_memory(split):
     return isinstance(getattr(split, "inputs", None), torch.Tensor)
 
 
-def split_tensors(split, batch_size=512):
+def split_tensors(split: torch.utils.data.Dataset, batch_size: int = 512
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """All ``(inputs, labels)`` of a dataset split as two tensors (eval splits only)."""
     inputs = getattr(split, "inputs", None)
     labels = getattr(split, "labels", None)
@@ -83,7 +96,8 @@ def split_tensors(split, batch_size=512):
 
 
 @torch.no_grad()
-def batched(fn, inputs, batch_size=512):
+def batched(fn: Callable[[torch.Tensor], Sequence[torch.Tensor | None]], inputs: torch.Tensor,
+            batch_size: int = 512) -> tuple[torch.Tensor | None, ...]:
     """Apply ``fn`` (returning a tuple of tensors or None) to ``inputs`` batch by batch;
     the results are concatenated on the CPU."""
     outs = None
@@ -96,7 +110,8 @@ def batched(fn, inputs, batch_size=512):
     return tuple(None if any(v is None for v in store) else torch.cat(store) for store in outs)
 
 
-def resolve_teacher(teacher):
+def resolve_teacher(teacher: LoadedTeacher | Mapping[str, Any] | str | Path | None
+                    ) -> LoadedTeacher:
     """A ``LoadedTeacher`` from a LoadedTeacher, a student's ``teacher_source`` dict
     (rebuilt and sha256-checked) or a teacher checkpoint path."""
     if isinstance(teacher, LoadedTeacher):
@@ -118,9 +133,12 @@ def _classifier(teacher):
             teacher.model.classifier.bias.detach().cpu().clone())
 
 
-def teacher_features(teacher, splits, cache_path, *, batch_size=EVAL_BATCH_SIZE,
-                     device="cpu", num_workers=0, chunk_size=CHUNK_SIZE, group=None,
-                     progress=False):
+def teacher_features(teacher: LoadedTeacher | Mapping[str, Any] | str | Path,
+                     splits: DatasetSplits, cache_path: str | Path, *,
+                     batch_size: int = EVAL_BATCH_SIZE, device: str | None = "cpu",
+                     num_workers: int = 0, chunk_size: int = CHUNK_SIZE,
+                     group: ProcessGroup | None = None, progress: bool = False
+                     ) -> dict[str, Any]:
     """Teacher features on the fit and eval splits, cached next to the run.
 
     Args:
@@ -241,8 +259,10 @@ def _streamed_student_features(student, cache, *, batch_size, device, num_worker
             tensor(fit["s"]))
 
 
-def student_inputs(student, cache, *, batch_size=EVAL_BATCH_SIZE, device="cpu",
-                   num_workers=0, chunk_size=CHUNK_SIZE, group=None):
+def student_inputs(student: LoadedStudent, cache: dict[str, Any], *,
+                   batch_size: int = EVAL_BATCH_SIZE, device: str | None = "cpu",
+                   num_workers: int = 0, chunk_size: int = CHUNK_SIZE,
+                   group: ProcessGroup | None = None) -> dict[str, Any] | None:
     """Everything ``estimate_bounds`` needs from a student, on the cached eval/fit inputs
     (in-memory splits) or streamed from the image splits.
 
@@ -274,7 +294,9 @@ def student_inputs(student, cache, *, batch_size=EVAL_BATCH_SIZE, device="cpu",
             "student_logits": own_logits, "connector": connector}
 
 
-def estimate_checkpoint(student, cache, settings, *, group=None):
+def estimate_checkpoint(student: LoadedStudent, cache: dict[str, Any], settings: TrackConfig,
+                        *, group: ProcessGroup | None = None
+                        ) -> tuple[BoundsReport | None, str | None]:
     """Run ``estimate_bounds`` for one loaded student; returns (report, connector kind).
 
     With image splits every rank of ``group`` extracts its share of the features and
@@ -309,7 +331,8 @@ def _keys(student, run, checkpoint):
             "step": meta.get("step", math.nan), "split": "eval", "checkpoint": checkpoint}
 
 
-def rows_for(report, keys):
+def rows_for(report: BoundsReport, keys: Mapping[str, Any]
+             ) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The bounds row, per-class rows, margin rows and calibration rows of one report."""
     row = dict(keys)
     row.update(report.row())
@@ -389,7 +412,8 @@ class _CheckpointProgress:
         self.bar.close()
 
 
-def track_run(run_dir, settings=None, *, data_dir=None, progress=True):
+def track_run(run_dir: str | Path, settings: TrackConfig | None = None, *,
+              data_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Estimate the bound terms at every checkpoint of ``run_dir`` not yet in its table.
 
     ``settings`` None: the run's own (its config's ``track`` section). ``progress``: a bar
@@ -441,7 +465,8 @@ class BoundTracker:
 
     every_rank = True
 
-    def __init__(self, run_dir, settings=None, data_dir=None):
+    def __init__(self, run_dir: str | Path, settings: TrackConfig | None = None,
+                 data_dir: str | Path | None = None):
         self.run_dir = Path(run_dir)
         self.settings = settings
         self.data_dir = data_dir
@@ -463,7 +488,7 @@ class BoundTracker:
                 backend="gloo", timeout=datetime.timedelta(seconds=TRACKING_BARRIER_TIMEOUT_S))
         return self._group
 
-    def on_checkpoint(self, path, epoch=None):
+    def on_checkpoint(self, path: str | Path, epoch: int | None = None) -> None:
         """Estimate the bound terms of the checkpoint at ``path`` and write its rows (rank 0),
         with every rank in step; the global random state is left as it was."""
         rng = capture_rng()

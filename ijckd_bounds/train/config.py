@@ -50,7 +50,7 @@ class DataConfig:
             raise IJCKDError(f"data.prefetch_factor must be a positive integer, "
                              f"got {self.prefetch_factor}")
 
-    def loader_options(self):
+    def loader_options(self) -> dict[str, Any]:
         """DataLoader keywords for the worker settings (pin_memory is the caller's)."""
         options = {"num_workers": self.num_workers}
         if self.num_workers > 0:

@@ -7,12 +7,20 @@ Callbacks are duck-typed objects with any of ``on_step_end(step, epoch, values)`
 from a checkpoint); ``Callback`` gives no-op defaults.
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ijckd_bounds.errors import IJCKDError
+
+if TYPE_CHECKING:  # annotation only: the loop takes what the runner builds
+    from ijckd_bounds.train.distributed import Precision, RunData
 
 
 class Callback:
@@ -20,16 +28,16 @@ class Callback:
     a subclass overrides it. A callback need not subclass this: ``notify`` calls only the
     hooks an object has."""
 
-    def on_step_end(self, step, epoch, values):
+    def on_step_end(self, step: int, epoch: int, values: Mapping[str, float]) -> None:
         """``values``: {term: float, "acc": float, "lr": float} of this step."""
 
-    def on_epoch_end(self, epoch, metrics):
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
         """``metrics``: {"train_<term>", "train_acc", "eval_acc", "best_eval_acc", ...}."""
 
-    def on_checkpoint(self, path, epoch):
+    def on_checkpoint(self, path: Path, epoch: int) -> None:
         """``path``: the checkpoint just written."""
 
-    def on_resume(self, path, epoch, step):
+    def on_resume(self, path: Path, epoch: int, step: int) -> None:
         """The run continues from checkpoint ``path``, which completed ``epoch`` epochs and
         ``step`` optimizer steps."""
 
@@ -45,7 +53,7 @@ class TrainState:
     last_checkpoint: str | None = None
 
 
-def notify(callbacks, event, *args):
+def notify(callbacks: Sequence[object], event: str, *args: Any) -> None:
     """Call ``event(*args)`` on every callback that has that hook."""
     for callback in callbacks:
         handler = getattr(callback, event, None)
@@ -53,7 +61,8 @@ def notify(callbacks, event, *args):
             handler(*args)
 
 
-def check_finite(names, values, state, epoch):
+def check_finite(names: Sequence[str], values: Sequence[float], state: TrainState,
+                 epoch: int) -> None:
     """Raise before the update if any loss term is NaN/inf (one line, with the way back).
 
     The components are checked before the total, so the line names the term that broke.
@@ -67,8 +76,11 @@ def check_finite(names, values, state, epoch):
                              f"{epoch}); stopped before the update. Last good checkpoint: {where}")
 
 
-def fit(objective, engine, optimizer, scheduler, precision, data, state, callbacks, *,
-        epochs, save_checkpoint):
+def fit(objective: torch.nn.Module, engine: torch.nn.Module, optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler, precision: Precision, data: RunData,
+        state: TrainState, callbacks: Sequence[object], *, epochs: int,
+        save_checkpoint: Callable[[TrainState, dict[str, float]], Path | None]
+        ) -> TrainState:
     """Train from ``state.epoch + 1`` to ``epochs``.
 
     ``engine`` is the objective or its DDP wrapper; ``data`` gives ``train_batches(epoch)``,

@@ -30,6 +30,8 @@ hidden vector). FitNet's hint here is at the *last* stage (RepDistiller's defaul
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -54,7 +56,8 @@ WEIGHT_NAMES = ("ce_weight", "kl_weight", "logit_weight", "feat_weight", "temper
 # ------------------------------------------------------------------------- loss formulas
 
 
-def hinton_kl(student_logits, teacher_logits, temperature):
+def hinton_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+              temperature: float) -> torch.Tensor:
     """T² · KL(softmax(z_t/T) ‖ softmax(z_s/T)), summed over classes, averaged over the
     batch. Both logits (n, K); returns a scalar. Hinton et al. 2015; RepDistiller
     ``DistillKL``."""
@@ -73,23 +76,23 @@ class FrozenTeacher:
     on an objective it stays out of ``parameters()``, ``state_dict()``, ``train()``.
     """
 
-    def __init__(self, model):
+    def __init__(self, model: ZooModel):
         self.model = model.eval()
         for param in self.model.parameters():
             param.requires_grad_(False)
 
-    def __call__(self, x):
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(logits (n, K), features (n, d), map)`` without building a graph."""
         if self.model.training:  # someone called .train() on the bare model: undo it
             self.model.eval()
         with torch.no_grad():
             return self.model.forward_with_map(x)
 
-    def classify(self, z):
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
         """``h_T(z) = W z + b`` (n, K) for z (n, d): gradients reach ``z``, not W or b."""
         return F.linear(z, self.model.classifier.weight, self.model.classifier.bias)
 
-    def to(self, *args, **kwargs):
+    def to(self, *args: Any, **kwargs: Any) -> FrozenTeacher:
         """Move the teacher model (``nn.Module.to`` arguments); returns self."""
         self.model.to(*args, **kwargs)
         return self
@@ -108,7 +111,8 @@ class Objective(nn.Module):
     defaults = {}
     term_names = ("loss",)
 
-    def __init__(self, student, teacher=None, connector=None, **weights):
+    def __init__(self, student: ZooModel, teacher: ZooModel | None = None,
+                 connector: nn.Module | None = None, **weights: float):
         super().__init__()
         self.student = student
         self.connector = connector
@@ -118,30 +122,31 @@ class Objective(nn.Module):
             # The student's own head is never used: keep it out of the optimizer and DDP.
             self.student.classifier.requires_grad_(False)
 
-    def trainable_parameters(self):
+    def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters the optimizer updates: the student's and the connector's."""
         return [p for p in self.parameters() if p.requires_grad]
 
-    def student_logits(self, s_map, own_logits):
+    def student_logits(self, s_map: torch.Tensor, own_logits: torch.Tensor) -> torch.Tensor:
         """What the student predicts with, from its map (n, C, ...) and own logits (n, K)."""
         if self.predicts_with == "teacher_classifier":
             return self.teacher.classify(ZooModel.pool(self.connector(s_map)))
         return own_logits
 
     @torch.no_grad()
-    def predict(self, x):
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Predicted logits (n, K) for x (n, *input_shape); call in eval mode."""
         own_logits, _, s_map = self.student.forward_with_map(x)
         return self.student_logits(s_map, own_logits)
 
-    def to(self, *args, **kwargs):
+    def to(self, *args: Any, **kwargs: Any) -> Objective:
         """Move the objective and its frozen teacher (``nn.Module.to`` arguments)."""
         if self.teacher is not None:
             self.teacher.to(*args, **kwargs)
         return super().to(*args, **kwargs)
 
     @classmethod
-    def build(cls, student, teacher, example_x, **weights):
+    def build(cls, student: ZooModel, teacher: ZooModel | None, example_x: torch.Tensor,
+              **weights: float) -> Objective:
         """Build the objective (and its connector, shaped on ``example_x`` (n, ...))."""
         return cls(student, teacher, None, **weights)
 
@@ -155,7 +160,8 @@ class CrossEntropy(Objective):
     defaults = {"ce_weight": 1.0}
     term_names = ("loss", "ce")
 
-    def forward(self, x, y):
+    def forward(self, x: torch.Tensor, y: torch.Tensor
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
         maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
         (n, K) are what the student predicts with."""
@@ -175,7 +181,8 @@ class HintonKD(Objective):
     defaults = {"ce_weight": 0.1, "kl_weight": 0.9, "temperature": 4.0}
     term_names = ("loss", "ce", "kl")
 
-    def forward(self, x, y):
+    def forward(self, x: torch.Tensor, y: torch.Tensor
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
         maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
         (n, K) are what the student predicts with."""
@@ -200,13 +207,15 @@ class FitNet(Objective):
     term_names = ("loss", "ce", "kl", "hint_mse")
 
     @classmethod
-    def build(cls, student, teacher, example_x, **weights):
+    def build(cls, student: ZooModel, teacher: ZooModel | None, example_x: torch.Tensor,
+              **weights: float) -> Objective:
         """Build FitNet with a ``FitNetRegressor`` shaped on the maps of ``example_x``."""
         s_map, t_map = _example_maps(student, teacher, example_x)
         return cls(student, teacher, FitNetRegressor(s_map.shape[1:], t_map.shape[1:]),
                    **weights)
 
-    def forward(self, x, y):
+    def forward(self, x: torch.Tensor, y: torch.Tensor
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
         maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
         (n, K) are what the student predicts with."""
@@ -243,13 +252,15 @@ class SRRL(Objective):
     term_names = ("loss", "ce", "kl", "feat_mse", "logit_mse")
 
     @classmethod
-    def build(cls, student, teacher, example_x, **weights):
+    def build(cls, student: ZooModel, teacher: ZooModel | None, example_x: torch.Tensor,
+              **weights: float) -> Objective:
         """Build SRRL with a ``PooledConnector`` from the student's feature width to the
         teacher's."""
         return cls(student, teacher, PooledConnector(student.feature_dim, teacher.feature_dim),
                    **weights)
 
-    def forward(self, x, y):
+    def forward(self, x: torch.Tensor, y: torch.Tensor
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
         maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
         (n, K) are what the student predicts with."""
@@ -284,13 +295,14 @@ class _TeacherClassifierObjective(Objective):
     predicts_with = "teacher_classifier"
 
     @classmethod
-    def build(cls, student, teacher, example_x, **weights):
+    def build(cls, student: ZooModel, teacher: ZooModel | None, example_x: torch.Tensor,
+              **weights: float) -> Objective:
         s_map, t_map = _example_maps(student, teacher, example_x)
         reduction = weights.get("reduction", cls.defaults["reduction"])
         return cls(student, teacher, bottleneck_for(s_map.shape[1:], t_map.shape[1:], reduction),
                    **weights)
 
-    def project(self, x):
+    def project(self, x: torch.Tensor) -> torch.Tensor:
         """``(h_T(z_S) (n, K), feat_mse, teacher logits)``: the shared forward."""
         t_logits, _, t_map = self.teacher(x)
         _, _, s_map = self.student.forward_with_map(x)
@@ -310,7 +322,8 @@ class SimKD(_TeacherClassifierObjective):
     defaults = {"feat_weight": 1.0, "reduction": 2}
     term_names = ("loss", "feat_mse")
 
-    def forward(self, x, y):
+    def forward(self, x: torch.Tensor, y: torch.Tensor
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
         maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
         (n, K) are what the student predicts with."""
@@ -330,7 +343,8 @@ class IJCKD(_TeacherClassifierObjective):
     defaults = {"ce_weight": 1.0, "logit_weight": 1.0, "feat_weight": 1.0, "reduction": 2}
     term_names = ("loss", "ce", "logit_mse", "feat_mse")
 
-    def forward(self, x, y):
+    def forward(self, x: torch.Tensor, y: torch.Tensor
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
         maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
         (n, K) are what the student predicts with."""
@@ -360,7 +374,8 @@ class CEThroughConnector(_TeacherClassifierObjective):
     defaults = {"ce_weight": 1.0, "reduction": 2}
     term_names = ("loss", "ce")
 
-    def forward(self, x, y):
+    def forward(self, x: torch.Tensor, y: torch.Tensor
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
         maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
         (n, K) are what the student predicts with."""
@@ -373,7 +388,7 @@ class CEThroughConnector(_TeacherClassifierObjective):
 # --------------------------------------------------------------------------------- build
 
 
-def method_weights(method_cfg):
+def method_weights(method_cfg: MethodConfig) -> dict[str, float]:
     """The weights of ``method_cfg`` (MethodConfig) resolved against the method's
     defaults; a weight the method does not use is an error."""
     cls = METHODS.get(method_cfg.name)
