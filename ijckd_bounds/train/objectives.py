@@ -302,7 +302,7 @@ class _TeacherClassifierObjective(Objective):
         return cls(student, teacher, bottleneck_for(s_map.shape[1:], t_map.shape[1:], reduction),
                    **weights)
 
-    def project(self, x: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(h_T(z_S) (n, K), feat_mse, teacher logits)``: the shared forward."""
         t_logits, _, t_map = self.teacher(x)
         _, _, s_map = self.student.forward_with_map(x)
