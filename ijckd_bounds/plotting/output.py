@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 FORMATS = ("png", "pdf")
 PNG_DPI = 200
+# no creation date in the PDF: a figure redrawn from the same table is the same file, so
+# regenerated figures do not show up as changed in version control
+_METADATA = {"png": {"Software": "ijckd_bounds"},
+             "pdf": {"Creator": "ijckd_bounds", "CreationDate": None}}
 
 
 def save_figure(fig: Figure, path: str | Path, *, formats: Sequence[str] = FORMATS,
@@ -50,8 +54,7 @@ def save_figure(fig: Figure, path: str | Path, *, formats: Sequence[str] = FORMA
         target = path.with_name(f"{path.name}.{fmt}")
         with paper_style(), atomic_path(target) as tmp:
             # the temporary name ends in .tmp, so the format must be explicit
-            fig.savefig(tmp, format=fmt, dpi=dpi,
-                        metadata={"Software": "ijckd_bounds"} if fmt == "png" else None)
+            fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_METADATA[fmt])
         written.append(target)
     return written
 

@@ -9,6 +9,7 @@ table, and check the files written.
 import logging
 import subprocess
 import sys
+import time
 import zlib
 
 import numpy as np
@@ -610,6 +611,15 @@ def test_save_figure_writes_png_and_pdf_atomically(tmp_path, bounds_df):
     assert round(int.from_bytes(png[phys + 4:phys + 8], "big") * 0.0254) == 200
     with pytest.raises(IJCKDError, match="format"):
         save_figure(fig, tmp_path / "x", formats=("jpg",))
+
+
+def test_a_figure_saved_twice_is_the_same_file(tmp_path, bounds_df):
+    # no creation date or other run-dependent bytes: a regenerated figure is unchanged
+    fig = plot_final_comparison(bounds_df).figure
+    first = [p.read_bytes() for p in save_figure(fig, tmp_path / "a")]
+    time.sleep(1.1)  # PDF dates have a resolution of one second
+    second = [p.read_bytes() for p in save_figure(fig, tmp_path / "b")]
+    assert first == second
 
 
 @pytest.mark.slow
