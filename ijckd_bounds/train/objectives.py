@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from typing_extensions import override
 
 from ijckd_bounds.errors import IJCKDError
 from ijckd_bounds.models.base import ZooModel
@@ -122,6 +123,13 @@ class Objective(nn.Module):
             # The student's own head is never used: keep it out of the optimizer and DDP.
             self.student.classifier.requires_grad_(False)
 
+    def forward(self, x: torch.Tensor, y: torch.Tensor
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
+        maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
+        (n, K) are what the student predicts with. Every method overrides it."""
+        raise NotImplementedError(f"{type(self).__name__} does not define its loss")
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters the optimizer updates: the student's and the connector's."""
         return [p for p in self.parameters() if p.requires_grad]
@@ -160,11 +168,9 @@ class CrossEntropy(Objective):
     defaults = {"ce_weight": 1.0}
     term_names = ("loss", "ce")
 
+    @override
     def forward(self, x: torch.Tensor, y: torch.Tensor
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
-        maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
-        (n, K) are what the student predicts with."""
         logits, _ = self.student(x)
         ce = F.cross_entropy(logits, y)
         return {"loss": self.weights["ce_weight"] * ce, "ce": ce}, logits
@@ -181,11 +187,9 @@ class HintonKD(Objective):
     defaults = {"ce_weight": 0.1, "kl_weight": 0.9, "temperature": 4.0}
     term_names = ("loss", "ce", "kl")
 
+    @override
     def forward(self, x: torch.Tensor, y: torch.Tensor
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
-        maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
-        (n, K) are what the student predicts with."""
         t_logits, _, _ = self.teacher(x)
         logits, _ = self.student(x)
         ce = F.cross_entropy(logits, y)
@@ -214,11 +218,9 @@ class FitNet(Objective):
         return cls(student, teacher, FitNetRegressor(s_map.shape[1:], t_map.shape[1:]),
                    **weights)
 
+    @override
     def forward(self, x: torch.Tensor, y: torch.Tensor
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
-        maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
-        (n, K) are what the student predicts with."""
         t_logits, _, t_map = self.teacher(x)
         logits, _, s_map = self.student.forward_with_map(x)
         projected = self.connector(s_map)
@@ -259,11 +261,9 @@ class SRRL(Objective):
         return cls(student, teacher, PooledConnector(student.feature_dim, teacher.feature_dim),
                    **weights)
 
+    @override
     def forward(self, x: torch.Tensor, y: torch.Tensor
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
-        maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
-        (n, K) are what the student predicts with."""
         t_logits, t_features, _ = self.teacher(x)
         logits, s_features = self.student(x)
         projected = self.connector(s_features)
@@ -322,11 +322,9 @@ class SimKD(_TeacherClassifierObjective):
     defaults = {"feat_weight": 1.0, "reduction": 2}
     term_names = ("loss", "feat_mse")
 
+    @override
     def forward(self, x: torch.Tensor, y: torch.Tensor
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
-        maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
-        (n, K) are what the student predicts with."""
         logits, feat, _ = self.project(x)
         return {"loss": self.weights["feat_weight"] * feat, "feat_mse": feat}, logits
 
@@ -343,11 +341,9 @@ class IJCKD(_TeacherClassifierObjective):
     defaults = {"ce_weight": 1.0, "logit_weight": 1.0, "feat_weight": 1.0, "reduction": 2}
     term_names = ("loss", "ce", "logit_mse", "feat_mse")
 
+    @override
     def forward(self, x: torch.Tensor, y: torch.Tensor
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
-        maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
-        (n, K) are what the student predicts with."""
         logits, feat, t_logits = self.project(x)
         ce = F.cross_entropy(logits, y)
         logit = F.mse_loss(logits, t_logits)
@@ -374,11 +370,9 @@ class CEThroughConnector(_TeacherClassifierObjective):
     defaults = {"ce_weight": 1.0, "reduction": 2}
     term_names = ("loss", "ce")
 
+    @override
     def forward(self, x: torch.Tensor, y: torch.Tensor
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """``(terms, logits)`` for a batch ``x`` (n, *input_shape), ``y`` (n,): ``terms``
-        maps each of ``term_names`` to its batch mean (``loss`` is minimised); ``logits``
-        (n, K) are what the student predicts with."""
         own_logits, _, s_map = self.student.forward_with_map(x)
         logits = self.student_logits(s_map, own_logits)
         ce = F.cross_entropy(logits, y)
